@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config.views import healthz
+
+api_v1 = [
+    path("", include("governance.api.urls")),
+    path("", include("provenance.api.urls")),
+    path("", include("mlops.api.urls")),
+]
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+]
+
+admin.site.site_header = "Privacy Ledger"
+admin.site.site_title = "Privacy Ledger"
+admin.site.index_title = "GDPR governance and ML provenance"

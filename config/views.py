@@ -1,0 +1,45 @@
+"""Liveness and readiness for load balancers and compose healthchecks."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+
+def _database_state() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:  # any driver error means "down"; the message says why
+        return f"down: {exc.__class__.__name__}"
+    return "up"
+
+
+def _broker_state() -> str:
+    from config.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        return f"down: {exc.__class__.__name__}"
+    return "up"
+
+
+@never_cache
+@require_GET
+def healthz(request):
+    checks = {"database": _database_state()}
+    if not settings.CELERY_EMBEDDED:
+        checks["broker"] = _broker_state()
+    else:
+        checks["broker"] = "embedded (tasks run in-process)"
+    down = sorted(name for name, state in checks.items() if state.startswith("down"))
+    body = {"status": "ok" if not down else "unavailable", "checks": checks}
+    if down:
+        body["down"] = down
+    return JsonResponse(body, status=503 if down else 200)

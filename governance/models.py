@@ -1,0 +1,343 @@
+"""Governance records: GDPR Art. 30 records, consent ledger, audit chain, API keys.
+
+Append-only records (consent events, audit events) refuse update and delete through the
+ORM; erasure (Art. 17) removes a person's rows through its own service, which is the one
+sanctioned exception.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+PURPOSE_CODE_VALIDATOR = RegexValidator(
+    r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$",
+    "A purpose code is lower-case dotted segments, e.g. 'ml.training.clinical_risk'.",
+)
+
+
+class AppendOnlyError(Exception):
+    """Raised when code tries to change or delete a row of an append-only ledger."""
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only: update refused.")
+
+    def delete(self):
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only: delete refused.")
+
+    def _erasure_delete(self) -> int:
+        """Delete rows for an Art. 17 erasure; only the erasure service may call this."""
+        return self._raw_delete(self.db)
+
+
+class AppendOnlyModel(models.Model):
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError(f"{type(self).__name__} rows are append-only: update refused.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError(f"{type(self).__name__} rows are append-only: delete refused.")
+
+
+# --- Audit log -------------------------------------------------------------------
+
+
+class AuditEvent(AppendOnlyModel):
+    """One link of the tamper-evident hash chain.
+
+    hash = SHA-256(prev_hash || canonical JSON of the event's own fields). A person is
+    referred to only by ``subject_ref`` (a random UUID), never by pseudonym, so deleting
+    the subject row on erasure unlinks the chain from the person without breaking it.
+    """
+
+    position = models.BigIntegerField(unique=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+    occurred_at = models.DateTimeField()
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=100, db_index=True)
+    object_type = models.CharField(max_length=100, blank=True)
+    object_id = models.CharField(max_length=100, blank=True)
+    subject_ref = models.UUIDField(null=True, blank=True, db_index=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.action} {self.object_type}:{self.object_id}"
+
+
+class AuditChainHead(models.Model):
+    """Single row locked by every writer so that concurrent writers cannot fork the chain."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    position = models.BigIntegerField(default=0)
+    hash = models.CharField(max_length=64, default="0" * 64)
+
+
+# --- API keys ----------------------------------------------------------------------
+
+
+class ApiKey(models.Model):
+    """An API key, stored only as its SHA-256; the key itself is shown once at creation."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, help_text="First characters of the key, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+
+# --- Purposes and categories -------------------------------------------------------
+
+
+class Purpose(models.Model):
+    """A purpose of processing (Art. 5(1)(b)); a purpose covers its dotted descendants."""
+
+    code = models.CharField(max_length=200, unique=True, validators=[PURPOSE_CODE_VALIDATOR])
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+    def ancestor_codes(self) -> list[str]:
+        """This code and every ancestor code, most specific first."""
+        parts = self.code.split(".")
+        return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+    def covers(self, code: str) -> bool:
+        return code == self.code or code.startswith(self.code + ".")
+
+
+class PurposeCompatibility(models.Model):
+    """An Art. 6(4) compatibility assessment allowing further processing for another purpose."""
+
+    original_purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="compatible_further")
+    compatible_purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="compatible_from")
+    link_between_purposes = models.TextField(help_text="Art. 6(4)(a)")
+    context_of_collection = models.TextField(help_text="Art. 6(4)(b)")
+    nature_of_data = models.TextField(help_text="Art. 6(4)(c)")
+    possible_consequences = models.TextField(help_text="Art. 6(4)(d)")
+    safeguards = models.TextField(help_text="Art. 6(4)(e)")
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    approved_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "purpose compatibility assessments"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["original_purpose", "compatible_purpose"], name="unique_purpose_compatibility"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.original_purpose} → {self.compatible_purpose}"
+
+
+class SpecialCategory(models.TextChoices):
+    """Art. 9(1) special categories of personal data."""
+
+    RACIAL_ETHNIC_ORIGIN = "racial_ethnic_origin", "Racial or ethnic origin"
+    POLITICAL_OPINIONS = "political_opinions", "Political opinions"
+    RELIGIOUS_BELIEFS = "religious_beliefs", "Religious or philosophical beliefs"
+    TRADE_UNION = "trade_union", "Trade-union membership"
+    GENETIC = "genetic", "Genetic data"
+    BIOMETRIC = "biometric", "Biometric data for identification"
+    HEALTH = "health", "Health data"
+    SEX_LIFE_ORIENTATION = "sex_life_orientation", "Sex life or sexual orientation"
+
+
+class DataCategory(models.Model):
+    code = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    special_category = models.CharField(
+        max_length=40, choices=SpecialCategory.choices, blank=True, help_text="Art. 9(1) category, if any."
+    )
+    criminal_offence_data = models.BooleanField(default=False, help_text="Art. 10 data.")
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name_plural = "data categories"
+
+    def __str__(self) -> str:
+        return self.code
+
+    @property
+    def is_special(self) -> bool:
+        return bool(self.special_category)
+
+
+class DataSubjectCategory(models.Model):
+    code = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    vulnerable = models.BooleanField(default=False, help_text="e.g. children, patients, employees (WP248).")
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name_plural = "data subject categories"
+
+    def __str__(self) -> str:
+        return self.code
+
+
+# --- Processing activities (Art. 30(1)) --------------------------------------------
+
+
+class LawfulBasis(models.TextChoices):
+    CONSENT = "consent", "Art. 6(1)(a) consent"
+    CONTRACT = "contract", "Art. 6(1)(b) contract"
+    LEGAL_OBLIGATION = "legal_obligation", "Art. 6(1)(c) legal obligation"
+    VITAL_INTERESTS = "vital_interests", "Art. 6(1)(d) vital interests"
+    PUBLIC_TASK = "public_task", "Art. 6(1)(e) public task"
+    LEGITIMATE_INTERESTS = "legitimate_interests", "Art. 6(1)(f) legitimate interests"
+
+
+class SpecialCategoryCondition(models.TextChoices):
+    EXPLICIT_CONSENT = "9_2_a", "Art. 9(2)(a) explicit consent"
+    EMPLOYMENT = "9_2_b", "Art. 9(2)(b) employment and social security law"
+    VITAL_INTERESTS = "9_2_c", "Art. 9(2)(c) vital interests"
+    NOT_FOR_PROFIT = "9_2_d", "Art. 9(2)(d) not-for-profit body"
+    MADE_PUBLIC = "9_2_e", "Art. 9(2)(e) manifestly made public"
+    LEGAL_CLAIMS = "9_2_f", "Art. 9(2)(f) legal claims"
+    PUBLIC_INTEREST = "9_2_g", "Art. 9(2)(g) substantial public interest"
+    HEALTH_CARE = "9_2_h", "Art. 9(2)(h) medicine, diagnosis, care"
+    PUBLIC_HEALTH = "9_2_i", "Art. 9(2)(i) public health"
+    RESEARCH = "9_2_j", "Art. 9(2)(j) archiving, research, statistics"
+
+
+class ProcessingActivity(models.Model):
+    """One Art. 30(1) record of processing activities."""
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    # 30(1)(a)
+    controller_name = models.CharField(max_length=200)
+    controller_contact = models.CharField(max_length=300)
+    joint_controller = models.CharField(max_length=300, blank=True)
+    representative = models.CharField(max_length=300, blank=True)
+    dpo_contact = models.CharField(max_length=300)
+    # 30(1)(b)
+    purposes = models.ManyToManyField(Purpose, related_name="processing_activities")
+    # 30(1)(c)
+    data_subject_categories = models.ManyToManyField(DataSubjectCategory, related_name="processing_activities")
+    data_categories = models.ManyToManyField(
+        DataCategory, through="ProcessingActivityDataCategory", related_name="processing_activities"
+    )
+    # 30(1)(d): [{"name": str, "third_country": str | ""}]
+    recipients = models.JSONField(default=list, blank=True)
+    # 30(1)(e): [{"country": str, "safeguard": str}]
+    third_country_transfers = models.JSONField(default=list, blank=True)
+    # 30(1)(g)
+    security_measures = models.TextField()
+    lawful_basis = models.CharField(max_length=30, choices=LawfulBasis.choices)
+    special_category_condition = models.CharField(max_length=10, choices=SpecialCategoryCondition.choices, blank=True)
+    legitimate_interests_assessment = models.TextField(blank=True)
+    controller_is_public_authority = models.BooleanField(default=False)
+    erasure_on_consent_withdrawal = models.BooleanField(
+        default=False, help_text="Open an Art. 17(1)(b) erasure request automatically when consent is withdrawn."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "processing activities"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProcessingActivityDataCategory(models.Model):
+    """A data category processed by an activity, with its retention period (Art. 30(1)(f))."""
+
+    processing_activity = models.ForeignKey(ProcessingActivity, on_delete=models.CASCADE, related_name="retention_rules")
+    data_category = models.ForeignKey(DataCategory, on_delete=models.PROTECT, related_name="+")
+    retention = models.DurationField(help_text="How long records of this category are kept after ingestion.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["processing_activity", "data_category"], name="unique_activity_category")
+        ]
+
+
+# --- Data subjects and consent -----------------------------------------------------
+
+
+class DataSubject(models.Model):
+    """A person, known only by a keyed pseudonym of their external identifier.
+
+    ``reference`` is a random UUID used in audit events; deleting this row on erasure
+    removes the only link between the audit chain and the person.
+    """
+
+    pseudonym = models.CharField(max_length=64, unique=True)
+    reference = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"subject {self.pseudonym[:12]}…"
+
+
+class ConsentAction(models.TextChoices):
+    GIVEN = "given", "Given"
+    WITHDRAWN = "withdrawn", "Withdrawn"
+
+
+class ConsentEvent(AppendOnlyModel):
+    """One act of giving or withdrawing consent (Art. 7). Never updated, never deleted."""
+
+    event_id = models.CharField(max_length=100, unique=True)
+    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="consent_events")
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="consent_events")
+    action = models.CharField(max_length=10, choices=ConsentAction.choices)
+    occurred_at = models.DateTimeField()
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    notice_version = models.CharField(max_length=100)
+    notice_sha256 = models.CharField(max_length=64)
+    method = models.CharField(max_length=100)
+    evidence = models.JSONField(default=dict, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["occurred_at", "id"]
+        indexes = [
+            models.Index(fields=["subject", "purpose", "occurred_at"]),
+            models.Index(fields=["purpose", "occurred_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.purpose_id} at {self.occurred_at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,89 @@
+"""Datasets, their records, immutable consent-filtered snapshots and snapshot membership.
+
+Lineage runs dataset → snapshot → training run (mlops.TrainingRun.snapshot, related
+name ``training_runs``) → model version (mlops.ModelVersion.training_run, related name
+``model_versions``).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from governance.models import DataSubject, ProcessingActivity, Purpose, PurposeCompatibility
+
+
+class ImmutableError(Exception):
+    """Raised on an attempt to change or delete an immutable provenance row."""
+
+
+class Dataset(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    owner = models.CharField(max_length=200, help_text="Team or person accountable for the dataset.")
+    processing_activity = models.ForeignKey(ProcessingActivity, on_delete=models.PROTECT, related_name="datasets")
+    source_system = models.CharField(max_length=200, blank=True)
+    # {"features": [{"name": str, "type": "float"|"int"|"bool"|"category"}], "label": {"name": str, "type": ...}}
+    schema = models.JSONField()
+    parents = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="derived")
+    transformation = models.TextField(blank=True, help_text="How this dataset was derived from its parents.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DataRecord(models.Model):
+    """One training example of one person; never holds a raw identifier."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="records")
+    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="records")
+    features = models.JSONField()
+    label = models.JSONField(null=True)
+    content_hash = models.CharField(max_length=64)
+    ingested_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["subject"]), models.Index(fields=["dataset", "id"])]
+
+
+class Snapshot(models.Model):
+    """The exact set of records a training run may use, frozen at creation."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="snapshots")
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="snapshots")
+    taken_for = models.DateTimeField(help_text="The moment T whose consent and retention state applies.")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    lawful_basis = models.CharField(max_length=30, help_text="The Art. 6(1) basis the selection relied on.")
+    compatibility = models.ForeignKey(
+        PurposeCompatibility, null=True, blank=True, on_delete=models.PROTECT, related_name="snapshots",
+        help_text="The Art. 6(4) assessment relied on when the purpose is not one of the activity's own.",
+    )
+    included_count = models.PositiveIntegerField()
+    included_subjects = models.PositiveIntegerField()
+    # {"no_consent": n, "withdrawn": n, "expired": n, "retention_passed": n}
+    excluded_counts = models.JSONField(default=dict)
+    merkle_root = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"snapshot {self.pk} of {self.dataset_id} for {self.purpose_id}"
+
+
+class SnapshotMembership(models.Model):
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="members")
+    record = models.ForeignKey(DataRecord, on_delete=models.PROTECT, related_name="+")
+    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["snapshot", "record"], name="unique_snapshot_record")]
+        indexes = [models.Index(fields=["subject"])]

@@ -1,0 +1,83 @@
+"""Enumerate every route under /api/v1/ with its methods and allowed roles.
+
+The access-matrix test is built from this list, so a new endpoint is covered the
+moment it is routed: anonymous → 401, a role not allowed → 403, an allowed role →
+neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
+from rest_framework.test import APIRequestFactory
+
+from governance.permissions import required_roles
+
+API_PREFIX = "/api/v1/"
+SENTINELS = ("999999999", "00000000-0000-0000-0000-000000000000", "unknown")
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    path: str
+    method: str
+    action: str
+    allowed: frozenset[str]
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _walk(patterns, namespace=""):
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            ns = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+            yield from _walk(pattern.url_patterns, ns)
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            yield namespace + pattern.name, pattern
+
+
+def _reverse(name: str, pattern: URLPattern) -> str | None:
+    kwargs_names = list(pattern.pattern.regex.groupindex)
+    if "format" in kwargs_names:
+        return None  # format-suffix duplicates of routes already covered
+    for sentinel in SENTINELS:
+        try:
+            return reverse(name, kwargs=dict.fromkeys(kwargs_names, sentinel))
+        except NoReverseMatch:
+            continue
+    return None
+
+
+def _methods(callback) -> dict[str, str]:
+    actions = getattr(callback, "actions", None)
+    if actions:
+        return {method.upper(): action for method, action in actions.items()}
+    cls = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+    if cls is None:
+        return {}
+    return {m.upper(): m for m in cls.http_method_names if m not in {"options", "head", "trace"} and hasattr(cls, m)}
+
+
+def api_routes() -> list[Route]:
+    routes: dict[tuple[str, str], Route] = {}
+    factory = APIRequestFactory()
+    for name, pattern in _walk(get_resolver().url_patterns):
+        path = _reverse(name, pattern)
+        if path is None or not path.startswith(API_PREFIX):
+            continue
+        callback = pattern.callback
+        cls = getattr(callback, "cls", None)
+        for method, action in _methods(callback).items():
+            view = cls(**getattr(callback, "initkwargs", {})) if cls else None
+            if view is not None:
+                view.action = action if getattr(callback, "actions", None) else None
+                request = factory.generic(method, path)
+                allowed = required_roles(view, request)
+            else:
+                allowed = frozenset()
+            routes[(method, path)] = Route(name, path, method, action, allowed)
+    return sorted(routes.values(), key=lambda r: (r.path, r.method))

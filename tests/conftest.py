@@ -1,0 +1,81 @@
+"""Fixtures shared by the whole suite: role users and API clients, and a real Celery worker."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from governance import services
+from governance.roles import ALL_ROLES, AUDITOR, DPO, ML_ENGINEER
+
+
+def make_role_client(role: str, username: str | None = None) -> APIClient:
+    user = services.user_ensure_with_role(username=username or f"test_{role}", role=role)
+    _, raw_key = services.api_key_create(user=user, name="test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {raw_key}")
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def role_client(db):
+    """Factory: role_client("dpo") -> an APIClient authenticated by a real API key."""
+    return make_role_client
+
+
+@pytest.fixture
+def dpo_client(db) -> APIClient:
+    return make_role_client(DPO)
+
+
+@pytest.fixture
+def ml_client(db) -> APIClient:
+    return make_role_client(ML_ENGINEER)
+
+
+@pytest.fixture
+def auditor_client(db) -> APIClient:
+    return make_role_client(AUDITOR)
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def all_role_clients(db) -> dict[str, APIClient]:
+    return {role: make_role_client(role) for role in ALL_ROLES}
+
+
+@pytest.fixture(scope="session")
+def _celery_session_worker(django_db_setup, django_db_blocker):
+    """One real worker thread for the session, consuming from the configured broker."""
+    if settings.CELERY_EMBEDDED:
+        yield None
+        return
+    from celery.contrib.testing.worker import start_worker
+
+    from config.celery import app
+
+    app.control.purge()
+    with django_db_blocker.unblock(), start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30.0, loglevel="WARNING"
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+def celery_worker(transactional_db, _celery_session_worker):
+    """A real Celery worker when a broker is configured; in embedded mode tasks run in-process.
+
+    Tests using it are transactional, so the worker's own database connection sees
+    what the test committed.
+    """
+    if _celery_session_worker is not None:
+        from config.celery import app
+
+        app.control.purge()
+    yield _celery_session_worker

@@ -1,0 +1,18 @@
+"""Test settings: the real settings with development keys allowed.
+
+DATABASE_URL and CELERY_BROKER_URL still come from the environment, so the same suite
+runs on SQLite in-process or on PostgreSQL with a real Celery worker.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("STORAGE_ROOT", tempfile.mkdtemp(prefix="privacy-ledger-test-"))
+
+from config.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only; no real passwords here
+REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]}  # noqa: F405
+
+os.makedirs(STATIC_ROOT, exist_ok=True)  # noqa: F405
