@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.utils import timezone
 
 from governance import audit
-from governance.models import ApiKey, AuditChainHead, AuditEvent
+from governance.models import ApiKey, AuditChainHead, AuditEvent, Purpose
 
 
 def api_key_authenticate(*, raw_key: str) -> tuple[ApiKey | None, str]:
@@ -77,3 +78,42 @@ def audit_chain_verify(*, chunk_size: int = 5000) -> ChainVerification:
             f"the chain head records {head.position} events but {checked} verify: events at the end were removed or added.",
         )
     return ChainVerification(checked, True, head_hash=prev_hash)
+
+
+# --- Consent state (set-based) ------------------------------------------------------
+
+CONSENT_STATES = ("valid", "withdrawn", "expired")  # a subject with no event at all: "no_consent"
+
+
+def purpose_and_ancestor_ids(*, purpose: Purpose) -> list[int]:
+    return list(Purpose.objects.filter(code__in=purpose.ancestor_codes()).values_list("id", flat=True))
+
+
+def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
+    """SQL yielding (subject_id, state) for every subject with a consent event bearing on
+    ``purpose`` at time ``at``; subjects absent from the result have no consent.
+
+    Rule (documented in docs/governance.md): among events for the purpose or any
+    ancestor purpose that occurred at or before ``at``, the latest decides (ties broken
+    by recording order). ``given`` is valid unless it expired by ``at``; ``withdrawn``
+    is withdrawn. Later events never change the answer for an earlier ``at`` (Art. 7(3)).
+    Use it as a subquery or CTE in set-based statements.
+    """
+    ids = purpose_and_ancestor_ids(purpose=purpose)
+    if not ids:
+        return "SELECT NULL AS subject_id, NULL AS state WHERE 1 = 0", []
+    placeholders = ", ".join(["%s"] * len(ids))
+    sql = f"""
+        SELECT subject_id,
+               CASE WHEN action = 'withdrawn' THEN 'withdrawn'
+                    WHEN expires_at IS NOT NULL AND expires_at <= %s THEN 'expired'
+                    ELSE 'valid' END AS state
+        FROM (
+            SELECT subject_id, action, expires_at,
+                   ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY occurred_at DESC, id DESC) AS rn
+            FROM governance_consentevent
+            WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s
+        ) latest
+        WHERE rn = 1
+    """
+    return sql, [at, *ids, at]

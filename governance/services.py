@@ -172,3 +172,26 @@ def api_key_mark_used(*, api_key: ApiKey) -> None:
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > timedelta(minutes=1):
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+
+
+# --- Data subjects -------------------------------------------------------------------
+
+
+def data_subject_ensure_many(*, pseudonyms: list[str], chunk_size: int = 20000) -> dict[str, int]:
+    """Map pseudonyms to DataSubject ids, creating the missing subjects in bulk.
+
+    Takes pseudonyms (see governance.pseudonymisation), never raw identifiers. Set-based:
+    one INSERT … ON CONFLICT DO NOTHING and one SELECT per chunk.
+    """
+    from governance.models import DataSubject
+
+    unique = list(dict.fromkeys(pseudonyms))
+    mapping: dict[str, int] = {}
+    with transaction.atomic():
+        for start in range(0, len(unique), chunk_size):
+            chunk = unique[start : start + chunk_size]
+            DataSubject.objects.bulk_create(
+                [DataSubject(pseudonym=p) for p in chunk], ignore_conflicts=True, batch_size=chunk_size
+            )
+            mapping.update(DataSubject.objects.filter(pseudonym__in=chunk).values_list("pseudonym", "id"))
+    return mapping
