@@ -246,3 +246,13 @@ LOGGING = {
 
 # --- Privacy Ledger ----------------------------------------------------------------
 API_KEY_DEFAULT_LIFETIME_DAYS = env_int("API_KEY_DEFAULT_LIFETIME_DAYS", 365)
+
+# --- governance (foundation) ---
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "verify-audit-chain": {
+            "task": "governance.verify_audit_chain",
+            "schedule": timedelta(hours=env_int("AUDIT_VERIFY_INTERVAL_HOURS", 24)),
+        }
+    }
+)

@@ -102,6 +102,16 @@ def audit_event_record(
     return event
 
 
+def audit_chain_verification_record(*, ok: bool, checked: int, broken_position: int | None, reason: str) -> AuditEvent:
+    """Record the outcome of a periodic verification in the chain itself, so gaps in checking show."""
+    return audit_event_record(
+        actor=SYSTEM_ACTOR,
+        action="audit.verified" if ok else "audit.verification_failed",
+        object_type="audit_chain",
+        details={"checked": checked, "broken_position": broken_position, "reason": reason},
+    )
+
+
 # --- Roles and API keys --------------------------------------------------------------
 
 
