@@ -1,0 +1,252 @@
+"""Training runs, the model registry, SISA shards, membership-inference audits and the
+per-dataset privacy-budget ledger.
+
+Lineage: provenance.Snapshot → TrainingRun (``snapshot``, related ``training_runs``) →
+ModelVersion (``training_run``, related ``model_versions``).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from governance.models import DataSubject
+from provenance.models import Dataset, Snapshot
+
+
+class TaskType(models.TextChoices):
+    BINARY = "binary", "Tabular binary classification"
+    MULTICLASS = "multiclass", "Tabular multi-class classification"
+
+
+class Optimizer(models.TextChoices):
+    SGD = "sgd", "SGD"
+    ADAM = "adam", "Adam"
+
+
+class Accountant(models.TextChoices):
+    RDP = "rdp", "Rényi DP (RDP)"
+    PRV = "prv", "Privacy random variables (PRV)"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class TrainingRun(models.Model):
+    """One request to train a model on a consent-filtered snapshot, and what the training did."""
+
+    name = models.CharField(max_length=200, help_text="Model name; versions are numbered per name.")
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="training_runs")
+    task = models.CharField(max_length=20, choices=TaskType.choices, default=TaskType.BINARY)
+    # {"hidden_sizes": [64], "activation": "relu", "dropout": 0.0}
+    model_spec = models.JSONField(default=dict)
+    optimizer = models.CharField(max_length=10, choices=Optimizer.choices, default=Optimizer.SGD)
+    learning_rate = models.FloatField(default=0.1)
+    epochs = models.PositiveIntegerField(default=5)
+    batch_size = models.PositiveIntegerField(default=256, help_text="Expected batch size (Poisson sampling).")
+    seed = models.IntegerField(default=0)
+    validation_split = models.FloatField(default=0.1, help_text="Share of subjects used for validation.")
+    holdout_fraction = models.FloatField(
+        default=0.2, help_text="Share of subjects kept out of training as non-members for the MIA audit."
+    )
+    # DP configuration: exactly one of target_epsilon / requested_noise_multiplier when private.
+    target_epsilon = models.FloatField(null=True, blank=True)
+    requested_noise_multiplier = models.FloatField(null=True, blank=True)
+    target_delta = models.FloatField()
+    max_grad_norm = models.FloatField(default=1.0)
+    accountant = models.CharField(max_length=5, choices=Accountant.choices, default=Accountant.RDP)
+    allow_non_private = models.BooleanField(default=False)
+    # {"shards": S, "slices": R} for SISA training; null for a single model.
+    sisa = models.JSONField(null=True, blank=True)
+
+    status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    # {"epoch": e, "epochs": E, "step": s, "epsilon": ε so far, "shard": k}
+    progress = models.JSONField(default=dict, blank=True)
+    # [{"epoch", "steps", "loss", "train_accuracy", "val_accuracy", "epsilon", "shard"?}]
+    epoch_metrics = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # Sizes of the subject-wise split, fixed at queue time.
+    n_train = models.PositiveIntegerField(default=0)
+    n_validation = models.PositiveIntegerField(default=0)
+    n_holdout = models.PositiveIntegerField(default=0)
+    n_classes = models.PositiveIntegerField(default=0)
+
+    # The privacy accounting.
+    planned_epsilon = models.FloatField(null=True, blank=True, help_text="Null for non-private training (ε = ∞).")
+    noise_multiplier = models.FloatField(null=True, blank=True, help_text="σ used (max over shards for SISA).")
+    sample_rate = models.FloatField(null=True, blank=True)
+    steps = models.PositiveIntegerField(null=True, blank=True)
+    # [[noise_multiplier, sample_rate, steps], ...]; for SISA {"<shard>": [...]} per shard.
+    accountant_history = models.JSONField(default=list, blank=True)
+    epsilon = models.FloatField(null=True, blank=True, help_text="Final ε at δ; null means ∞ (non-private).")
+    delta = models.FloatField(null=True, blank=True)
+    rdp_curve = models.JSONField(null=True, blank=True, help_text="RDP over engine.accounting.RDP_ORDERS.")
+    # How features were turned into tensors: feature order, category codes, label classes.
+    encoding = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.name}, {self.status})"
+
+    @property
+    def is_private(self) -> bool:
+        return not self.allow_non_private
+
+
+class ModelStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    TAINTED = "tainted", "Tainted (a subject withdrew consent or asked for erasure)"
+    SUPERSEDED = "superseded", "Superseded"
+    RETIRED = "retired", "Retired"
+
+
+class ModelVersion(models.Model):
+    training_run = models.ForeignKey(TrainingRun, on_delete=models.PROTECT, related_name="model_versions")
+    name = models.CharField(max_length=200)
+    version = models.PositiveIntegerField()
+    artifact_path = models.CharField(max_length=500, help_text="Relative to settings.ARTIFACT_ROOT.")
+    artifact_sha256 = models.CharField(max_length=64)
+    metrics = models.JSONField(default=dict, blank=True)
+    epsilon = models.FloatField(null=True, blank=True, help_text="Null means ∞: trained without DP.")
+    delta = models.FloatField(null=True, blank=True)
+    non_private = models.BooleanField(default=False)
+    is_sisa_ensemble = models.BooleanField(default=False)
+    status = models.CharField(max_length=12, choices=ModelStatus.choices, default=ModelStatus.ACTIVE, db_index=True)
+    status_reason = models.TextField(blank=True)
+    supersedes = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="unique_model_name_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class SisaAssignment(models.Model):
+    """Which shard and slice a person's records fell in (Bourtoule et al. 2021)."""
+
+    training_run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="sisa_assignments")
+    subject = models.ForeignKey(DataSubject, on_delete=models.CASCADE, related_name="+")
+    shard = models.PositiveIntegerField()
+    slice = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["training_run", "subject"], name="unique_sisa_run_subject")]
+        indexes = [models.Index(fields=["subject"])]
+
+
+class SisaCheckpoint(models.Model):
+    """The weights of one shard after training on slices 0..slice."""
+
+    training_run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="sisa_checkpoints")
+    shard = models.PositiveIntegerField()
+    slice = models.PositiveIntegerField()
+    artifact_path = models.CharField(max_length=500)
+    artifact_sha256 = models.CharField(max_length=64)
+    n_records = models.PositiveIntegerField(default=0)
+    epsilon = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["training_run", "shard", "slice"]
+        constraints = [
+            models.UniqueConstraint(fields=["training_run", "shard", "slice"], name="unique_sisa_checkpoint")
+        ]
+
+
+class MembershipInferenceAudit(models.Model):
+    """A loss-threshold membership-inference attack (Yeom et al. 2018) against a model version."""
+
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="membership_inference_audits"
+    )
+    auc = models.FloatField()
+    advantage = models.FloatField(help_text="max(TPR − FPR)")
+    tpr_at_1pct_fpr = models.FloatField()
+    tpr_at_01pct_fpr = models.FloatField()
+    n_members = models.PositiveIntegerField()
+    n_nonmembers = models.PositiveIntegerField()
+    roc = models.JSONField(default=list, help_text="[[fpr, tpr], ...]")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class PrivacyBudget(models.Model):
+    """The ε cap (at δ) a DPO set for all training on a dataset; changes are audit events."""
+
+    dataset = models.OneToOneField(Dataset, on_delete=models.CASCADE, related_name="privacy_budget")
+    epsilon_cap = models.FloatField()
+    delta = models.FloatField()
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    set_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"ε ≤ {self.epsilon_cap} at δ={self.delta} for {self.dataset}"
+
+
+class LedgerState(models.TextChoices):
+    RESERVED = "reserved", "Reserved (queued or running: planned curve counts)"
+    SPENT = "spent", "Spent (succeeded: actual curve counts)"
+    RELEASED = "released", "Released (failed or cancelled before a model was released)"
+
+
+class PrivacyLedgerEntry(models.Model):
+    """One training run's privacy cost against one dataset, as an RDP curve over fixed orders."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="privacy_ledger_entries")
+    training_run = models.OneToOneField(TrainingRun, on_delete=models.PROTECT, related_name="ledger_entry")
+    state = models.CharField(max_length=10, choices=LedgerState.choices, default=LedgerState.RESERVED)
+    non_private = models.BooleanField(default=False)
+    planned_epsilon = models.FloatField(null=True, blank=True)
+    planned_rdp = models.JSONField(null=True, blank=True)
+    epsilon = models.FloatField(null=True, blank=True)
+    delta = models.FloatField(null=True, blank=True)
+    rdp_curve = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["dataset", "id"]
+        verbose_name_plural = "privacy ledger entries"
+        indexes = [models.Index(fields=["dataset", "state"])]
+
+
+class PrivacyLedgerTotal(models.Model):
+    """The composed RDP of a dataset's ledger, kept so reading the spent budget is one row.
+
+    Recomputed from the entries whenever an entry changes, under a row lock that also
+    serialises budget checks, so two concurrent requests cannot both pass the cap.
+    """
+
+    dataset = models.OneToOneField(Dataset, on_delete=models.CASCADE, related_name="privacy_ledger_total")
+    spent_rdp = models.JSONField(null=True, blank=True)
+    reserved_rdp = models.JSONField(null=True, blank=True)
+    spent_runs = models.PositiveIntegerField(default=0)
+    reserved_runs = models.PositiveIntegerField(default=0)
+    non_private_runs = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
