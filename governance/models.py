@@ -341,3 +341,6 @@ class ConsentEvent(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.action} {self.purpose_id} at {self.occurred_at:%Y-%m-%d %H:%M}"
+
+from governance.dpia.models import *  # noqa: E402,F401,F403
+from governance.erasure.models import *  # noqa: E402,F401,F403
