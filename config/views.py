@@ -20,10 +20,11 @@ def _database_state() -> str:
 
 
 def _broker_state() -> str:
-    from config.celery import app
+    from kombu import Connection
 
     try:
-        with app.connection_for_write() as conn:
+        # A fresh connection, not the app's pool: the check must see the broker as it is now.
+        with Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:
         return f"down: {exc.__class__.__name__}"
