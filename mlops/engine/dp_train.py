@@ -1,0 +1,444 @@
+"""DP-SGD training of tabular MLPs with Opacus accounting.
+
+How a private step works (Abadi et al. 2016, as implemented by Opacus):
+
+1. Poisson sampling: every training example joins the batch independently with
+   probability ``q = batch_size / N``, drawn as one vectorised Bernoulli mask from a
+   seeded generator (no per-sample DataLoader).
+2. Per-example gradients are clipped to L2 norm ``max_grad_norm`` (C) with Opacus's
+   factor ``min(1, C / (‖g_i‖ + 1e-6))`` and summed.
+3. Gaussian noise ``N(0, σ²C²)`` is added to the clipped sum, which is then divided by the
+   expected batch size ``q·N``.
+4. Opacus's accountant (RDP by default, PRV allowed) records ``(σ, q)`` for the step.
+
+Clipping path. For the MLPs :func:`mlops.engine.models.build_model` builds, every
+parameter lives in an ``nn.Linear`` on 2-D inputs, where the per-example weight gradient
+is the outer product ``g_i a_iᵀ`` of the output gradient and the layer input. Its norm is
+therefore ``‖g_i‖·‖a_i‖`` and the clipped sum over the batch is ``(c ⊙ G)ᵀ A``: one
+matrix product per layer, no per-example gradient tensor is ever materialised. This is
+exact (tests compare it with Opacus's hooks-mode per-sample gradients and DPOptimizer on
+the same batch). Any other module with parameters falls back to Opacus's
+``GradSampleModule`` (hooks) with Opacus's ``DPOptimizer`` doing the clipping and noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy
+import torch
+import torch.nn.functional as F
+from opacus.accountants import create_accountant
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from mlops.engine import accounting
+from mlops.engine.models import build_model
+from mlops.engine.spec import TrainConfig
+
+CLIPPING_PATHS = ("auto", "linear", "opacus")
+# Opacus adds this to the per-sample norm before dividing; kept identical so both paths
+# clip the same way.
+_NORM_EPS = 1e-6
+_EVAL_CHUNK = 65536
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    steps: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float | None
+    epsilon: float
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict[str, torch.Tensor]
+    epochs: list[EpochReport]
+    noise_multiplier: float | None
+    sample_rate: float
+    steps: int
+    accountant_history: list[list[float]]
+    epsilon: float
+    delta: float
+    stopped: bool = False  # should_stop() asked to end before the last epoch
+    clipping: str = "none"  # "linear" (exact fast path), "opacus" (hooks) or "none" (not private)
+    accountant: str = "rdp"
+    per_epoch_seconds: list[float] = field(default_factory=list)
+
+
+def check_tensors(
+    *, X: torch.Tensor, y: torch.Tensor, n_classes: int, name: str = "train", n_features: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 features and int64 labels, or a ValueError naming what is wrong."""
+    if not isinstance(X, torch.Tensor) or X.dim() != 2:
+        raise ValueError(f"X_{name}: must be a 2-D tensor [examples, features]")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(X):
+        raise ValueError(f"y_{name}: must be a 1-D tensor with one label per row of X_{name}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"X_{name}: has {X.shape[1]} features, expected {n_features}")
+    X = X.to(torch.float32).contiguous()
+    if not torch.isfinite(X).all():
+        raise ValueError(f"X_{name}: contains NaN or infinite values")
+    if y.dtype.is_floating_point and not torch.equal(y, y.round()):
+        raise ValueError(f"y_{name}: labels must be integers")
+    y = y.to(torch.int64).contiguous()
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"y_{name}: labels must lie in 0..{n_classes - 1}")
+    return X, y
+
+
+def resolve_noise_multiplier(*, config: TrainConfig, n_train: int) -> float | None:
+    """σ for the run: given, or derived from target ε by Opacus over the planned steps."""
+    if not config.private:
+        return None
+    if config.noise_multiplier is not None:
+        return float(config.noise_multiplier)
+    return accounting.noise_multiplier_for(
+        target_epsilon=float(config.target_epsilon),
+        target_delta=config.target_delta,
+        sample_rate=config.sample_rate(n_train),
+        steps=config.total_steps(n_train),
+        accountant=config.accountant,
+    )
+
+
+def supports_linear_clipping(model: nn.Module) -> bool:
+    """True when the exact outer-product clipping applies: a Sequential whose only
+    parameterised modules are ``nn.Linear``."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    for module in model:
+        if isinstance(module, nn.Linear):
+            continue
+        if any(True for _ in module.parameters()) or isinstance(module, nn.Sequential):
+            return False
+    return True
+
+
+class Trainer:
+    """One training run's state: the model, the sampler, the optimiser and the accountant.
+
+    Exposed so the benchmark can time bare epochs of the private and the non-private
+    step on identical data; :func:`train` is the entry point for everything else.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        noise_multiplier: float | None,
+        generator: torch.Generator,
+        clipping: str = "auto",
+    ) -> None:
+        if clipping not in CLIPPING_PATHS:
+            raise ValueError(f"clipping: must be one of {', '.join(CLIPPING_PATHS)}")
+        self.X, self.y, self.config = X, y, config
+        self.n = len(X)
+        self.sample_rate = config.sample_rate(self.n)
+        self.steps_per_epoch = config.steps_per_epoch(self.n)
+        self.expected_batch_size = config.batch_size
+        self.noise_multiplier = noise_multiplier
+        self.generator = generator
+        self.private = config.private
+        self.accountant = create_accountant(mechanism=config.accountant) if self.private else None
+        self.model = model
+        self.steps_done = 0
+        if not self.private:
+            self.clipping = "none"
+        elif clipping == "opacus" or (clipping == "auto" and not supports_linear_clipping(model)):
+            self.clipping = "opacus"
+        else:
+            if not supports_linear_clipping(model):
+                raise ValueError("clipping: the exact linear path needs an MLP of nn.Linear layers")
+            self.clipping = "linear"
+
+        if self.clipping == "opacus":
+            # loss_reduction="sum" keeps per-sample gradients unscaled; the optimiser then
+            # divides by the expected batch size, as Opacus does for mean-reduced losses.
+            self.grad_module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+            base = _make_optimizer(self.grad_module.parameters(), config)
+            self.optimizer = DPOptimizer(
+                base,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=config.max_grad_norm,
+                expected_batch_size=self.expected_batch_size,
+                loss_reduction="mean",
+                generator=generator,
+            )
+        else:
+            self.optimizer = _make_optimizer(model.parameters(), config)
+        if self.clipping == "linear":
+            self.params = [p for p in model.parameters() if p.requires_grad]
+            self._layers = list(model)
+
+    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.rand(self.n, generator=self.generator) < self.sample_rate
+        idx = mask.nonzero().squeeze(1)
+        return self.X.index_select(0, idx), self.y.index_select(0, idx)
+
+    def run_epoch(self) -> tuple[float, int]:
+        """Train one epoch of Poisson-sampled steps; returns (mean training loss, examples seen)."""
+        self.model.train()
+        total_loss = torch.zeros((), dtype=torch.float64)
+        seen = 0
+        step = {"none": self._step_plain, "linear": self._step_linear, "opacus": self._step_opacus}[self.clipping]
+        for _ in range(self.steps_per_epoch):
+            xb, yb = self._sample()
+            total_loss += step(xb, yb)
+            seen += len(xb)
+            if self.accountant is not None:
+                self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+            self.steps_done += 1
+        return (float(total_loss) / seen if seen else float("nan")), seen
+
+    def _step_plain(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(xb) == 0:
+            return torch.zeros(())
+        loss = F.cross_entropy(self.model(xb), yb, reduction="sum")
+        (loss / len(xb)).backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _step_linear(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        linears: list[nn.Linear] = []
+        h = xb
+        for layer in self._layers:
+            if isinstance(layer, nn.Linear):
+                inputs.append(h)
+                linears.append(layer)
+                h = layer(h)
+                outputs.append(h)
+            else:
+                h = layer(h)
+        loss = F.cross_entropy(h, yb, reduction="sum")
+        # Gradients with respect to each layer's output, per example (the loss is a sum of
+        # per-example losses, so row i of each gradient belongs to example i alone).
+        out_grads = torch.autograd.grad(loss, outputs)
+        norms_sq = torch.zeros(len(xb))
+        for layer, a, g in zip(linears, inputs, out_grads, strict=True):
+            g_sq = g.square().sum(1)
+            a_sq = a.detach().square().sum(1)
+            norms_sq += g_sq * (a_sq + 1.0) if layer.bias is not None else g_sq * a_sq
+        clip = (self.config.max_grad_norm / (norms_sq.sqrt() + _NORM_EPS)).clamp(max=1.0)
+        std = self.noise_multiplier * self.config.max_grad_norm
+        scale = 1.0 / self.expected_batch_size
+        for layer, a, g in zip(linears, inputs, out_grads, strict=True):
+            gc = g * clip.unsqueeze(1)
+            # Noise is drawn per parameter in model.parameters() order (weight, then bias),
+            # the order Opacus's DPOptimizer draws it in.
+            weight_grad = gc.t().mm(a.detach())
+            weight_grad += torch.normal(0.0, std, weight_grad.shape, generator=self.generator)
+            layer.weight.grad = weight_grad.mul_(scale)
+            if layer.bias is not None:
+                bias_grad = gc.sum(0)
+                bias_grad += torch.normal(0.0, std, bias_grad.shape, generator=self.generator)
+                layer.bias.grad = bias_grad.mul_(scale)
+        self.optimizer.step()
+        return loss.detach()
+
+    def _step_opacus(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.grad_module(xb), yb, reduction="sum")
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def epsilon(self, delta: float) -> float:
+        if self.accountant is None:
+            return math.inf
+        if not self.accountant.history:
+            return 0.0
+        return float(self.accountant.get_epsilon(delta=delta))
+
+    def history(self) -> list[list[float]]:
+        if self.accountant is None:
+            return []
+        return [[float(s), float(q), int(n)] for s, q, n in self.accountant.history]
+
+
+def _make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate)
+    return torch.optim.SGD(params, lr=config.learning_rate)
+
+
+def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    if len(X) == 0:
+        return float("nan")
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(X), _EVAL_CHUNK):
+            logits = model(X[start : start + _EVAL_CHUNK])
+            correct += int((logits.argmax(1) == y[start : start + _EVAL_CHUNK]).sum())
+    return correct / len(X)
+
+
+def train(
+    *,
+    X_train: torch.Tensor,
+    y_train: torch.Tensor,
+    X_val: torch.Tensor | None,
+    y_val: torch.Tensor | None,
+    n_classes: int,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    init_state: dict | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    clipping: str = "auto",
+    history_prefix: list[list[float]] | None = None,
+) -> TrainResult:
+    """Train an MLP with DP-SGD (or plainly when ``config.private`` is False).
+
+    Deterministic for ``config.seed``: the model initialisation, dropout, Poisson sampling
+    and noise all draw from seeded generators, and the caller's global RNG state is
+    restored afterwards. ``should_stop`` is asked before every epoch; when it answers True
+    the result so far is returned with ``stopped=True``. ``history_prefix`` is accountant
+    history spent before this call on the same records (SISA stages); it is composed into
+    every ε reported.
+    """
+    config.validate(len(X_train) if isinstance(X_train, torch.Tensor) and X_train.dim() >= 1 else 0)
+    X_train, y_train = check_tensors(X=X_train, y=y_train, n_classes=n_classes, name="train")
+    if torch.unique(y_train).numel() < 2:
+        raise ValueError("y_train: the training data holds a single class; a classifier needs at least two")
+    n_features = X_train.shape[1]
+    if (X_val is None) != (y_val is None):
+        raise ValueError("X_val: give both X_val and y_val, or neither")
+    if X_val is not None:
+        X_val, y_val = check_tensors(X=X_val, y=y_val, n_classes=n_classes, name="val", n_features=n_features)
+    n = len(X_train)
+    noise_multiplier = resolve_noise_multiplier(config=config, n_train=n)
+    prefix = [list(h) for h in (history_prefix or [])]
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(n_features=n_features, n_classes=n_classes, config=config)
+        model = ModuleValidator.fix(model)
+        if init_state is not None:
+            try:
+                model.load_state_dict(init_state)
+            except RuntimeError as exc:
+                raise ValueError(f"init_state: does not fit the model spec ({exc.__class__.__name__})")
+        generator = torch.Generator().manual_seed(config.seed)
+        trainer = Trainer(
+            model=model,
+            X=X_train,
+            y=y_train,
+            config=config,
+            noise_multiplier=noise_multiplier,
+            generator=generator,
+            clipping=clipping,
+        )
+        reports: list[EpochReport] = []
+        seconds: list[float] = []
+        stopped = False
+        for epoch in range(1, config.epochs + 1):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            start = time.perf_counter()
+            loss, _ = trainer.run_epoch()
+            seconds.append(time.perf_counter() - start)
+            model.eval()
+            train_acc = _accuracy(model, X_train, y_train)
+            val_acc = _accuracy(model, X_val, y_val) if X_val is not None else None
+            eps = _epsilon(prefix + trainer.history(), config) if config.private else math.inf
+            report = EpochReport(
+                epoch=epoch,
+                steps=trainer.steps_done,
+                loss=loss,
+                train_accuracy=train_acc,
+                val_accuracy=val_acc,
+                epsilon=eps,
+            )
+            reports.append(report)
+            if on_epoch is not None:
+                on_epoch(report)
+        model.eval()
+
+    history = trainer.history()
+    epsilon = _epsilon(prefix + history, config) if config.private else math.inf
+    return TrainResult(
+        state_dict={k: v.detach().clone() for k, v in _unwrapped(model).state_dict().items()},
+        epochs=reports,
+        noise_multiplier=noise_multiplier,
+        sample_rate=trainer.sample_rate,
+        steps=trainer.steps_done,
+        accountant_history=history,
+        epsilon=epsilon,
+        delta=config.target_delta,
+        stopped=stopped,
+        clipping=trainer.clipping,
+        accountant=config.accountant,
+        per_epoch_seconds=seconds,
+    )
+
+
+def _epsilon(history: list[list[float]], config: TrainConfig) -> float:
+    return accounting.epsilon_of_history(history=history, delta=config.target_delta, accountant=config.accountant)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model._module if isinstance(model, GradSampleModule) else model
+
+
+def load_model(
+    *, state_dict: dict[str, torch.Tensor], n_features: int, n_classes: int, config: TrainConfig
+) -> nn.Module:
+    """Rebuild a trained model from its saved weights, in evaluation mode."""
+    model = ModuleValidator.fix(build_model(n_features=n_features, n_classes=n_classes, config=config))
+    model.load_state_dict(state_dict)
+    model.eval()
+    return model
+
+
+def predict_proba(*, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``[N, n_classes]``; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    X = X.to(torch.float32)
+    try:
+        with torch.no_grad():
+            parts = [torch.softmax(model(X[s : s + _EVAL_CHUNK]), dim=1) for s in range(0, len(X), _EVAL_CHUNK)]
+    finally:
+        model.train(was_training)
+    if not parts:
+        return torch.zeros((0, _n_outputs(model)))
+    return torch.cat(parts)
+
+
+def per_example_losses(*, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> numpy.ndarray:
+    """Cross-entropy loss of every example under the model (float64), for the MIA audit."""
+    was_training = model.training
+    model.eval()
+    X = X.to(torch.float32)
+    y = y.to(torch.int64)
+    try:
+        with torch.no_grad():
+            parts = [
+                F.cross_entropy(model(X[s : s + _EVAL_CHUNK]), y[s : s + _EVAL_CHUNK], reduction="none")
+                for s in range(0, len(X), _EVAL_CHUNK)
+            ]
+    finally:
+        model.train(was_training)
+    if not parts:
+        return numpy.zeros(0)
+    return torch.cat(parts).double().numpy()
+
+
+def _n_outputs(model: nn.Module) -> int:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else 0
