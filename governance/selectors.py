@@ -117,3 +117,160 @@ def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
         WHERE rn = 1
     """
     return sql, [at, *ids, at]
+
+
+# --- Consent: one subject, many subjects, history -----------------------------------
+
+CONSENT_REASONS = {
+    "valid": "consent was given and had not expired or been withdrawn",
+    "withdrawn": "consent was withdrawn (Art. 7(3))",
+    "expired": "consent had expired",
+    "no_consent": "no consent was recorded for this purpose or a purpose covering it",
+}
+
+
+def consent_valid_at(*, subject, purpose: Purpose, at: datetime | None = None) -> tuple[bool, str]:
+    """Was consent for ``purpose`` valid for ``subject`` at ``at`` (default: now)?
+
+    Same rule as consent_state_sql: the latest event at or before ``at`` on the purpose or
+    an ancestor decides. Returns (valid, state) with state one of valid, withdrawn,
+    expired, no_consent.
+    """
+    from governance.models import ConsentEvent
+
+    at = at or timezone.now()
+    latest = (
+        ConsentEvent.objects.filter(
+            subject=subject, purpose_id__in=purpose_and_ancestor_ids(purpose=purpose), occurred_at__lte=at
+        )
+        .order_by("-occurred_at", "-id")
+        .values("action", "expires_at")
+        .first()
+    )
+    if latest is None:
+        return False, "no_consent"
+    if latest["action"] == "withdrawn":
+        return False, "withdrawn"
+    if latest["expires_at"] is not None and latest["expires_at"] <= at:
+        return False, "expired"
+    return True, "valid"
+
+
+def purpose_lawful_bases(*, purpose: Purpose) -> dict[str, list[str]]:
+    """Lawful bases of the processing activities whose purposes cover ``purpose``: {basis: [activity names]}."""
+    from governance.models import ProcessingActivity
+
+    bases: dict[str, list[str]] = {}
+    rows = (
+        ProcessingActivity.objects.filter(purposes__code__in=purpose.ancestor_codes())
+        .values_list("lawful_basis", "name")
+        .distinct()
+        .order_by("lawful_basis", "name")
+    )
+    for basis, name in rows:
+        bases.setdefault(basis, []).append(name)
+    return bases
+
+
+@dataclass(frozen=True)
+class ConsentStatus:
+    purpose: str
+    at: datetime
+    # {basis: [activity names]} of the Art. 30 records covering the purpose.
+    lawful_bases: dict
+    # False when the purpose is processed only under bases other than consent: nothing to check.
+    consent_required: bool
+    # {state: [indices into the submitted pseudonyms]}; state in valid/withdrawn/expired/no_consent.
+    indices_by_state: dict
+
+    def count(self, state: str) -> int:
+        return len(self.indices_by_state.get(state, []))
+
+
+def _status_input_load_postgresql(cur, pseudonyms: list[str]) -> None:
+    import io
+
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS pl_consent_status_input (idx integer, pseudonym varchar(64)) "
+        "ON COMMIT DELETE ROWS"
+    )
+    cur.execute("TRUNCATE pl_consent_status_input")
+    # Pseudonyms are hex digests, so tab-separated text needs no escaping.
+    buffer = io.StringIO("".join(f"{i}\t{p}\n" for i, p in enumerate(pseudonyms)))
+    cur.copy_expert("COPY pl_consent_status_input (idx, pseudonym) FROM STDIN", buffer)
+    cur.execute("ANALYZE pl_consent_status_input")
+
+
+def consent_status_bulk(*, purpose: Purpose, pseudonyms: list[str], at: datetime | None = None) -> ConsentStatus:
+    """Consent state of many subjects (given as pseudonyms) for ``purpose`` at ``at``, set-based.
+
+    On PostgreSQL the pseudonyms are COPied into a temporary table and joined with
+    consent_state_sql in one grouped query; the answer lists, per state, the positions of the
+    submitted pseudonyms, so a caller maps them back to its own identifiers.
+    """
+    from django.db import connection, transaction
+
+    at = at or timezone.now()
+    bases = purpose_lawful_bases(purpose=purpose)
+    if bases and "consent" not in bases:
+        return ConsentStatus(purpose.code, at, bases, False, {})
+    state_sql, state_params = consent_state_sql(purpose=purpose, at=at)
+    with transaction.atomic(), connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            _status_input_load_postgresql(cur, pseudonyms)
+            cur.execute(
+                f"""SELECT COALESCE(cs.state, 'no_consent'), array_agg(t.idx ORDER BY t.idx)
+                    FROM pl_consent_status_input t
+                    LEFT JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
+                    LEFT JOIN ({state_sql}) cs ON cs.subject_id = s.id
+                    GROUP BY 1""",
+                state_params,
+            )
+            indices = dict(cur.fetchall())
+        else:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS pl_consent_status_input (idx integer, pseudonym text)")
+            cur.execute("DELETE FROM pl_consent_status_input")
+            cur.executemany(
+                "INSERT INTO pl_consent_status_input (idx, pseudonym) VALUES (%s, %s)", list(enumerate(pseudonyms))
+            )
+            cur.execute(
+                f"""SELECT COALESCE(cs.state, 'no_consent'), t.idx
+                    FROM pl_consent_status_input t
+                    LEFT JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
+                    LEFT JOIN ({state_sql}) cs ON cs.subject_id = s.id
+                    ORDER BY t.idx""",
+                state_params,
+            )
+            indices = {}
+            for state, idx in cur.fetchall():
+                indices.setdefault(state, []).append(idx)
+            cur.execute("DELETE FROM pl_consent_status_input")
+    for state in ("valid", "withdrawn", "expired", "no_consent"):
+        indices.setdefault(state, [])
+    return ConsentStatus(purpose.code, at, bases, True, indices)
+
+
+def consent_history(*, subject, at: datetime | None = None) -> list[dict]:
+    """Per purpose the subject has events for: the state at ``at`` (default now) and the timeline."""
+    from governance.models import ConsentEvent
+
+    at = at or timezone.now()
+    events = list(ConsentEvent.objects.filter(subject=subject).select_related("purpose").order_by("occurred_at", "id"))
+    by_purpose: dict[str, dict] = {}
+    for event in events:
+        entry = by_purpose.setdefault(event.purpose.code, {"purpose": event.purpose, "events": []})
+        entry["events"].append(event)
+    history = []
+    for code in sorted(by_purpose):
+        entry = by_purpose[code]
+        valid, state = consent_valid_at(subject=subject, purpose=entry["purpose"], at=at)
+        history.append({"purpose": entry["purpose"], "valid": valid, "state": state, "events": entry["events"]})
+    return history
+
+
+def data_subject_find(*, identifier: str):
+    """The subject an external identifier belongs to, looked up by its pseudonym (or None)."""
+    from governance.models import DataSubject
+    from governance.pseudonymisation import pseudonymise
+
+    return DataSubject.objects.filter(pseudonym=pseudonymise(identifier)).first()

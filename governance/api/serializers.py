@@ -20,3 +20,206 @@ class AuditVerificationSerializer(serializers.Serializer):
 class WhoAmISerializer(serializers.Serializer):
     username = serializers.CharField()
     roles = serializers.ListField(child=serializers.CharField())
+
+
+# --- Governance records --------------------------------------------------------------
+
+from django.utils.duration import duration_iso_string  # noqa: E402
+
+from governance.models import (  # noqa: E402
+    ConsentEvent,
+    DataCategory,
+    DataSubjectCategory,
+    LawfulBasis,
+    ProcessingActivity,
+    Purpose,
+    PurposeCompatibility,
+    SpecialCategory,
+    SpecialCategoryCondition,
+)
+
+
+class PurposeSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    code = serializers.CharField(max_length=200, help_text="Dotted code; the parent (code minus last segment) must exist.")
+
+    class Meta:
+        model = Purpose
+        fields = ["code", "name", "description", "parent", "created_at"]
+        read_only_fields = ["parent", "created_at"]
+
+
+class PurposeCompatibilitySerializer(serializers.ModelSerializer):
+    original_purpose = serializers.SlugRelatedField(slug_field="code", queryset=Purpose.objects.all())
+    compatible_purpose = serializers.SlugRelatedField(slug_field="code", queryset=Purpose.objects.all())
+    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = PurposeCompatibility
+        fields = [
+            "id", "original_purpose", "compatible_purpose", "link_between_purposes", "context_of_collection",
+            "nature_of_data", "possible_consequences", "safeguards", "approved_by", "approved_at",
+        ]
+        read_only_fields = ["id", "approved_by", "approved_at"]
+
+
+class DataCategorySerializer(serializers.ModelSerializer):
+    code = serializers.SlugField(max_length=100)
+    special_category = serializers.ChoiceField(choices=SpecialCategory.choices, required=False, allow_blank=True)
+
+    class Meta:
+        model = DataCategory
+        fields = ["code", "name", "description", "special_category", "criminal_offence_data", "is_special"]
+        read_only_fields = ["is_special"]
+
+
+class DataSubjectCategorySerializer(serializers.ModelSerializer):
+    code = serializers.SlugField(max_length=100)
+
+    class Meta:
+        model = DataSubjectCategory
+        fields = ["code", "name", "description", "vulnerable"]
+
+
+class IsoDurationField(serializers.DurationField):
+    """A duration in ISO 8601 (e.g. ``P365D``); Django's other duration formats are accepted too."""
+
+    def to_representation(self, value):
+        return duration_iso_string(value)
+
+
+class RetentionRuleSerializer(serializers.Serializer):
+    data_category = serializers.SlugRelatedField(slug_field="code", queryset=DataCategory.objects.all())
+    retention = IsoDurationField(help_text="ISO 8601 duration, e.g. P365D (Art. 30(1)(f)).")
+
+
+class RecipientSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    third_country = serializers.CharField(required=False, allow_blank=True)
+
+
+class TransferSerializer(serializers.Serializer):
+    country = serializers.CharField()
+    safeguard = serializers.CharField(help_text="Art. 46 safeguard or Art. 45 adequacy decision.")
+
+
+class ProcessingActivitySerializer(serializers.ModelSerializer):
+    """One Art. 30(1) record. Article-specific rules are checked by the service."""
+
+    purposes = serializers.SlugRelatedField(slug_field="code", many=True, queryset=Purpose.objects.all(), required=False)
+    data_subject_categories = serializers.SlugRelatedField(
+        slug_field="code", many=True, queryset=DataSubjectCategory.objects.all(), required=False
+    )
+    retention = RetentionRuleSerializer(many=True, required=False, source="retention_rules")
+    recipients = RecipientSerializer(many=True, required=False)
+    third_country_transfers = TransferSerializer(many=True, required=False)
+    lawful_basis = serializers.ChoiceField(choices=LawfulBasis.choices, required=False)
+    special_category_condition = serializers.ChoiceField(
+        choices=SpecialCategoryCondition.choices, required=False, allow_blank=True
+    )
+
+    class Meta:
+        model = ProcessingActivity
+        fields = [
+            "id", "name", "description", "controller_name", "controller_contact", "joint_controller",
+            "representative", "dpo_contact", "purposes", "data_subject_categories", "retention", "recipients",
+            "third_country_transfers", "security_measures", "lawful_basis", "special_category_condition",
+            "legitimate_interests_assessment", "controller_is_public_authority", "erasure_on_consent_withdrawal",
+            "created_at", "updated_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at"]
+        extra_kwargs = {
+            f: {"required": False}
+            for f in ("name", "controller_name", "controller_contact", "dpo_contact", "security_measures")
+        }
+        # The name's uniqueness is checked by the service, inside its transaction.
+        validators: list = []
+
+    def get_fields(self):
+        fields = super().get_fields()
+        fields["name"].validators = [v for v in fields["name"].validators if "Unique" not in type(v).__name__]
+        return fields
+
+    def validate_retention(self, rules):
+        seen = set()
+        for index, rule in enumerate(rules):
+            code = rule["data_category"].code
+            if code in seen:
+                raise serializers.ValidationError(f"retention[{index}]: {code!r} appears twice.")
+            seen.add(code)
+        return rules
+
+    def to_service_kwargs(self) -> dict:
+        data = dict(self.validated_data)
+        if "retention_rules" in data:
+            data["retention"] = {r["data_category"]: r["retention"] for r in data.pop("retention_rules")}
+        for key in ("recipients", "third_country_transfers"):
+            if key in data:
+                data[key] = [dict(item) for item in data[key]]
+        return data
+
+
+class ConsentEventSerializer(serializers.ModelSerializer):
+    """A ledger row as shown to DPOs and auditors: the subject by pseudonym only."""
+
+    subject = serializers.CharField(source="subject.pseudonym", read_only=True)
+    purpose = serializers.CharField(source="purpose.code", read_only=True)
+
+    class Meta:
+        model = ConsentEvent
+        fields = [
+            "event_id", "subject", "purpose", "action", "occurred_at", "recorded_at", "notice_version",
+            "notice_sha256", "method", "evidence", "expires_at",
+        ]
+        read_only_fields = fields
+
+
+class ConsentEvidenceSerializer(serializers.Serializer):
+    form_url = serializers.CharField(required=False)
+    ip = serializers.CharField(required=False, help_text="Truncated on arrival: last IPv4 octet / last 80 IPv6 bits zeroed.")
+    user_agent = serializers.CharField(required=False)
+    source_system = serializers.CharField(required=False)
+
+
+class ConsentEventInputSerializer(serializers.Serializer):
+    """One submitted consent event (documentation of the request body; validated by the service)."""
+
+    event_id = serializers.CharField(required=False, help_text="Idempotency key; derived from the content if absent.")
+    subject = serializers.CharField(help_text="The person's external identifier; pseudonymised on arrival, never stored.")
+    purpose = serializers.CharField(help_text="Purpose code, e.g. ml.training.clinical_risk.")
+    action = serializers.ChoiceField(choices=["given", "withdrawn"])
+    occurred_at = serializers.DateTimeField(help_text="When the person acted; not in the future; with a time zone.")
+    notice_version = serializers.CharField()
+    notice_text = serializers.CharField(required=False, help_text="The notice shown; only its SHA-256 is stored.")
+    notice_sha256 = serializers.CharField(required=False, help_text="SHA-256 of the notice text, if the text is not sent.")
+    method = serializers.CharField(help_text="Channel, e.g. web_form, paper, app.")
+    evidence = ConsentEvidenceSerializer(required=False)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class ConsentIngestResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    already_present = serializers.IntegerField()
+    withdrawals_under_erasure_on_withdrawal = serializers.IntegerField(required=False)
+
+
+class ConsentStatusRequestSerializer(serializers.Serializer):
+    purpose = serializers.CharField()
+    at = serializers.DateTimeField(required=False, help_text="Default: now.")
+    subjects = serializers.ListField(
+        child=serializers.CharField(), help_text="External identifiers, up to 1,000,000; pseudonymised on arrival."
+    )
+
+
+class ConsentStatusResponseSerializer(serializers.Serializer):
+    purpose = serializers.CharField()
+    at = serializers.DateTimeField()
+    consent_required = serializers.BooleanField()
+    lawful_bases = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    detail = serializers.CharField()
+    counts = serializers.DictField(child=serializers.IntegerField())
+    allowed = serializers.ListField(child=serializers.IntegerField(), help_text="Positions in `subjects` that may be processed.")
+    refused = serializers.DictField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        help_text="Positions in `subjects` by reason: no_consent, withdrawn, expired.",
+    )

@@ -1,0 +1,107 @@
+"""Filters for the governance API lists."""
+
+from __future__ import annotations
+
+import django_filters
+from django.db.models import Q
+
+from governance.models import (
+    ConsentAction,
+    ConsentEvent,
+    DataCategory,
+    DataSubjectCategory,
+    LawfulBasis,
+    ProcessingActivity,
+    Purpose,
+    PurposeCompatibility,
+)
+
+
+def _code_or_descendants(queryset, field: str, code: str):
+    return queryset.filter(Q(**{field: code}) | Q(**{f"{field}__startswith": code + "."}))
+
+
+class PurposeFilterSet(django_filters.FilterSet):
+    parent = django_filters.CharFilter(field_name="parent__code")
+    under = django_filters.CharFilter(method="filter_under", help_text="This purpose code and its descendants.")
+    search = django_filters.CharFilter(method="filter_search")
+
+    class Meta:
+        model = Purpose
+        fields = ["code"]
+
+    def filter_under(self, queryset, name, value):
+        return _code_or_descendants(queryset, "code", value)
+
+    def filter_search(self, queryset, name, value):
+        return queryset.filter(Q(code__icontains=value) | Q(name__icontains=value))
+
+
+class PurposeCompatibilityFilterSet(django_filters.FilterSet):
+    original_purpose = django_filters.CharFilter(field_name="original_purpose__code")
+    compatible_purpose = django_filters.CharFilter(field_name="compatible_purpose__code")
+
+    class Meta:
+        model = PurposeCompatibility
+        fields: list[str] = []
+
+
+class DataCategoryFilterSet(django_filters.FilterSet):
+    is_special = django_filters.BooleanFilter(method="filter_is_special", help_text="Art. 9(1) special categories.")
+
+    class Meta:
+        model = DataCategory
+        fields = ["code", "special_category", "criminal_offence_data"]
+
+    def filter_is_special(self, queryset, name, value):
+        return queryset.exclude(special_category="") if value else queryset.filter(special_category="")
+
+
+class DataSubjectCategoryFilterSet(django_filters.FilterSet):
+    class Meta:
+        model = DataSubjectCategory
+        fields = ["code", "vulnerable"]
+
+
+class ProcessingActivityFilterSet(django_filters.FilterSet):
+    lawful_basis = django_filters.ChoiceFilter(choices=LawfulBasis.choices)
+    purpose = django_filters.CharFilter(
+        method="filter_purpose", help_text="Activities whose purposes cover this purpose code."
+    )
+    data_category = django_filters.CharFilter(field_name="data_categories__code", distinct=True)
+    data_subject_category = django_filters.CharFilter(field_name="data_subject_categories__code", distinct=True)
+    special_categories = django_filters.BooleanFilter(
+        method="filter_special", help_text="Activities processing Art. 9(1) special categories."
+    )
+    name = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = ProcessingActivity
+        fields = ["special_category_condition", "controller_is_public_authority", "erasure_on_consent_withdrawal"]
+
+    def filter_purpose(self, queryset, name, value):
+        parts = value.split(".")
+        ancestors = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        return queryset.filter(purposes__code__in=ancestors).distinct()
+
+    def filter_special(self, queryset, name, value):
+        special = queryset.filter(data_categories__special_category__gt="").values("pk")
+        return queryset.filter(pk__in=special) if value else queryset.exclude(pk__in=special)
+
+
+class ConsentEventFilterSet(django_filters.FilterSet):
+    purpose = django_filters.CharFilter(field_name="purpose__code", help_text="Exact purpose code.")
+    purpose_under = django_filters.CharFilter(method="filter_purpose_under", help_text="Code and its descendants.")
+    action = django_filters.ChoiceFilter(choices=ConsentAction.choices)
+    occurred_after = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    occurred_before = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    recorded_after = django_filters.IsoDateTimeFilter(field_name="recorded_at", lookup_expr="gte")
+    recorded_before = django_filters.IsoDateTimeFilter(field_name="recorded_at", lookup_expr="lt")
+    subject = django_filters.CharFilter(field_name="subject__pseudonym", help_text="The subject's pseudonym.")
+
+    class Meta:
+        model = ConsentEvent
+        fields = ["event_id", "method"]
+
+    def filter_purpose_under(self, queryset, name, value):
+        return _code_or_descendants(queryset, "purpose__code", value)
