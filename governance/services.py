@@ -264,6 +264,33 @@ COMPATIBILITY_FACTORS = {
 }
 
 
+def purpose_compatibility_check(*, original_purpose, compatible_purpose, approved_by, texts: dict[str, str]) -> None:
+    """Refuse an Art. 6(4) assessment that is incomplete, unneeded, duplicated or not approved by a DPO."""
+    from governance.models import PurposeCompatibility
+    from governance.roles import DPO, has_role
+
+    if not has_role(approved_by, DPO):
+        raise ServiceError("Only a data protection officer may approve a compatibility assessment.", field="approved_by")
+    if original_purpose.pk == compatible_purpose.pk:
+        raise ServiceError("A purpose is trivially compatible with itself.", field="compatible_purpose")
+    if original_purpose.covers(compatible_purpose.code):
+        raise ServiceError(
+            f"{compatible_purpose.code!r} is already covered by {original_purpose.code!r}: no assessment needed.",
+            field="compatible_purpose",
+        )
+    for field, text in texts.items():
+        if not (text or "").strip():
+            raise ServiceError(
+                f"{COMPATIBILITY_FACTORS[field]} requires this factor to be assessed; it is empty.", field=field
+            )
+    if PurposeCompatibility.objects.filter(
+        original_purpose=original_purpose, compatible_purpose=compatible_purpose
+    ).exists():
+        raise ServiceConflict(
+            f"A compatibility assessment {original_purpose.code} → {compatible_purpose.code} already exists."
+        )
+
+
 @transaction.atomic
 def purpose_compatibility_declare(
     *,
@@ -282,17 +309,7 @@ def purpose_compatibility_declare(
     Only a DPO may approve, and every one of the five Art. 6(4) factors must be assessed.
     """
     from governance.models import PurposeCompatibility
-    from governance.roles import DPO, has_role
 
-    if not has_role(approved_by, DPO):
-        raise ServiceError("Only a data protection officer may approve a compatibility assessment.", field="approved_by")
-    if original_purpose.pk == compatible_purpose.pk:
-        raise ServiceError("A purpose is trivially compatible with itself.", field="compatible_purpose")
-    if original_purpose.covers(compatible_purpose.code):
-        raise ServiceError(
-            f"{compatible_purpose.code!r} is already covered by {original_purpose.code!r}: no assessment needed.",
-            field="compatible_purpose",
-        )
     texts = {
         "link_between_purposes": link_between_purposes,
         "context_of_collection": context_of_collection,
@@ -300,17 +317,9 @@ def purpose_compatibility_declare(
         "possible_consequences": possible_consequences,
         "safeguards": safeguards,
     }
-    for field, text in texts.items():
-        if not (text or "").strip():
-            raise ServiceError(
-                f"{COMPATIBILITY_FACTORS[field]} requires this factor to be assessed; it is empty.", field=field
-            )
-    if PurposeCompatibility.objects.filter(
-        original_purpose=original_purpose, compatible_purpose=compatible_purpose
-    ).exists():
-        raise ServiceConflict(
-            f"A compatibility assessment {original_purpose.code} → {compatible_purpose.code} already exists."
-        )
+    purpose_compatibility_check(
+        original_purpose=original_purpose, compatible_purpose=compatible_purpose, approved_by=approved_by, texts=texts
+    )
     record = PurposeCompatibility.objects.create(
         original_purpose=original_purpose,
         compatible_purpose=compatible_purpose,
