@@ -7,6 +7,8 @@ name ``training_runs``) → model version (mlops.ModelVersion.training_run, rela
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 
@@ -15,6 +17,40 @@ from governance.models import DataSubject, ProcessingActivity, Purpose, PurposeC
 
 class ImmutableError(Exception):
     """Raised on an attempt to change or delete an immutable provenance row."""
+
+
+class ImmutableQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise ImmutableError(f"{self.model.__name__} rows are immutable: update refused.")
+
+    def delete(self):
+        raise ImmutableError(f"{self.model.__name__} rows are immutable: delete refused.")
+
+    def _amendment_delete(self) -> int:
+        """Delete rows for a recorded amendment (retention purge, Art. 17 erasure) only.
+
+        The caller must record a SnapshotAmendment in the same transaction.
+        """
+        return self._raw_delete(self.db)
+
+    def _finalise(self, **kwargs) -> int:
+        """Fill in the computed fields of a snapshot created in the same transaction."""
+        return super().update(**kwargs)
+
+
+class ImmutableModel(models.Model):
+    objects = ImmutableQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ImmutableError(f"{type(self).__name__} rows are immutable: update refused.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableError(f"{type(self).__name__} rows are immutable: delete refused.")
 
 
 class Dataset(models.Model):
@@ -53,8 +89,12 @@ class DataRecord(models.Model):
         indexes = [models.Index(fields=["subject"]), models.Index(fields=["dataset", "id"])]
 
 
-class Snapshot(models.Model):
-    """The exact set of records a training run may use, frozen at creation."""
+class Snapshot(ImmutableModel):
+    """The exact set of records a training run may use, frozen at creation.
+
+    Only a retention purge or an erasure may later remove members, and each such removal
+    is recorded as a SnapshotAmendment; ``merkle_root`` keeps the root as created.
+    """
 
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="snapshots")
     purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="snapshots")
@@ -71,6 +111,8 @@ class Snapshot(models.Model):
     # {"no_consent": n, "withdrawn": n, "expired": n, "retention_passed": n}
     excluded_counts = models.JSONField(default=dict)
     merkle_root = models.CharField(max_length=64)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    openlineage_run_id = models.UUIDField(default=uuid.uuid4, db_index=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -79,7 +121,7 @@ class Snapshot(models.Model):
         return f"snapshot {self.pk} of {self.dataset_id} for {self.purpose_id}"
 
 
-class SnapshotMembership(models.Model):
+class SnapshotMembership(ImmutableModel):
     snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="members")
     record = models.ForeignKey(DataRecord, on_delete=models.PROTECT, related_name="+")
     subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="+")
@@ -87,3 +129,28 @@ class SnapshotMembership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["snapshot", "record"], name="unique_snapshot_record")]
         indexes = [models.Index(fields=["subject"])]
+
+
+class AmendmentReason(models.TextChoices):
+    RETENTION = "retention", "Retention period passed (Art. 5(1)(e))"
+    ERASURE = "erasure", "Erasure (Art. 17)"
+
+
+class SnapshotAmendment(ImmutableModel):
+    """A recorded removal of members from a snapshot, with the Merkle roots before and after."""
+
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="amendments")
+    reason = models.CharField(max_length=20, choices=AmendmentReason.choices)
+    erasure_request_id = models.BigIntegerField(null=True, blank=True)
+    records_removed = models.PositiveIntegerField()
+    subjects_removed = models.PositiveIntegerField()
+    previous_root = models.CharField(max_length=64)
+    new_root = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["snapshot_id", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.reason} amendment of snapshot {self.snapshot_id}"

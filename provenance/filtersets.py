@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import django_filters
+
+from provenance.models import Dataset, Snapshot
+
+
+class DatasetFilterSet(django_filters.FilterSet):
+    name = django_filters.CharFilter(lookup_expr="icontains")
+    owner = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Dataset
+        fields = ["name", "owner", "processing_activity", "source_system"]
+
+
+class SnapshotFilterSet(django_filters.FilterSet):
+    purpose = django_filters.CharFilter(field_name="purpose__code")
+    taken_after = django_filters.IsoDateTimeFilter(field_name="taken_for", lookup_expr="gte")
+    taken_before = django_filters.IsoDateTimeFilter(field_name="taken_for", lookup_expr="lt")
+
+    class Meta:
+        model = Snapshot
+        fields = ["dataset", "purpose", "lawful_basis"]

@@ -1,0 +1,226 @@
+"""Standard lineage exports: OpenLineage run events and W3C PROV-JSON.
+
+OpenLineage: every snapshot creation is a run (runId = Snapshot.openlineage_run_id) of
+the job ``snapshot.<dataset name>`` with the dataset as input and the snapshot as
+output; START carries the creation time, COMPLETE the completion time. Events go through
+the openlineage-python client: HTTP when settings.OPENLINEAGE_URL is set, otherwise JSON
+lines appended to settings.OPENLINEAGE_FILE. The downloads rebuild the same events from
+the stored snapshot, so they match what was sent.
+
+PROV: datasets, snapshots and model versions are prov:Entity; snapshot creation and
+training runs are prov:Activity; the user who asked is a prov:Agent; the processing
+activity (Art. 30 record) is the prov:Plan of the snapshot creation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from openlineage.client import OpenLineageClient
+from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.facet_v2 import documentation_dataset, schema_dataset
+from openlineage.client.serde import Serde
+from prov.model import PROV_TYPE, ProvDocument
+
+from provenance.models import Dataset, Snapshot
+
+PL_NAMESPACE_URI = "https://privacy-ledger.example/ns/provenance#"
+SCHEMA_TYPES = {"float": "DOUBLE", "int": "BIGINT", "bool": "BOOLEAN", "category": "STRING"}
+
+
+# --- OpenLineage -----------------------------------------------------------------------
+
+
+def openlineage_transport_config() -> dict:
+    if settings.OPENLINEAGE_URL:
+        config: dict[str, Any] = {"type": "http", "url": settings.OPENLINEAGE_URL, "endpoint": settings.OPENLINEAGE_ENDPOINT}
+        if settings.OPENLINEAGE_API_KEY:
+            config["auth"] = {"type": "api_key", "apiKey": settings.OPENLINEAGE_API_KEY}
+        return config
+    settings.OPENLINEAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    return {"type": "file", "log_file_path": str(settings.OPENLINEAGE_FILE), "append": True}
+
+
+def openlineage_client() -> OpenLineageClient:
+    """A client with the configured transport; the mlops training runs use it too."""
+    return OpenLineageClient(config={"transport": openlineage_transport_config()})
+
+
+def _dataset_name(dataset: Dataset) -> str:
+    return f"datasets/{dataset.pk}/{dataset.name}"
+
+
+def snapshot_openlineage_events(*, snapshot: Snapshot) -> list[RunEvent]:
+    dataset = snapshot.dataset
+    namespace = settings.OPENLINEAGE_NAMESPACE
+    fields = [
+        schema_dataset.SchemaDatasetFacetFields(name=f["name"], type=SCHEMA_TYPES[f["type"]])
+        for f in [*dataset.schema["features"], dataset.schema["label"]]
+    ]
+    inputs = [
+        InputDataset(
+            namespace=namespace, name=_dataset_name(dataset),
+            facets={
+                "schema": schema_dataset.SchemaDatasetFacet(fields=fields),
+                **({"documentation": documentation_dataset.DocumentationDatasetFacet(description=dataset.description)}
+                   if dataset.description else {}),
+            },
+        )
+    ]
+    outputs = [OutputDataset(namespace=namespace, name=f"snapshots/{snapshot.pk}", facets={"schema": schema_dataset.SchemaDatasetFacet(fields=fields)})]
+    run = Run(runId=str(snapshot.openlineage_run_id))
+    job = Job(namespace=namespace, name=f"snapshot.{dataset.name}")
+    started = snapshot.created_at.isoformat()
+    completed = (snapshot.completed_at or snapshot.created_at).isoformat()
+    return [
+        RunEvent(eventType=RunState.START, eventTime=started, run=run, job=job, producer=settings.OPENLINEAGE_PRODUCER, inputs=inputs, outputs=[]),
+        RunEvent(eventType=RunState.COMPLETE, eventTime=completed, run=run, job=job, producer=settings.OPENLINEAGE_PRODUCER, inputs=inputs, outputs=outputs),
+    ]
+
+
+def openlineage_emit_snapshot(*, snapshot: Snapshot) -> None:
+    client = openlineage_client()
+    for event in snapshot_openlineage_events(snapshot=snapshot):
+        client.emit(event)
+
+
+def openlineage_events_json(events: list[RunEvent]) -> list[dict]:
+    return [json.loads(Serde.to_json(event)) for event in events]
+
+
+# --- PROV ------------------------------------------------------------------------------
+
+
+def _new_document() -> ProvDocument:
+    doc = ProvDocument()
+    doc.add_namespace("pl", PL_NAMESPACE_URI)
+    return doc
+
+
+def _add_dataset(doc: ProvDocument, dataset: Dataset, seen: set[int]) -> str:
+    ident = f"pl:dataset-{dataset.pk}"
+    if dataset.pk in seen:
+        return ident
+    seen.add(dataset.pk)
+    activity = dataset.processing_activity
+    doc.entity(ident, {
+        PROV_TYPE: "pl:Dataset", "prov:label": dataset.name, "pl:owner": dataset.owner,
+        "pl:source_system": dataset.source_system, "pl:schema": json.dumps(dataset.schema, sort_keys=True),
+    })
+    pa = f"pl:processing-activity-{activity.pk}"
+    doc.entity(pa, {PROV_TYPE: "prov:Plan", "prov:label": activity.name, "pl:lawful_basis": activity.lawful_basis})
+    for parent in dataset.parents.select_related("processing_activity").all():
+        parent_id = _add_dataset(doc, parent, seen)
+        derivation = f"pl:derivation-{dataset.pk}-{parent.pk}"
+        doc.activity(derivation, other_attributes={"prov:label": dataset.transformation or "derivation"})
+        doc.used(derivation, parent_id)
+        doc.wasGeneratedBy(ident, derivation)
+        doc.wasDerivedFrom(ident, parent_id, activity=derivation)
+    return ident
+
+
+def _add_snapshot(doc: ProvDocument, snapshot: Snapshot, seen: set[int]) -> str:
+    dataset_id = _add_dataset(doc, snapshot.dataset, seen)
+    ident = f"pl:snapshot-{snapshot.pk}"
+    doc.entity(ident, {
+        PROV_TYPE: "pl:Snapshot", "pl:taken_for": snapshot.taken_for.isoformat(),
+        "pl:purpose": snapshot.purpose.code, "pl:lawful_basis": snapshot.lawful_basis,
+        "pl:included_count": snapshot.included_count, "pl:included_subjects": snapshot.included_subjects,
+        "pl:excluded_counts": json.dumps(snapshot.excluded_counts, sort_keys=True),
+        "pl:merkle_root": snapshot.merkle_root,
+    })
+    creation = f"pl:snapshot-creation-{snapshot.pk}"
+    doc.activity(creation, snapshot.created_at, snapshot.completed_at, {"prov:label": f"snapshot {snapshot.pk} creation"})
+    doc.used(creation, dataset_id)
+    doc.wasGeneratedBy(ident, creation)
+    doc.wasDerivedFrom(ident, dataset_id, activity=creation)
+    plan = f"pl:processing-activity-{snapshot.dataset.processing_activity_id}"
+    if snapshot.requested_by_id:
+        agent = f"pl:user-{snapshot.requested_by_id}"
+        doc.agent(agent, {PROV_TYPE: "prov:Person", "prov:label": snapshot.requested_by.get_username()})
+        doc.wasAssociatedWith(creation, agent, plan)
+    else:
+        doc.agent("pl:privacy-ledger", {PROV_TYPE: "prov:SoftwareAgent"})
+        doc.wasAssociatedWith(creation, "pl:privacy-ledger", plan)
+    for amendment in snapshot.amendments.all():
+        act = f"pl:snapshot-amendment-{amendment.pk}"
+        doc.activity(act, amendment.created_at, amendment.created_at, {
+            "prov:label": f"{amendment.reason} amendment", "pl:records_removed": amendment.records_removed,
+            "pl:previous_root": amendment.previous_root, "pl:new_root": amendment.new_root,
+        })
+        doc.used(act, ident)
+    return ident
+
+
+def _training_models():
+    try:
+        return apps.get_model("mlops", "TrainingRun"), apps.get_model("mlops", "ModelVersion")
+    except LookupError:
+        return None, None
+
+
+def _add_training_run(doc: ProvDocument, run, snapshot_ident: str) -> str:
+    ident = f"pl:training-run-{run.pk}"
+    attrs = {"prov:label": getattr(run, "name", f"training run {run.pk}"), "pl:status": getattr(run, "status", "")}
+    doc.activity(ident, getattr(run, "started_at", None), getattr(run, "finished_at", None), attrs)
+    doc.used(ident, snapshot_ident)
+    return ident
+
+
+def _add_model_version(doc: ProvDocument, model_version, run_ident: str, snapshot_ident: str) -> str:
+    ident = f"pl:model-version-{model_version.pk}"
+    attrs: dict[str, Any] = {PROV_TYPE: "pl:ModelVersion", "prov:label": f"{getattr(model_version, 'name', 'model')} v{getattr(model_version, 'version', '')}"}
+    for field in ("artifact_sha256", "epsilon", "delta", "status"):
+        value = getattr(model_version, field, None)
+        if value is not None:
+            attrs[f"pl:{field}"] = value
+    doc.entity(ident, attrs)
+    doc.wasGeneratedBy(ident, run_ident)
+    doc.wasDerivedFrom(ident, snapshot_ident, activity=run_ident)
+    return ident
+
+
+def _add_snapshot_and_downstream(doc: ProvDocument, snapshot: Snapshot, seen: set[int]) -> None:
+    snapshot_ident = _add_snapshot(doc, snapshot, seen)
+    TrainingRun, ModelVersion = _training_models()
+    if TrainingRun is None:
+        return
+    for run in TrainingRun.objects.filter(snapshot=snapshot).order_by("pk"):
+        run_ident = _add_training_run(doc, run, snapshot_ident)
+        for mv in ModelVersion.objects.filter(training_run=run).order_by("pk"):
+            _add_model_version(doc, mv, run_ident, snapshot_ident)
+
+
+def snapshot_prov_document(*, snapshot: Snapshot) -> ProvDocument:
+    """The snapshot's upstream lineage and the training runs and models that used it."""
+    doc = _new_document()
+    _add_snapshot_and_downstream(doc, snapshot, set())
+    return doc
+
+
+def dataset_prov_document(*, dataset: Dataset) -> ProvDocument:
+    """The dataset's ancestry, every snapshot of it and everything trained on them."""
+    doc = _new_document()
+    seen: set[int] = set()
+    _add_dataset(doc, dataset, seen)
+    for snapshot in dataset.snapshots.select_related("purpose", "requested_by", "dataset__processing_activity").order_by("pk"):
+        _add_snapshot_and_downstream(doc, snapshot, seen)
+    return doc
+
+
+def model_prov_document(*, model_version) -> ProvDocument:
+    """Everything upstream of a model version, down to datasets and processing activities."""
+    doc = _new_document()
+    run = model_version.training_run
+    snapshot = Snapshot.objects.select_related("dataset__processing_activity", "purpose", "requested_by").get(pk=run.snapshot_id)
+    snapshot_ident = _add_snapshot(doc, snapshot, set())
+    run_ident = _add_training_run(doc, run, snapshot_ident)
+    _add_model_version(doc, model_version, run_ident, snapshot_ident)
+    return doc
+
+
+def prov_json(doc: ProvDocument) -> str:
+    return doc.serialize(format="json")

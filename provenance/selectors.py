@@ -1,0 +1,269 @@
+"""Selectors that read provenance: manifests, lineage and a person's impact.
+
+Lineage runs dataset → snapshot → training run → model version. Training runs and model
+versions live in the mlops app and are looked up lazily, so these selectors work (and
+answer with empty lists) before that app's models exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from django.apps import apps
+from django.db import connection
+from django.db.models import Count
+
+from governance.models import DataSubject, Purpose
+from provenance.models import DataRecord, Dataset, Snapshot, SnapshotAmendment, SnapshotMembership
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite returns text from raw SQL
+        return value
+    return value.isoformat()
+
+
+def _mlops_models() -> tuple[Any, Any]:
+    try:
+        return apps.get_model("mlops", "TrainingRun"), apps.get_model("mlops", "ModelVersion")
+    except LookupError:
+        return None, None
+
+
+# --- Snapshots -------------------------------------------------------------------------
+
+
+def snapshot_current_root(*, snapshot: Snapshot) -> str:
+    """The root of the current membership: the last amendment's, or the original."""
+    latest = SnapshotAmendment.objects.filter(snapshot=snapshot).order_by("-id").values_list("new_root", flat=True).first()
+    return latest or snapshot.merkle_root
+
+
+def snapshot_manifest_rows(*, snapshot: Snapshot, chunk_size: int = 10000) -> Iterator[tuple[int, str]]:
+    """(record id, content hash) of the current members in record id order, streamed
+    from a server-side cursor on PostgreSQL."""
+    sql = (
+        f"SELECT m.record_id, r.content_hash FROM {SnapshotMembership._meta.db_table} m "
+        f"JOIN {DataRecord._meta.db_table} r ON r.id = m.record_id WHERE m.snapshot_id = %s ORDER BY m.record_id"
+    )
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, [snapshot.pk])
+        while True:
+            chunk = cursor.fetchmany(chunk_size)
+            if not chunk:
+                return
+            yield from chunk
+
+
+# --- Lineage ---------------------------------------------------------------------------
+
+
+def _activity_summary(activity) -> dict:
+    return {
+        "id": activity.pk,
+        "name": activity.name,
+        "lawful_basis": activity.lawful_basis,
+        "purposes": sorted(activity.purposes.values_list("code", flat=True)),
+        "retention": [
+            {"data_category": code, "retention_days": retention.total_seconds() / 86400}
+            for code, retention in activity.retention_rules.order_by("data_category__code").values_list(
+                "data_category__code", "retention"
+            )
+        ],
+    }
+
+
+def _dataset_summary(dataset: Dataset) -> dict:
+    return {
+        "id": dataset.pk,
+        "name": dataset.name,
+        "owner": dataset.owner,
+        "source_system": dataset.source_system,
+        "processing_activity": dataset.processing_activity_id,
+        "transformation": dataset.transformation,
+        "parents": sorted(dataset.parents.values_list("pk", flat=True)),
+    }
+
+
+def _snapshot_summary(snapshot: Snapshot) -> dict:
+    return {
+        "id": snapshot.pk,
+        "dataset": snapshot.dataset_id,
+        "purpose": snapshot.purpose.code,
+        "taken_for": _iso(snapshot.taken_for),
+        "lawful_basis": snapshot.lawful_basis,
+        "compatibility": snapshot.compatibility_id,
+        "included_count": snapshot.included_count,
+        "included_subjects": snapshot.included_subjects,
+        "excluded_counts": snapshot.excluded_counts,
+        "merkle_root": snapshot.merkle_root,
+        "current_merkle_root": snapshot_current_root(snapshot=snapshot),
+    }
+
+
+def _ancestors(dataset: Dataset) -> list[Dataset]:
+    seen: dict[int, Dataset] = {}
+    frontier = [dataset]
+    while frontier:  # one query per generation of parents
+        parents = list(
+            Dataset.objects.filter(derived__in=frontier).exclude(pk__in=[*seen, dataset.pk])
+            .select_related("processing_activity").distinct()
+        )
+        frontier = [p for p in parents if p.pk not in seen]
+        seen.update((p.pk, p) for p in frontier)
+    return list(seen.values())
+
+
+def _runs_and_models(snapshot_ids: list[int]) -> tuple[list[dict], list[dict]]:
+    TrainingRun, ModelVersion = _mlops_models()
+    if TrainingRun is None or not snapshot_ids:
+        return [], []
+    runs = [
+        {"id": r["pk"], "name": r["name"], "snapshot": r["snapshot_id"], "status": r["status"],
+         "created_at": _iso(r["created_at"])}
+        for r in TrainingRun.objects.filter(snapshot_id__in=snapshot_ids).order_by("pk").values(
+            "pk", "name", "snapshot_id", "status", "created_at"
+        )
+    ]
+    models = [
+        {"id": m["pk"], "name": m["name"], "version": m["version"], "status": m["status"],
+         "training_run": m["training_run_id"]}
+        for m in ModelVersion.objects.filter(training_run_id__in=[r["id"] for r in runs]).order_by("pk").values(
+            "pk", "name", "version", "status", "training_run_id"
+        )
+    ]
+    return runs, models
+
+
+def dataset_lineage(*, dataset: Dataset) -> dict:
+    """The dataset, what it was derived from, what derives from it, its snapshots and their
+    training runs and model versions."""
+    ancestors = _ancestors(dataset)
+    snapshots = list(
+        Snapshot.objects.filter(dataset=dataset).select_related("purpose").order_by("pk")
+    )
+    runs, models = _runs_and_models([s.pk for s in snapshots])
+    counts = DataRecord.objects.filter(dataset=dataset).aggregate(
+        records=Count("id"), subjects=Count("subject_id", distinct=True)
+    )
+    activities = {dataset.processing_activity_id: dataset.processing_activity}
+    activities.update((a.processing_activity_id, a.processing_activity) for a in ancestors)
+    return {
+        "dataset": _dataset_summary(dataset),
+        "record_count": counts["records"],
+        "subject_count": counts["subjects"],
+        "ancestors": [_dataset_summary(a) for a in ancestors],
+        "derived": [_dataset_summary(d) for d in dataset.derived.order_by("pk")],
+        "processing_activities": [_activity_summary(a) for _, a in sorted(activities.items())],
+        "snapshots": [_snapshot_summary(s) for s in snapshots],
+        "training_runs": runs,
+        "model_versions": models,
+    }
+
+
+def model_lineage(*, model_version) -> dict:
+    """Everything upstream of a model version: its training run, snapshot, dataset, the
+    datasets that one was derived from, and their processing activities."""
+    run = model_version.training_run
+    snapshot = Snapshot.objects.select_related("dataset__processing_activity", "purpose").get(pk=run.snapshot_id)
+    dataset = snapshot.dataset
+    ancestors = _ancestors(dataset)
+    activities = {dataset.processing_activity_id: dataset.processing_activity}
+    activities.update((a.processing_activity_id, a.processing_activity) for a in ancestors)
+    return {
+        "model_version": {
+            "id": model_version.pk,
+            "name": getattr(model_version, "name", ""),
+            "version": getattr(model_version, "version", None),
+            "status": getattr(model_version, "status", ""),
+        },
+        "training_run": {"id": run.pk, "name": getattr(run, "name", ""), "status": getattr(run, "status", "")},
+        "snapshot": _snapshot_summary(snapshot),
+        "dataset": _dataset_summary(dataset),
+        "ancestor_datasets": [_dataset_summary(a) for a in ancestors],
+        "processing_activities": [_activity_summary(a) for _, a in sorted(activities.items())],
+    }
+
+
+# --- A person's impact -----------------------------------------------------------------
+
+
+def subject_impact(*, subject: DataSubject) -> dict:
+    """Every dataset, record, snapshot, training run and model version holding this person.
+
+    Three indexed queries (records by subject, membership by subject, runs of those
+    snapshots) whatever the number of snapshots. The person is named only by the
+    subject's random reference, never by pseudonym.
+    """
+    records, members, datasets_t = DataRecord._meta.db_table, SnapshotMembership._meta.db_table, Dataset._meta.db_table
+    snapshots_t = Snapshot._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT r.dataset_id, d.name, r.id FROM {records} r JOIN {datasets_t} d ON d.id = r.dataset_id "
+            "WHERE r.subject_id = %s ORDER BY r.dataset_id, r.id",
+            [subject.pk],
+        )
+        datasets: dict[int, dict] = {}
+        for dataset_id, name, record_id in cursor.fetchall():
+            entry = datasets.setdefault(dataset_id, {"id": dataset_id, "name": name, "record_count": 0, "record_ids": []})
+            entry["record_count"] += 1
+            entry["record_ids"].append(record_id)
+        cursor.execute(
+            f"SELECT m.snapshot_id, s.dataset_id, p.code, s.taken_for, COUNT(*) FROM {members} m "
+            f"JOIN {snapshots_t} s ON s.id = m.snapshot_id JOIN {Purpose._meta.db_table} p ON p.id = s.purpose_id "
+            "WHERE m.subject_id = %s "
+            "GROUP BY m.snapshot_id, s.dataset_id, p.code, s.taken_for ORDER BY m.snapshot_id",
+            [subject.pk],
+        )
+        snapshots = [
+            {"id": sid, "dataset": did, "purpose": pid, "taken_for": _iso(taken_for), "records": n}
+            for sid, did, pid, taken_for, n in cursor.fetchall()
+        ]
+        runs: list[dict] = []
+        models: list[dict] = []
+        TrainingRun, ModelVersion = _mlops_models()
+        if TrainingRun is not None and snapshots:
+            runs_t, models_t = TrainingRun._meta.db_table, ModelVersion._meta.db_table
+            cursor.execute(
+                f"SELECT t.id, t.name, t.snapshot_id, t.status, mv.id, mv.name, mv.version, mv.status "
+                f"FROM {runs_t} t LEFT JOIN {models_t} mv ON mv.training_run_id = t.id "
+                f"WHERE t.snapshot_id IN (SELECT DISTINCT snapshot_id FROM {members} WHERE subject_id = %s) "
+                "ORDER BY t.id, mv.id",
+                [subject.pk],
+            )
+            seen_runs: set[int] = set()
+            for run_id, run_name, snapshot_id, run_status, mv_id, mv_name, mv_version, mv_status in cursor.fetchall():
+                if run_id not in seen_runs:
+                    seen_runs.add(run_id)
+                    runs.append({"id": run_id, "name": run_name, "snapshot": snapshot_id, "status": run_status})
+                if mv_id is not None:
+                    models.append({"id": mv_id, "name": mv_name, "version": mv_version, "status": mv_status, "training_run": run_id})
+    return {
+        "subject_ref": str(subject.reference),
+        "datasets": list(datasets.values()),
+        "snapshots": snapshots,
+        "training_runs": runs,
+        "model_versions": models,
+        "counts": {
+            "datasets": len(datasets),
+            "records": sum(d["record_count"] for d in datasets.values()),
+            "snapshots": len(snapshots),
+            "training_runs": len(runs),
+            "model_versions": len(models),
+        },
+    }
+
+
+def subject_find(*, external_id: str) -> DataSubject | None:
+    """Look a person up by external identifier: pseudonymised first, never stored."""
+    from governance.pseudonymisation import pseudonymise
+
+    try:
+        pseudonym = pseudonymise(external_id)
+    except (TypeError, ValueError):
+        return None
+    return DataSubject.objects.filter(pseudonym=pseudonym).first()

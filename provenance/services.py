@@ -1,0 +1,564 @@
+"""Services that write provenance records. Keyword-only, atomic, audited, set-based."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Min, QuerySet
+from django.utils import timezone
+
+from governance.models import LawfulBasis, ProcessingActivity, Purpose, PurposeCompatibility
+from governance.pseudonymisation import pseudonymise_many
+from governance.selectors import consent_state_sql
+from governance.services import ServiceError, audit_event_record, data_subject_ensure_many
+from provenance import merkle
+from provenance.models import (
+    AmendmentReason,
+    DataRecord,
+    Dataset,
+    Snapshot,
+    SnapshotAmendment,
+    SnapshotMembership,
+)
+from provenance.schema import RowError, content_hash, record_validate, schema_validate
+
+logger = logging.getLogger(__name__)
+
+EXCLUSION_REASONS = ("no_consent", "withdrawn", "expired", "retention_passed")
+MAX_ERRORS_REPORTED = 20
+
+
+def _max_rows() -> int:
+    return settings.PROVENANCE_MAX_ROWS_PER_REQUEST
+
+
+# --- Datasets --------------------------------------------------------------------------
+
+
+@transaction.atomic
+def dataset_create(
+    *,
+    name: str,
+    owner: str,
+    processing_activity: ProcessingActivity,
+    schema: Any,
+    description: str = "",
+    source_system: str = "",
+    parents: Iterable[Dataset] = (),
+    transformation: str = "",
+    actor: Any = None,
+) -> Dataset:
+    clean_schema = schema_validate(schema)
+    parents = list(parents)
+    if parents and not transformation.strip():
+        raise ServiceError("A derived dataset must describe the transformation from its parents.", field="transformation")
+    if transformation.strip() and not parents:
+        raise ServiceError("A transformation is described only for a dataset derived from parents.", field="parents")
+    if Dataset.objects.filter(name=name).exists():
+        raise ServiceError(f"A dataset named {name!r} already exists.", field="name")
+    try:
+        with transaction.atomic():
+            dataset = Dataset.objects.create(
+                name=name, description=description, owner=owner, processing_activity=processing_activity,
+                source_system=source_system, schema=clean_schema, transformation=transformation,
+                created_by=actor if getattr(actor, "pk", None) else None,
+            )
+    except IntegrityError:
+        raise ServiceError(f"A dataset named {name!r} already exists.", field="name")
+    if parents:
+        dataset.parents.set(parents)
+    audit_event_record(
+        actor=actor, action="dataset.created", object_type="dataset", object_id=dataset.pk,
+        details={
+            "name": name, "processing_activity": processing_activity.pk,
+            "features": len(clean_schema["features"]), "parents": [p.pk for p in parents],
+        },
+    )
+    return dataset
+
+
+# --- Records ---------------------------------------------------------------------------
+
+
+def _row_error(errors: list[dict], row: int, field: str, reason: str) -> None:
+    if len(errors) < MAX_ERRORS_REPORTED:
+        errors.append({"row": row, "field": field, "reason": reason})
+
+
+def _raise_row_errors(errors: list[dict], total_bad: int) -> None:
+    first = errors[0]
+    raise ServiceError(
+        f"row {first['row']}, field '{first['field']}': {first['reason']}. Nothing was stored "
+        f"({total_bad} row(s) with errors; the first {len(errors)} are listed).",
+        field="rows", errors=errors,
+    )
+
+
+def _validate_rows(rows: Any, schema: dict, *, from_text: bool) -> tuple[list[str], list[tuple[dict, Any]]]:
+    if not isinstance(rows, list):
+        raise ServiceError("Expected a JSON list of records or a CSV body.", field="rows")
+    if not rows:
+        raise ServiceError("No records given.", field="rows")
+    if len(rows) > _max_rows():
+        raise ServiceError(f"At most {_max_rows()} rows per request; got {len(rows)}.", field="rows")
+    identifiers: list[str] = []
+    clean: list[tuple[dict, Any]] = []
+    errors: list[dict] = []
+    bad = 0
+    label_name = schema["label"]["name"]
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            bad += 1
+            _row_error(errors, number, "row", "expected an object with subject, features and label")
+            continue
+        unknown = sorted(set(row) - {"subject", "features", "label"})
+        if unknown:
+            bad += 1
+            _row_error(errors, number, unknown[0], "unknown key; a record has subject, features and label")
+            continue
+        subject = row.get("subject")
+        if not isinstance(subject, str) or not subject.strip():
+            bad += 1
+            _row_error(errors, number, "subject", "the subject's external identifier is required")
+            continue
+        if "label" not in row:
+            bad += 1
+            _row_error(errors, number, label_name, "the label is missing")
+            continue
+        try:
+            clean.append(record_validate(row.get("features"), row.get("label"), schema, from_text=from_text))
+        except RowError as exc:
+            bad += 1
+            _row_error(errors, number, exc.field, exc.reason)
+            continue
+        identifiers.append(subject)
+    if errors:
+        _raise_row_errors(errors, bad)
+    return identifiers, clean
+
+
+def records_parse_csv(*, text: str, schema: dict) -> list[dict]:
+    """Turn a CSV body (subject column, one column per feature, the label column) into rows.
+
+    Values stay text here; validation converts them to the declared types. Row numbers in
+    errors count data rows from 1 (the header is not a row).
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ServiceError("The CSV body is empty.", field="rows")
+    except csv.Error as exc:
+        raise ServiceError(f"The CSV header cannot be read: {exc}.", field="rows")
+    header = [h.strip() for h in header]
+    features = [f["name"] for f in schema["features"]]
+    label = schema["label"]["name"]
+    expected = {"subject", label, *features}
+    unknown = [h for h in header if h not in expected]
+    if unknown:
+        raise ServiceError(
+            f"Unknown column {unknown[0]!r}; the columns are 'subject', the features ({', '.join(features)}) and the label {label!r}.",
+            field=unknown[0], column=unknown[0],
+        )
+    missing = [h for h in ["subject", *features, label] if h not in header]
+    if missing:
+        raise ServiceError(f"Missing column {missing[0]!r}.", field=missing[0], column=missing[0])
+    if len(set(header)) != len(header):
+        raise ServiceError("A column appears twice in the CSV header.", field="rows")
+    position = {name: header.index(name) for name in header}
+    rows: list[dict] = []
+    errors: list[dict] = []
+    bad = 0
+    number = 0
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            number += 1
+            bad += 1
+            _row_error(errors, number, "row", f"broken CSV (line {reader.line_num}): {exc}")
+            break  # the reader cannot resynchronise after a broken quote
+        number += 1
+        if not values:
+            bad += 1
+            _row_error(errors, number, "row", f"empty line (line {reader.line_num})")
+            continue
+        if len(values) != len(header):
+            bad += 1
+            _row_error(
+                errors, number, "row", f"expected {len(header)} columns, got {len(values)} (line {reader.line_num})"
+            )
+            continue
+        rows.append({
+            "subject": values[position["subject"]],
+            "features": {name: values[position[name]] for name in features},
+            "label": values[position[label]],
+        })
+        if number > _max_rows():
+            raise ServiceError(f"At most {_max_rows()} rows per request.", field="rows")
+    if errors:
+        _raise_row_errors(errors, bad)
+    return rows
+
+
+def _copy_records(rows: list[tuple[int, int, str, str | None, str, datetime]]) -> None:
+    """PostgreSQL COPY of (dataset_id, subject_id, features, label, content_hash, ingested_at)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows(rows)
+    buffer.seek(0)
+    table = DataRecord._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.cursor.copy_expert(
+            f"COPY {table} (dataset_id, subject_id, features, label, content_hash, ingested_at) FROM STDIN WITH (FORMAT csv)",
+            buffer,
+        )
+
+
+def _ingest(*, dataset: Dataset, rows: Any, actor: Any, from_text: bool, source_format: str) -> dict:
+    identifiers, clean = _validate_rows(rows, dataset.schema, from_text=from_text)
+    try:
+        pseudonyms = pseudonymise_many(identifiers)
+    except (TypeError, ValueError) as exc:
+        raise ServiceError(f"A subject identifier is invalid: {exc}.", field="subject")
+    ingested_at = timezone.now()
+    with transaction.atomic():
+        subject_ids = data_subject_ensure_many(pseudonyms=pseudonyms)
+        if connection.vendor == "postgresql":
+            _copy_records([
+                (
+                    dataset.pk, subject_ids[p],
+                    json.dumps(features, ensure_ascii=False),
+                    None if label is None else json.dumps(label, ensure_ascii=False),
+                    content_hash(features, label), ingested_at.isoformat(),
+                )
+                for p, (features, label) in zip(pseudonyms, clean, strict=True)
+            ])
+        else:
+            DataRecord.objects.bulk_create(
+                [
+                    DataRecord(
+                        dataset_id=dataset.pk, subject_id=subject_ids[p], features=features, label=label,
+                        content_hash=content_hash(features, label), ingested_at=ingested_at,
+                    )
+                    for p, (features, label) in zip(pseudonyms, clean, strict=True)
+                ],
+                batch_size=2000,
+            )
+        result = {
+            "dataset": dataset.pk,
+            "records_created": len(clean),
+            "subjects": len(subject_ids),
+            "ingested_at": ingested_at.isoformat(),
+        }
+        audit_event_record(
+            actor=actor, action="dataset.records_ingested", object_type="dataset", object_id=dataset.pk,
+            details={"records": len(clean), "subjects": len(subject_ids), "format": source_format},
+        )
+    return result
+
+
+def dataset_records_ingest(*, dataset: Dataset, rows: list[dict], actor: Any) -> dict:
+    """Validate every row first, then store all of them or none.
+
+    rows: ``[{"subject": external id, "features": {...}, "label": ...}]``. Subjects are
+    pseudonymised on arrival and created in bulk; records are inserted in bulk (COPY on
+    PostgreSQL); one audit event records the batch.
+    """
+    return _ingest(dataset=dataset, rows=rows, actor=actor, from_text=False, source_format="json")
+
+
+def dataset_records_ingest_csv(*, dataset: Dataset, text: str, actor: Any) -> dict:
+    rows = records_parse_csv(text=text, schema=dataset.schema)
+    return _ingest(dataset=dataset, rows=rows, actor=actor, from_text=True, source_format="csv")
+
+
+# --- Snapshots -------------------------------------------------------------------------
+
+
+def purpose_permission(*, processing_activity: ProcessingActivity, purpose: Purpose) -> PurposeCompatibility | None:
+    """Return None when the activity's own purposes cover ``purpose``, the Art. 6(4)
+    assessment relied on when one declares it compatible, or refuse (Art. 5(1)(b))."""
+    own = list(processing_activity.purposes.all())
+    if any(p.covers(purpose.code) for p in own):
+        return None
+    ancestors = Purpose.objects.filter(code__in=purpose.ancestor_codes())
+    compatibility = (
+        PurposeCompatibility.objects.filter(original_purpose__in=own, compatible_purpose__in=ancestors)
+        .order_by("approved_at", "id")
+        .first()
+    )
+    if compatibility is not None:
+        return compatibility
+    raise ServiceError(
+        f"Purpose limitation (Art. 5(1)(b)): the processing activity {processing_activity.name!r} is for "
+        f"{', '.join(p.code for p in own) or 'no purpose'}, which does not cover {purpose.code!r}, and no "
+        "Art. 6(4) compatibility assessment declares it compatible with one of them.",
+        field="purpose",
+    )
+
+
+def shortest_retention(*, processing_activity: ProcessingActivity) -> timedelta | None:
+    return processing_activity.retention_rules.aggregate(r=Min("retention"))["r"]
+
+
+def _membership_select(
+    *, snapshot_id: int, dataset_id: int, purpose: Purpose, at: datetime, consent: bool, cutoff: datetime | None
+) -> tuple[str, str, list]:
+    """(classification CTE body, reason expression, params): every record of the dataset
+    that existed at T, with why it is excluded, or 'included'."""
+    reason = ["CASE"]
+    params: list = []
+    if cutoff is not None:
+        reason.append("WHEN r.ingested_at < %s THEN 'retention_passed'")
+        params.append(cutoff)
+    if consent:
+        reason.append(
+            "WHEN c.state IS NULL THEN 'no_consent' WHEN c.state = 'withdrawn' THEN 'withdrawn' "
+            "WHEN c.state = 'expired' THEN 'expired'"
+        )
+    reason.append("ELSE 'included' END")
+    reason_sql = " ".join(reason)
+    if consent:
+        consent_sql, consent_params = consent_state_sql(purpose=purpose, at=at)
+        body = (
+            f"SELECT r.id AS record_id, r.subject_id AS subject_id, {reason_sql} AS reason "
+            f"FROM {DataRecord._meta.db_table} r LEFT JOIN ({consent_sql}) c ON c.subject_id = r.subject_id "
+            "WHERE r.dataset_id = %s AND r.ingested_at <= %s"
+        )
+        params = [*params, *consent_params, dataset_id, at]
+    else:
+        body = (
+            f"SELECT r.id AS record_id, r.subject_id AS subject_id, {reason_sql} AS reason "
+            f"FROM {DataRecord._meta.db_table} r WHERE r.dataset_id = %s AND r.ingested_at <= %s"
+        )
+        params = [*params, dataset_id, at]
+    return body, reason_sql, params
+
+
+def _fill_membership(*, snapshot_id: int, body: str, params: list) -> dict[str, tuple[int, int]]:
+    """Insert the included records and return {reason: (records, subjects)}, set-based."""
+    table = SnapshotMembership._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One scan: the classification feeds both the INSERT and the counts.
+            cursor.execute(
+                f"WITH classified AS MATERIALIZED ({body}), "
+                f"ins AS (INSERT INTO {table} (snapshot_id, record_id, subject_id) "
+                f"SELECT %s, record_id, subject_id FROM classified WHERE reason = 'included') "
+                "SELECT reason, COUNT(*), COUNT(DISTINCT subject_id) FROM classified GROUP BY reason",
+                [*params, snapshot_id],
+            )
+            counts = {reason: (n, s) for reason, n, s in cursor.fetchall()}
+        else:
+            cursor.execute(
+                f"INSERT INTO {table} (snapshot_id, record_id, subject_id) "
+                f"SELECT %s, record_id, subject_id FROM ({body}) classified WHERE reason = 'included'",
+                [snapshot_id, *params],
+            )
+            cursor.execute(
+                f"SELECT reason, COUNT(*), COUNT(DISTINCT subject_id) FROM ({body}) classified GROUP BY reason", params
+            )
+            counts = {reason: (n, s) for reason, n, s in cursor.fetchall()}
+    return counts
+
+
+def snapshot_merkle_root(*, snapshot_id: int, chunk_size: int = 20000) -> str:
+    """Stream the current members in record id order through the Merkle accumulator."""
+    acc = merkle.MerkleAccumulator()
+    members, records = SnapshotMembership._meta.db_table, DataRecord._meta.db_table
+    if connection.vendor == "postgresql":
+        # Leaves are hashed by the database (same definition), Python only folds them.
+        sql = (
+            f"SELECT encode(sha256(convert_to(m.record_id::text || ':' || r.content_hash, 'UTF8')), 'hex') "
+            f"FROM {members} m JOIN {records} r ON r.id = m.record_id WHERE m.snapshot_id = %s ORDER BY m.record_id"
+        )
+        add = acc.add_leaf
+    else:
+        sql = (
+            f"SELECT m.record_id, r.content_hash FROM {members} m JOIN {records} r ON r.id = m.record_id "
+            "WHERE m.snapshot_id = %s ORDER BY m.record_id"
+        )
+        add = None
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, [snapshot_id])
+        while True:
+            chunk = cursor.fetchmany(chunk_size)
+            if not chunk:
+                break
+            if add is not None:
+                for (digest,) in chunk:
+                    add(digest)
+            else:
+                for record_id, digest in chunk:
+                    acc.add(record_id, digest)
+    return acc.root()
+
+
+@transaction.atomic
+def snapshot_create(
+    *, dataset: Dataset, purpose: Purpose, at: datetime | None = None, requested_by: Any = None
+) -> Snapshot:
+    """Freeze which records of ``dataset`` may be processed for ``purpose`` at ``at``.
+
+    Refuses a purpose the processing activity does not cover (Art. 5(1)(b)) unless an
+    Art. 6(4) assessment declares it compatible. Membership is computed by one
+    INSERT … SELECT: with consent as the lawful basis only subjects whose consent for the
+    purpose is valid at T; with any basis, records whose shortest retention period has
+    passed at T are left out. Records ingested after T do not exist for T.
+    """
+    now = timezone.now()
+    at = at or now
+    if at > now + timedelta(minutes=5):
+        raise ServiceError("A snapshot cannot be taken for a moment in the future.", field="at")
+    activity = dataset.processing_activity
+    compatibility = purpose_permission(processing_activity=activity, purpose=purpose)
+    retention = shortest_retention(processing_activity=activity)
+    cutoff = at - retention if retention is not None else None
+    consent = activity.lawful_basis == LawfulBasis.CONSENT
+    snapshot = Snapshot.objects.create(
+        dataset=dataset, purpose=purpose, taken_for=at,
+        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+        lawful_basis=activity.lawful_basis, compatibility=compatibility,
+        included_count=0, included_subjects=0, excluded_counts={}, merkle_root="",
+    )
+    body, _, params = _membership_select(
+        snapshot_id=snapshot.pk, dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff
+    )
+    counts = _fill_membership(snapshot_id=snapshot.pk, body=body, params=params)
+    included, included_subjects = counts.get("included", (0, 0))
+    excluded = {reason: counts.get(reason, (0, 0))[0] for reason in EXCLUSION_REASONS}
+    root = snapshot_merkle_root(snapshot_id=snapshot.pk)
+    completed_at = timezone.now()
+    Snapshot.objects.filter(pk=snapshot.pk)._finalise(
+        included_count=included, included_subjects=included_subjects, excluded_counts=excluded,
+        merkle_root=root, completed_at=completed_at,
+    )
+    snapshot.refresh_from_db()
+    audit_event_record(
+        actor=requested_by, action="snapshot.created", object_type="snapshot", object_id=snapshot.pk,
+        details={
+            "dataset": dataset.pk, "purpose": purpose.code, "taken_for": at.isoformat(),
+            "lawful_basis": activity.lawful_basis, "compatibility": compatibility.pk if compatibility else None,
+            "included": included, "included_subjects": included_subjects, "excluded": excluded,
+            "merkle_root": root, "retention": str(retention) if retention is not None else None,
+        },
+    )
+    snapshot_id = snapshot.pk
+    transaction.on_commit(lambda: _emit_openlineage(snapshot_id))
+    return snapshot
+
+
+def _emit_openlineage(snapshot_id: int) -> None:
+    from provenance.lineage_exports import openlineage_emit_snapshot
+
+    try:
+        openlineage_emit_snapshot(snapshot=Snapshot.objects.get(pk=snapshot_id))
+    except Exception:  # a lineage backend being down must not undo a committed snapshot
+        logger.exception("OpenLineage events for snapshot %s could not be sent", snapshot_id)
+
+
+# --- Removing members: retention and erasure -------------------------------------------
+
+
+def snapshot_records_remove(
+    *, records: QuerySet[DataRecord], reason: str, erasure_request_id: int | None = None, details: dict | None = None
+) -> list[SnapshotAmendment]:
+    """Remove ``records`` from every snapshot holding them, recording one amendment per snapshot.
+
+    The snapshot keeps its original Merkle root; each amendment records the root before
+    and after. Does not delete the records and records no audit event: the caller (the
+    retention purge, the erasure service) does both in the same transaction.
+    """
+    if reason not in AmendmentReason.values:
+        raise ServiceError(f"Unknown amendment reason {reason!r}.", field="reason")
+    with transaction.atomic():
+        members = SnapshotMembership.objects.filter(record_id__in=records.values("id"))
+        affected = list(members.values_list("snapshot_id", flat=True).distinct().order_by("snapshot_id"))
+        if not affected:
+            return []
+        before = {
+            row["snapshot_id"]: (row["n"], row["s"])
+            for row in SnapshotMembership.objects.filter(snapshot_id__in=affected)
+            .values("snapshot_id").annotate(n=Count("id"), s=Count("subject_id", distinct=True)).order_by()
+        }
+        previous_roots = dict(
+            SnapshotAmendment.objects.filter(snapshot_id__in=affected).order_by("snapshot_id", "id")
+            .values_list("snapshot_id", "new_root")
+        )
+        originals = dict(Snapshot.objects.filter(pk__in=affected).values_list("pk", "merkle_root"))
+        members._amendment_delete()
+        after = {
+            row["snapshot_id"]: (row["n"], row["s"])
+            for row in SnapshotMembership.objects.filter(snapshot_id__in=affected)
+            .values("snapshot_id").annotate(n=Count("id"), s=Count("subject_id", distinct=True)).order_by()
+        }
+        amendments = [
+            SnapshotAmendment(
+                snapshot_id=sid, reason=reason, erasure_request_id=erasure_request_id,
+                records_removed=before[sid][0] - after.get(sid, (0, 0))[0],
+                subjects_removed=before[sid][1] - after.get(sid, (0, 0))[1],
+                previous_root=previous_roots.get(sid, originals[sid]),
+                new_root=snapshot_merkle_root(snapshot_id=sid),
+                details=details or {},
+            )
+            for sid in affected
+        ]
+        return SnapshotAmendment.objects.bulk_create(amendments)
+
+
+def retention_purge(*, at: datetime | None = None, actor: Any = None) -> dict:
+    """Delete every record whose retention period has passed (Art. 5(1)(e)), set-based.
+
+    A record's retention is the shortest retention among its processing activity's data
+    categories, counted from ingestion. Snapshots holding purged records are amended.
+    One audit event records the purge with its counts, even when nothing was due.
+    """
+    at = at or timezone.now()
+    with transaction.atomic():
+        deleted = 0
+        per_activity = []
+        amendments: list[SnapshotAmendment] = []
+        datasets: set[int] = set()
+        activities = (
+            ProcessingActivity.objects.filter(datasets__isnull=False, retention_rules__isnull=False)
+            .annotate(retention=Min("retention_rules__retention")).distinct().order_by("pk")
+        )
+        for activity in activities:  # one iteration per activity; each statement is set-based
+            cutoff = at - activity.retention
+            expired = DataRecord.objects.filter(dataset__processing_activity=activity, ingested_at__lt=cutoff)
+            dataset_ids = set(expired.values_list("dataset_id", flat=True).distinct())
+            if not dataset_ids:
+                continue
+            amendments += snapshot_records_remove(
+                records=expired, reason=AmendmentReason.RETENTION,
+                details={"cutoff": cutoff.isoformat(), "retention": str(activity.retention)},
+            )
+            count = DataRecord.objects.filter(dataset_id__in=dataset_ids, ingested_at__lt=cutoff)._raw_delete(
+                DataRecord.objects.db
+            )
+            deleted += count
+            datasets |= dataset_ids
+            per_activity.append({"processing_activity": activity.pk, "records_deleted": count, "cutoff": cutoff.isoformat()})
+        result = {
+            "at": at.isoformat(),
+            "records_deleted": deleted,
+            "datasets": len(datasets),
+            "snapshots_amended": len(amendments),
+            "activities": per_activity,
+        }
+        audit_event_record(
+            actor=actor, action="dataset.retention_purged", object_type="dataset", object_id="",
+            details=result,
+        )
+    return result
