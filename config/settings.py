@@ -256,3 +256,22 @@ CELERY_BEAT_SCHEDULE.update(
         }
     }
 )
+
+# --- provenance ---
+PROVENANCE_MAX_ROWS_PER_REQUEST = env_int("PROVENANCE_MAX_ROWS_PER_REQUEST", 100_000)
+# OpenLineage: HTTP (Marquez, DataHub…) when OPENLINEAGE_URL is set, else JSON lines in a file.
+OPENLINEAGE_URL = os.environ.get("OPENLINEAGE_URL", "")
+OPENLINEAGE_ENDPOINT = os.environ.get("OPENLINEAGE_ENDPOINT", "api/v1/lineage")
+OPENLINEAGE_API_KEY = os.environ.get("OPENLINEAGE_API_KEY", "")
+OPENLINEAGE_FILE = Path(os.environ.get("OPENLINEAGE_FILE") or STORAGE_ROOT / "openlineage" / "events.jsonl")
+OPENLINEAGE_NAMESPACE = os.environ.get("OPENLINEAGE_NAMESPACE", "privacy-ledger")
+OPENLINEAGE_PRODUCER = os.environ.get("OPENLINEAGE_PRODUCER", "https://github.com/privacy-ledger/privacy-ledger")
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "provenance-retention-purge": {
+            "task": "provenance.retention_purge",
+            "schedule": timedelta(hours=env_int("PROVENANCE_RETENTION_PURGE_INTERVAL_HOURS", 24)),
+        }
+    }
+)
+
