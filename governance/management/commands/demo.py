@@ -1,7 +1,7 @@
 """Run the main job end to end on synthetic data and write every artifact to var/reports/.
 
 Each app contributes a step in ``<app>/demo.py`` exposing ``run(ctx: DemoContext)``;
-steps run in order governance → provenance → mlops and share the context.
+steps run in order (records, data, training, erasure, reports) and share the context.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from django.core.management.base import BaseCommand
 
 from governance.demo_context import DemoContext
 
-STEPS = ("governance.demo", "provenance.demo", "mlops.demo")
+STEPS = (
+    "governance.demo",
+    "provenance.demo",
+    "mlops.demo",
+    "governance.erasure.demo",
+    "governance.reports.demo",
+)
 
 
 class Command(BaseCommand):
