@@ -257,6 +257,29 @@ CELERY_BEAT_SCHEDULE.update(
     }
 )
 
+# --- erasure ---
+# A key separate from the pseudonymisation key, so an erasure receipt (kept after the
+# subject row is gone) recognises a repeated request without ever matching a pseudonym.
+_erasure_salt = os.environ.get("ERASURE_RECEIPT_SALT", "")
+if not _erasure_salt:
+    import hashlib as _hashlib
+    import hmac as _hmac
+
+    _erasure_salt = _hmac.new(
+        PSEUDONYMISATION_KEY.encode(), b"privacy-ledger/erasure-receipt-salt/v1", _hashlib.sha256
+    ).hexdigest()
+ERASURE_RECEIPT_SALT = _erasure_salt
+# Public holidays moving a deadline to the next working day (Reg. 1182/71 Art. 3(4)):
+# ISO dates, comma separated, and/or a file with one ISO date per line ('#' comments).
+ERASURE_PUBLIC_HOLIDAYS = env_list("ERASURE_PUBLIC_HOLIDAYS", [])
+ERASURE_PUBLIC_HOLIDAYS_FILE = os.environ.get("ERASURE_PUBLIC_HOLIDAYS_FILE", "")
+ERASURE_BACKUP_STATEMENT = os.environ.get(
+    "ERASURE_BACKUP_STATEMENT",
+    "The data were erased from live systems. Backups containing them are encrypted, put beyond use "
+    "(never restored into live systems without re-applying this erasure) and overwritten within 35 days.",
+)
+ERASURE_CERTIFICATE_ROOT = REPORT_ROOT / "erasure"
+
 # --- provenance ---
 PROVENANCE_MAX_ROWS_PER_REQUEST = env_int("PROVENANCE_MAX_ROWS_PER_REQUEST", 100_000)
 # OpenLineage: HTTP (Marquez, DataHub…) when OPENLINEAGE_URL is set, else JSON lines in a file.

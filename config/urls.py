@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("governance.api.urls")),
     path("", include("provenance.api.urls")),
     path("", include("mlops.api.urls")),
+    path("", include("governance.erasure.api_urls")),
 ]
 
 urlpatterns = [

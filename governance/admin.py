@@ -347,3 +347,4 @@ class ApiKeyAdmin(ReadOnlyLedgerAdmin):
             services.api_key_revoke(api_key=api_key, actor=request.user)
             revoked += 1
         self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)
+from governance.erasure.admin import *  # noqa: E402,F401,F403

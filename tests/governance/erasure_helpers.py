@@ -1,0 +1,62 @@
+"""Small worlds for the erasure tests: an activity, a dataset of people, snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import timedelta
+
+from django.utils import timezone
+
+from governance.models import DataSubject, ProcessingActivity, Purpose
+from governance.pseudonymisation import pseudonymise
+from provenance.merkle import merkle_root
+from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
+
+
+def subject_for(identifier: str) -> DataSubject:
+    return DataSubject.objects.get_or_create(pseudonym=pseudonymise(identifier))[0]
+
+
+def activity(*, erasure_on_withdrawal: bool = False, recipients: list | None = None) -> ProcessingActivity:
+    tag = uuid.uuid4().hex[:8]
+    purpose, _ = Purpose.objects.get_or_create(code=f"ml.erasure_test_{tag}", defaults={"name": "Erasure test"})
+    act = ProcessingActivity.objects.create(
+        name=f"Erasure test {tag}", controller_name="Clinic", controller_contact="dpo@clinic.example",
+        dpo_contact="dpo@clinic.example", security_measures="encryption", lawful_basis="consent",
+        erasure_on_consent_withdrawal=erasure_on_withdrawal,
+        recipients=recipients if recipients is not None else [{"name": "Acme Analytics", "third_country": ""}],
+    )
+    act.purposes.set([purpose])
+    return act
+
+
+def dataset_with_records(*, act: ProcessingActivity, rows: list[tuple[DataSubject, dict, int]]) -> Dataset:
+    ds = Dataset.objects.create(
+        name=f"erasure-ds-{uuid.uuid4().hex[:8]}", owner="ml", processing_activity=act,
+        schema={"features": [{"name": "x0", "type": "float"}, {"name": "x1", "type": "float"}],
+                "label": {"name": "y", "type": "int"}},
+    )
+    now = timezone.now() - timedelta(days=1)
+    DataRecord.objects.bulk_create([
+        DataRecord(
+            dataset=ds, subject=subject, features=features, label=label, ingested_at=now,
+            content_hash=hashlib.sha256(json.dumps([features, label], sort_keys=True).encode()).hexdigest(),
+        )
+        for subject, features, label in rows
+    ])
+    return ds
+
+
+def snapshot_of(ds: Dataset) -> Snapshot:
+    records = list(DataRecord.objects.filter(dataset=ds).order_by("id").values_list("id", "subject_id", "content_hash"))
+    snap = Snapshot.objects.create(
+        dataset=ds, purpose=ds.processing_activity.purposes.first(), taken_for=timezone.now(),
+        lawful_basis="consent", included_count=len(records), included_subjects=len({r[1] for r in records}),
+        merkle_root=merkle_root((r[0], r[2]) for r in records), completed_at=timezone.now(),
+    )
+    SnapshotMembership.objects.bulk_create(
+        [SnapshotMembership(snapshot=snap, record_id=r[0], subject_id=r[1]) for r in records]
+    )
+    return snap
