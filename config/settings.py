@@ -298,3 +298,30 @@ CELERY_BEAT_SCHEDULE.update(
     }
 )
 
+# --- mlops ---
+# A training run still 'running' after this long is failed by the sweeper (its worker is
+# gone or hung). Keep it above CELERY_TASK_TIME_LIMIT so the sweeper never races a live task.
+MLOPS_TRAINING_TIME_LIMIT = env_int("MLOPS_TRAINING_TIME_LIMIT", CELERY_TASK_TIME_LIMIT + 300)
+MLOPS_SWEEP_INTERVAL_SECONDS = env_int("MLOPS_SWEEP_INTERVAL_SECONDS", 300)
+# Members and non-members used by one membership-inference audit (each side, sampled).
+MLOPS_MIA_MAX_EXAMPLES = env_int("MLOPS_MIA_MAX_EXAMPLES", 5000)
+# Redis redelivers a task whose worker died only after the visibility timeout; lowering
+# it (e.g. in the killed-worker test) makes redelivery quick, but it must stay above the
+# longest task in production or a live task would be run twice.
+if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        **CELERY_BROKER_TRANSPORT_OPTIONS,
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 600),
+    }
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "mlops-fail-stuck-training-runs": {
+            "task": "mlops.fail_stuck_training_runs",
+            "schedule": timedelta(seconds=MLOPS_SWEEP_INTERVAL_SECONDS),
+        }
+    }
+)
+
+# --- reports (DPIA, records of processing, PDF reports) ---
+# WP248 "large scale": the number of data subjects from which a DPIA screening proposes it.
+DPIA_LARGE_SCALE_SUBJECTS = env_int("DPIA_LARGE_SCALE_SUBJECTS", 10000)

@@ -1,6 +1,18 @@
+from django.urls import path
 from rest_framework.routers import DefaultRouter
+
+from mlops.api import views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
+router.register("training-runs", views.TrainingRunViewSet, basename="training-run")
+router.register("models", views.ModelVersionViewSet, basename="model-version")
 
-urlpatterns = [*router.urls]
+urlpatterns = [
+    path(
+        "datasets/<int:dataset_id>/privacy-budget/",
+        views.PrivacyBudgetView.as_view(),
+        name="dataset-privacy-budget",
+    ),
+    *router.urls,
+]

@@ -1,0 +1,143 @@
+"""Serializers of the MLOps API: training requests, runs, model versions, budgets."""
+
+from __future__ import annotations
+
+import math
+
+from rest_framework import serializers
+
+from mlops.models import Accountant, MembershipInferenceAudit, ModelVersion, Optimizer, TaskType, TrainingRun
+from mlops.selectors import model_lineage_summary
+
+
+class FiniteFloatField(serializers.FloatField):
+    """A float that is null when infinite (JSON has no ∞; ε = ∞ means non-private)."""
+
+    def to_representation(self, value):
+        value = super().to_representation(value)
+        return value if value is not None and math.isfinite(value) else None
+
+
+class ModelSpecSerializer(serializers.Serializer):
+    hidden_sizes = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
+    activation = serializers.ChoiceField(choices=["relu", "tanh", "gelu"], required=False)
+    dropout = serializers.FloatField(required=False, min_value=0.0)
+
+
+class SisaSerializer(serializers.Serializer):
+    shards = serializers.IntegerField(min_value=1)
+    slices = serializers.IntegerField(min_value=1)
+
+
+class TrainingRunRequestSerializer(serializers.Serializer):
+    """A training request: a snapshot, or a dataset and a purpose to snapshot now."""
+
+    snapshot = serializers.IntegerField(required=False, help_text="Id of a consent-filtered snapshot.")
+    dataset = serializers.IntegerField(required=False, help_text="With purpose: take a snapshot at queue time.")
+    purpose = serializers.CharField(required=False, help_text="Purpose code, e.g. ml.training.credit_risk.")
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    task = serializers.ChoiceField(choices=TaskType.choices, default=TaskType.BINARY)
+    model_spec = ModelSpecSerializer(required=False)
+    optimizer = serializers.ChoiceField(choices=Optimizer.choices, default=Optimizer.SGD)
+    learning_rate = serializers.FloatField(default=0.1)
+    epochs = serializers.IntegerField(default=5, min_value=1, max_value=1000)
+    batch_size = serializers.IntegerField(default=256, min_value=1)
+    seed = serializers.IntegerField(default=0, min_value=0)
+    validation_split = serializers.FloatField(default=0.1)
+    holdout_fraction = serializers.FloatField(default=0.2)
+    target_epsilon = serializers.FloatField(required=False, allow_null=True)
+    noise_multiplier = serializers.FloatField(required=False, allow_null=True)
+    target_delta = serializers.FloatField(required=False, allow_null=True)
+    max_grad_norm = serializers.FloatField(default=1.0)
+    accountant = serializers.ChoiceField(choices=Accountant.choices, default=Accountant.RDP)
+    allow_non_private = serializers.BooleanField(default=False)
+    sisa = SisaSerializer(required=False, allow_null=True)
+
+    def validate(self, attrs):
+        if attrs.get("snapshot") is None and attrs.get("dataset") is None:
+            raise serializers.ValidationError({"snapshot": ["Give a snapshot, or a dataset and a purpose."]})
+        if attrs.get("snapshot") is not None and attrs.get("dataset") is not None:
+            raise serializers.ValidationError({"dataset": ["Give either a snapshot or a dataset, not both."]})
+        if not attrs.get("allow_non_private") and attrs.get("target_epsilon") is None and attrs.get("noise_multiplier") is None:
+            raise serializers.ValidationError(
+                {"target_epsilon": ["Give target_epsilon or noise_multiplier (or allow_non_private: true)."]}
+            )
+        return attrs
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    dataset = serializers.IntegerField(source="snapshot.dataset_id", read_only=True)
+    planned_epsilon = FiniteFloatField(read_only=True)
+    epsilon = FiniteFloatField(read_only=True)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None)
+    non_private = serializers.BooleanField(source="allow_non_private", read_only=True)
+    model_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id", "name", "snapshot", "dataset", "task", "model_spec", "optimizer", "learning_rate", "epochs",
+            "batch_size", "seed", "validation_split", "holdout_fraction", "target_epsilon",
+            "requested_noise_multiplier", "target_delta", "max_grad_norm", "accountant", "non_private", "sisa",
+            "status", "progress", "epoch_metrics", "error", "celery_task_id", "attempts", "requested_by",
+            "created_at", "started_at", "finished_at", "n_train", "n_validation", "n_holdout", "n_classes",
+            "planned_epsilon", "noise_multiplier", "sample_rate", "steps", "accountant_history", "epsilon",
+            "delta", "model_versions",
+        ]
+        read_only_fields = fields
+
+
+class MembershipInferenceAuditSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MembershipInferenceAudit
+        fields = ["id", "auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr", "n_members", "n_nonmembers",
+                  "roc", "created_at"]
+        read_only_fields = fields
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    epsilon = FiniteFloatField(read_only=True)
+    membership_inference_audits = MembershipInferenceAuditSerializer(many=True, read_only=True)
+    lineage = serializers.SerializerMethodField()
+    accountant = serializers.CharField(source="training_run.accountant", read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id", "name", "version", "training_run", "status", "status_reason", "epsilon", "delta", "non_private",
+            "accountant", "is_sisa_ensemble", "metrics", "artifact_sha256", "supersedes", "created_at",
+            "membership_inference_audits", "lineage",
+        ]
+        read_only_fields = fields
+
+    def get_lineage(self, obj: ModelVersion) -> dict:
+        return model_lineage_summary(model_version=obj)
+
+
+class PrivacyBudgetRunSerializer(serializers.Serializer):
+    training_run = serializers.IntegerField()
+    name = serializers.CharField()
+    state = serializers.CharField()
+    status = serializers.CharField()
+    non_private = serializers.BooleanField()
+    planned_epsilon = serializers.FloatField(allow_null=True)
+    epsilon = serializers.FloatField(allow_null=True)
+    delta = serializers.FloatField(allow_null=True)
+
+
+class PrivacyBudgetStatusSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField()
+    epsilon_cap = serializers.FloatField(allow_null=True)
+    delta = serializers.FloatField()
+    set_by = serializers.CharField(allow_null=True)
+    set_at = serializers.DateTimeField(allow_null=True)
+    spent_epsilon = serializers.FloatField(allow_null=True, help_text="Null means ∞ (a non-private model).")
+    committed_epsilon = serializers.FloatField(allow_null=True, help_text="Spent plus runs queued or running.")
+    remaining_epsilon = serializers.FloatField(allow_null=True)
+    non_private_training = serializers.BooleanField()
+    runs = PrivacyBudgetRunSerializer(many=True)
+
+
+class PrivacyBudgetSetSerializer(serializers.Serializer):
+    epsilon_cap = serializers.FloatField()
+    delta = serializers.FloatField()

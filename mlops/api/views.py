@@ -1,0 +1,125 @@
+"""MLOps API: training runs, the model registry and dataset privacy budgets."""
+
+from __future__ import annotations
+
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from governance.permissions import DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
+from mlops import artifacts, selectors, services
+from mlops.api import serializers
+from mlops.filtersets import ModelVersionFilterSet, TrainingRunFilterSet
+from provenance.models import Dataset
+
+CONFLICT = OpenApiResponse(description="Refused in the current state (e.g. over the dataset's privacy budget).")
+
+
+class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """DP training runs: queue one, follow its progress, cancel it."""
+
+    queryset = selectors.training_runs_visible()
+    serializer_class = serializers.TrainingRunSerializer
+    filterset_class = TrainingRunFilterSet
+    ordering_fields = ["created_at", "finished_at", "epsilon"]
+    role_permissions = {"create": DPO_AND_ENGINEER, "cancel": DPO_AND_ENGINEER, "default": READ_ROLES}
+
+    @extend_schema(
+        request=serializers.TrainingRunRequestSerializer,
+        responses={202: serializers.TrainingRunSerializer, 400: OpenApiTypes.OBJECT, 409: CONFLICT},
+        examples=[
+            OpenApiExample(
+                "DP model at ε = 1",
+                value={"snapshot": 12, "name": "credit-risk", "model_spec": {"hidden_sizes": [64]}, "epochs": 5,
+                       "batch_size": 256, "target_epsilon": 1.0, "max_grad_norm": 1.0},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "SISA ensemble",
+                value={"snapshot": 12, "target_epsilon": 3.0, "sisa": {"shards": 3, "slices": 2}},
+                request_only=True,
+            ),
+        ],
+    )
+    def create(self, request):
+        """Queue a training run (202); refused with 400 naming the field, or 409 over budget."""
+        body = serializers.TrainingRunRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.training_run_queue(**body.validated_data, requested_by=request.user)
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={200: serializers.TrainingRunSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        run = services.training_run_cancel(run=self.get_object(), actor=request.user)
+        return Response(self.get_serializer(run).data)
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    """The model registry: ε and δ, metrics, membership-inference results, lineage, weights."""
+
+    queryset = selectors.model_versions_visible()
+    serializer_class = serializers.ModelVersionSerializer
+    filterset_class = ModelVersionFilterSet
+    ordering_fields = ["created_at", "epsilon", "version"]
+    role_permissions = {"artifact": DPO_AND_ENGINEER, "default": READ_ROLES}
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["get"])
+    def lineage(self, request, pk=None):
+        """Everything upstream: training run, snapshot, datasets, processing activities."""
+        return Response(selectors.model_lineage(model_version=self.get_object()))
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @action(detail=True, methods=["get"])
+    def artifact(self, request, pk=None):
+        """The weights as a safetensors file; refused (409) if the file no longer matches its hash."""
+        version = self.get_object()
+        path = artifacts.absolute(version.artifact_path)
+        if not path.exists() or artifacts.sha256_of(path) != version.artifact_sha256:
+            raise services.ServiceConflict(
+                f"The weights of model version {version.pk} are missing or do not match their SHA-256."
+            )
+        response = FileResponse(
+            open(path, "rb"), as_attachment=True,  # noqa: SIM115 - FileResponse closes it
+            filename=f"{version.name}-v{version.version}.safetensors", content_type="application/octet-stream",
+        )
+        response["X-Content-SHA256"] = version.artifact_sha256
+        return response
+
+
+class PrivacyBudgetView(APIView):
+    """A dataset's privacy budget: the cap a DPO set, and the ε spent by every training run."""
+
+    role_permissions = {"get": READ_ROLES, "put": DPO_ONLY, "post": DPO_ONLY}
+
+    @extend_schema(responses=serializers.PrivacyBudgetStatusSerializer)
+    def get(self, request, dataset_id: int):
+        dataset = get_object_or_404(Dataset, pk=dataset_id)
+        return Response(serializers.PrivacyBudgetStatusSerializer(selectors.privacy_budget_status(dataset=dataset)).data)
+
+    @extend_schema(
+        request=serializers.PrivacyBudgetSetSerializer,
+        responses=serializers.PrivacyBudgetStatusSerializer,
+        examples=[OpenApiExample("ε ≤ 8 at δ = 1e-6", value={"epsilon_cap": 8.0, "delta": 1e-6}, request_only=True)],
+    )
+    def put(self, request, dataset_id: int):
+        """Set the ε cap (at δ) for all training on the dataset (DPO only)."""
+        dataset = get_object_or_404(Dataset, pk=dataset_id)
+        body = serializers.PrivacyBudgetSetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.privacy_budget_set(dataset=dataset, actor=request.user, **body.validated_data)
+        return Response(serializers.PrivacyBudgetStatusSerializer(selectors.privacy_budget_status(dataset=dataset)).data)
+
+    @extend_schema(
+        request=serializers.PrivacyBudgetSetSerializer, responses=serializers.PrivacyBudgetStatusSerializer
+    )
+    def post(self, request, dataset_id: int):
+        """Same as PUT."""
+        return self.put(request, dataset_id)

@@ -1,0 +1,75 @@
+"""Model weights on disk: safetensors files under settings.ARTIFACT_ROOT, with their SHA-256.
+
+Every file of a run lives under ``mlops/runs/<run id>/``, so a redelivered run can start
+clean by removing that one folder, and no orphan file survives a killed worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from django.conf import settings
+from safetensors.torch import load_file, save_file
+
+
+def run_dir_relative(run_id: int) -> str:
+    return f"mlops/runs/{run_id}"
+
+
+def absolute(relative: str) -> Path:
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    path = (root / relative).resolve()
+    if root not in path.parents:
+        raise ValueError("artifact path escapes ARTIFACT_ROOT")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_weights(*, relative: str, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Write weights atomically (temp file, then rename) and return their SHA-256."""
+    path = absolute(relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return sha256_of(path)
+
+
+def load_weights(*, relative: str, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load weights, refusing a file whose hash no longer matches the registry."""
+    path = absolute(relative)
+    if expected_sha256 is not None and sha256_of(path) != expected_sha256:
+        raise ValueError(f"artifact {relative} does not match its recorded SHA-256")
+    return load_file(str(path))
+
+
+def remove_run_files(run_id: int) -> int:
+    """Delete every file of a run; returns how many files were removed."""
+    path = absolute(run_dir_relative(run_id))
+    if not path.exists():
+        return 0
+    count = sum(1 for p in path.rglob("*") if p.is_file())
+    shutil.rmtree(path)
+    return count
+
+
+def run_files(run_id: int) -> list[Path]:
+    path = absolute(run_dir_relative(run_id))
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def strip_wrapper_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Opacus's GradSampleModule stores the model under ``_module.``; store plain names."""
+    return {k.removeprefix("_module."): v for k, v in state_dict.items()}

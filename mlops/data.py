@@ -1,0 +1,148 @@
+"""Turning a snapshot's records into tensors, and the subject-wise split of a run.
+
+Every person's records fall in exactly one of train / validation / MIA hold-out, so a
+held-out "non-member" is a person the model never saw (the membership-inference audit
+would otherwise be measuring memorisation of that person's other records).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from provenance.models import SnapshotMembership
+
+SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_HOLDOUT = 0, 1, 2
+LOAD_BATCH_SIZE = 5000
+
+
+@dataclass
+class SnapshotLabels:
+    """What the queue-time checks need: one row per record, no features."""
+
+    subject_ids: np.ndarray  # int64 [N]
+    labels: list  # raw JSON labels, in record order
+
+
+@dataclass
+class SnapshotTensors:
+    X: np.ndarray  # float32 [N, d]
+    y: np.ndarray  # int64 [N]
+    subject_ids: np.ndarray  # int64 [N]
+    encoding: dict
+
+
+def snapshot_labels(*, snapshot_id: int) -> SnapshotLabels:
+    rows = list(
+        SnapshotMembership.objects.filter(snapshot_id=snapshot_id)
+        .order_by("record_id")
+        .values_list("subject_id", "record__label")
+    )
+    if not rows:
+        return SnapshotLabels(subject_ids=np.zeros(0, dtype=np.int64), labels=[])
+    subjects, labels = zip(*rows, strict=True)
+    return SnapshotLabels(subject_ids=np.asarray(subjects, dtype=np.int64), labels=list(labels))
+
+
+def label_classes(labels: list) -> list:
+    """The distinct labels in a deterministic order (numbers numerically, else as text)."""
+    distinct = {_label_key(v) for v in labels if v is not None}
+    return [v for _, v in sorted(distinct, key=lambda kv: kv[0])]
+
+
+def _label_key(value) -> tuple:
+    if isinstance(value, bool):
+        return ((0, int(value), ""), value)
+    if isinstance(value, int | float):
+        return ((1, float(value), ""), value)
+    return ((2, 0.0, str(value)), str(value))
+
+
+def subject_split(
+    *, subject_ids: np.ndarray, seed: int, validation_split: float, holdout_fraction: float
+) -> np.ndarray:
+    """The split (train / validation / hold-out) of every row, drawn per person.
+
+    Vectorised: one uniform draw per distinct subject from a generator seeded by the
+    run's seed, assigned in subject-id order, so the same snapshot and seed always give
+    the same split.
+    """
+    unique, inverse = np.unique(subject_ids, return_inverse=True)
+    draws = np.random.default_rng([int(seed), 0x4D4941]).random(len(unique))
+    per_subject = np.full(len(unique), SPLIT_TRAIN, dtype=np.int8)
+    per_subject[draws < holdout_fraction + validation_split] = SPLIT_VALIDATION
+    per_subject[draws < holdout_fraction] = SPLIT_HOLDOUT
+    return per_subject[inverse]
+
+
+def snapshot_tensors(*, snapshot_id: int, schema: dict, classes: list) -> SnapshotTensors:
+    """Load a snapshot's records in batches into a feature matrix and label vector.
+
+    Features follow the dataset schema's order. Numeric features are scaled only with
+    bounds published in the schema ("min"/"max"), never with statistics of the data, which
+    would leak outside the DP guarantee. Category features are one-hot encoded over the
+    schema's "categories" when given, else over the sorted distinct values.
+    """
+    features = list(schema.get("features") or [])
+    label_name = (schema.get("label") or {}).get("name")
+    names = [f["name"] for f in features]
+    rows = SnapshotMembership.objects.filter(snapshot_id=snapshot_id).order_by("record_id")
+    raw: list[list] = []
+    labels: list = []
+    subjects: list[int] = []
+    for subject_id, record_features, label in rows.values_list(
+        "subject_id", "record__features", "record__label"
+    ).iterator(chunk_size=LOAD_BATCH_SIZE):
+        if isinstance(record_features, dict):
+            raw.append([record_features.get(n) for n in names])
+        else:
+            raw.append(list(record_features or []))
+        if label is None and label_name and isinstance(record_features, dict):
+            label = record_features.get(label_name)
+        labels.append(label)
+        subjects.append(subject_id)
+
+    n = len(raw)
+    columns: list[np.ndarray] = []
+    encoding: dict = {"features": [], "classes": classes}
+    table = np.empty((n, len(names)), dtype=object)
+    if n:
+        table[:, :] = [r[: len(names)] + [None] * (len(names) - len(r)) for r in raw]
+    for j, spec in enumerate(features):
+        column = table[:, j] if n else np.empty(0, dtype=object)
+        kind = spec.get("type", "float")
+        if kind == "category":
+            categories = spec.get("categories") or sorted({str(v) for v in column if v is not None})
+            lookup = {str(c): i for i, c in enumerate(categories)}
+            codes = np.fromiter((lookup.get(str(v), -1) if v is not None else -1 for v in column), dtype=np.int64, count=n)
+            one_hot = np.zeros((n, len(categories)), dtype=np.float32)
+            known = codes >= 0
+            one_hot[np.nonzero(known)[0], codes[known]] = 1.0
+            columns.append(one_hot)
+            encoding["features"].append({"name": spec["name"], "type": "category", "categories": list(categories)})
+        else:
+            values = np.array([np.nan if v is None else float(v) for v in column], dtype=np.float64)
+            values = np.nan_to_num(values, nan=0.0)
+            entry: dict = {"name": spec["name"], "type": kind}
+            lo, hi = spec.get("min"), spec.get("max")
+            if lo is not None and hi is not None and float(hi) > float(lo):
+                values = (np.clip(values, float(lo), float(hi)) - float(lo)) / (float(hi) - float(lo))
+                entry.update(min=float(lo), max=float(hi))
+            columns.append(values.astype(np.float32).reshape(n, 1))
+            encoding["features"].append(entry)
+    X = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
+    class_index = {_label_key(c)[0]: i for i, c in enumerate(classes)}
+    y = np.fromiter((class_index.get(_label_key(v)[0], -1) for v in labels), dtype=np.int64, count=n)
+    return SnapshotTensors(X=X, y=y, subject_ids=np.asarray(subjects, dtype=np.int64), encoding=encoding)
+
+
+def n_input_features(schema: dict) -> int:
+    """Width of the encoded input as far as the schema alone tells (for queue-time checks)."""
+    width = 0
+    for spec in schema.get("features") or []:
+        if spec.get("type") == "category":
+            width += max(1, len(spec.get("categories") or [None]))
+        else:
+            width += 1
+    return width

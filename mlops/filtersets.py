@@ -1,0 +1,24 @@
+"""Filters for the MLOps list endpoints."""
+
+from __future__ import annotations
+
+import django_filters
+
+from mlops.models import ModelVersion, TrainingRun
+
+
+class TrainingRunFilterSet(django_filters.FilterSet):
+    dataset = django_filters.NumberFilter(field_name="snapshot__dataset_id")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+
+    class Meta:
+        model = TrainingRun
+        fields = ["status", "snapshot", "name", "task", "allow_non_private"]
+
+
+class ModelVersionFilterSet(django_filters.FilterSet):
+    dataset = django_filters.NumberFilter(field_name="training_run__snapshot__dataset_id")
+
+    class Meta:
+        model = ModelVersion
+        fields = ["status", "name", "non_private", "is_sisa_ensemble", "training_run"]

@@ -1,0 +1,118 @@
+"""Read-side queries of MLOps records: the privacy-budget ledger and model lineage."""
+
+from __future__ import annotations
+
+import math
+
+from django.db.models import QuerySet
+
+from mlops import ledger
+from mlops.models import (
+    LedgerState,
+    ModelVersion,
+    PrivacyBudget,
+    PrivacyLedgerEntry,
+    PrivacyLedgerTotal,
+    TrainingRun,
+)
+from provenance.models import Dataset
+
+DEFAULT_LEDGER_DELTA = 1e-5
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def dataset_spent_epsilon(*, dataset_id: int, delta: float, include_reserved: bool = False) -> float:
+    """ε at δ spent on a dataset by all finished runs (one row read, one vector conversion).
+
+    ``inf`` once a non-private model was trained on it.
+    """
+    total = PrivacyLedgerTotal.objects.filter(dataset_id=dataset_id).only(
+        "spent_rdp", "reserved_rdp", "non_private_runs"
+    ).first()
+    if total is None:
+        return 0.0
+    if total.non_private_runs:
+        return math.inf
+    curves = [ledger.curve_from_json(total.spent_rdp)]
+    if include_reserved:
+        curves.append(ledger.curve_from_json(total.reserved_rdp))
+    composed = ledger.sum_curves([c for c in curves if c is not None])
+    return ledger.epsilon_of_curve(composed, delta=delta)
+
+
+def privacy_budget_status(*, dataset: Dataset) -> dict:
+    """Cap, spent and reserved ε at the budget's δ, and the runs that spent it."""
+    budget = PrivacyBudget.objects.filter(dataset=dataset).select_related("set_by").first()
+    delta = budget.delta if budget else DEFAULT_LEDGER_DELTA
+    spent = dataset_spent_epsilon(dataset_id=dataset.pk, delta=delta)
+    committed = dataset_spent_epsilon(dataset_id=dataset.pk, delta=delta, include_reserved=True)
+    entries = (
+        PrivacyLedgerEntry.objects.filter(dataset=dataset)
+        .exclude(state=LedgerState.RELEASED)
+        .select_related("training_run")
+        .order_by("id")
+    )
+    runs = [
+        {
+            "training_run": e.training_run_id,
+            "name": e.training_run.name,
+            "state": e.state,
+            "status": e.training_run.status,
+            "non_private": e.non_private,
+            "planned_epsilon": _finite(e.planned_epsilon),
+            "epsilon": _finite(e.epsilon),
+            "delta": e.delta,
+        }
+        for e in entries
+    ]
+    return {
+        "dataset": dataset.pk,
+        "epsilon_cap": budget.epsilon_cap if budget else None,
+        "delta": delta,
+        "set_by": budget.set_by.get_username() if budget and budget.set_by else None,
+        "set_at": budget.set_at if budget else None,
+        "spent_epsilon": _finite(spent),
+        "committed_epsilon": _finite(committed),
+        "remaining_epsilon": _finite(budget.epsilon_cap - committed) if budget and math.isfinite(committed) else None,
+        "non_private_training": any(r["non_private"] for r in runs),
+        "runs": runs,
+    }
+
+
+def training_runs_visible() -> QuerySet[TrainingRun]:
+    return TrainingRun.objects.select_related("snapshot", "snapshot__dataset", "requested_by")
+
+
+def model_versions_visible() -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.select_related(
+        "training_run", "training_run__snapshot", "training_run__snapshot__dataset",
+        "training_run__snapshot__dataset__processing_activity", "training_run__snapshot__purpose",
+    ).prefetch_related("membership_inference_audits")
+
+
+def model_lineage_summary(*, model_version: ModelVersion) -> dict:
+    """Snapshot → dataset → processing activity, from the registry's own foreign keys."""
+    run = model_version.training_run
+    snapshot = run.snapshot
+    dataset = snapshot.dataset
+    activity = dataset.processing_activity
+    return {
+        "training_run": run.pk,
+        "snapshot": {
+            "id": snapshot.pk, "taken_for": snapshot.taken_for, "purpose": snapshot.purpose.code,
+            "lawful_basis": snapshot.lawful_basis, "included_count": snapshot.included_count,
+            "included_subjects": snapshot.included_subjects, "merkle_root": snapshot.merkle_root,
+        },
+        "dataset": {"id": dataset.pk, "name": dataset.name},
+        "processing_activity": {"id": activity.pk, "name": activity.name, "lawful_basis": activity.lawful_basis},
+    }
+
+
+def model_lineage(*, model_version: ModelVersion) -> dict:
+    """The full upstream of a model (provenance's lineage walk over our foreign keys)."""
+    from provenance.selectors import model_lineage as provenance_model_lineage
+
+    return provenance_model_lineage(model_version=model_version)

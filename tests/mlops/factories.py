@@ -1,0 +1,83 @@
+"""Small synthetic snapshots for MLOps tests, built directly with the ORM.
+
+Built without provenance's services so these tests do not depend on snapshot-creation
+details; each person has one record, features are Gaussian and the label is a noisy
+linear rule (learnable, not trivially).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+from django.utils import timezone
+
+from governance.models import DataSubject, ProcessingActivity, Purpose
+from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
+
+
+def make_snapshot(
+    *,
+    n: int = 300,
+    d: int = 10,
+    seed: int = 0,
+    classes: int = 2,
+    label_noise: float = 0.1,
+    single_class: bool = False,
+    name: str | None = None,
+) -> Snapshot:
+    tag = uuid.uuid4().hex[:10]
+    purpose, _ = Purpose.objects.get_or_create(code="ml.training.test", defaults={"name": "ML training (test)"})
+    activity = ProcessingActivity.objects.create(
+        name=f"activity-{tag}",
+        controller_name="Acme",
+        controller_contact="privacy@acme.test",
+        dpo_contact="dpo@acme.test",
+        security_measures="encryption at rest",
+        lawful_basis="consent",
+    )
+    activity.purposes.add(purpose)
+    schema = {"features": [{"name": f"x{j}", "type": "float"} for j in range(d)], "label": {"name": "y", "type": "int"}}
+    dataset = Dataset.objects.create(
+        name=name or f"dataset-{tag}", owner="ml-team", processing_activity=activity, schema=schema
+    )
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    w = rng.normal(size=(d, classes))
+    y = (X @ w).argmax(axis=1)
+    flip = rng.random(n) < label_noise
+    y[flip] = rng.integers(0, classes, size=int(flip.sum()))
+    if single_class:
+        y[:] = 1
+    subjects = DataSubject.objects.bulk_create([DataSubject(pseudonym=f"{tag}-{i:06d}") for i in range(n)])
+    if subjects[0].pk is None:  # backends that do not return ids from bulk_create
+        subjects = list(DataSubject.objects.filter(pseudonym__startswith=f"{tag}-").order_by("pseudonym"))
+    now = timezone.now()
+    DataRecord.objects.bulk_create(
+        [
+            DataRecord(
+                dataset=dataset,
+                subject=subjects[i],
+                features={f"x{j}": float(X[i, j]) for j in range(d)},
+                label=int(y[i]),
+                content_hash=f"{i:064d}",
+                ingested_at=now,
+            )
+            for i in range(n)
+        ]
+    )
+    records = list(DataRecord.objects.filter(dataset=dataset).order_by("id").values_list("id", "subject_id"))
+    snapshot = Snapshot.objects.create(
+        dataset=dataset,
+        purpose=purpose,
+        taken_for=now,
+        lawful_basis="consent",
+        included_count=n,
+        included_subjects=n,
+        excluded_counts={},
+        merkle_root="0" * 64,
+    )
+    SnapshotMembership.objects.bulk_create(
+        [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s in records]
+    )
+    return snapshot
