@@ -9,6 +9,7 @@ without re-deriving every curve.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -85,6 +86,17 @@ def noise_multiplier_for(
 ) -> float:
     """σ reaching at most ``target_epsilon`` after ``steps`` steps (Opacus's binary search)."""
     _check_accountant(accountant)
+    return _noise_multiplier_cached(
+        float(target_epsilon), float(target_delta), float(sample_rate), int(steps), accountant
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_multiplier_cached(
+    target_epsilon: float, target_delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    # The bisection costs up to a second of pure-Python RDP; the ledger's planning
+    # check and the training task ask for the same σ, so remember it.
     with warnings.catch_warnings():
         # Opacus warns when the optimal order sits at the edge of the grid while it
         # bisects over absurd σ values; the bound stays valid, the warning is noise.

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy
@@ -123,6 +124,47 @@ def supports_linear_clipping(model: nn.Module) -> bool:
     return True
 
 
+def clipped_grad_sum_linear(
+    *, layers: Sequence[nn.Module], X: torch.Tensor, y: torch.Tensor, max_grad_norm: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Sum over the batch of per-example gradients clipped to ``max_grad_norm``.
+
+    ``layers`` are the modules of a Sequential whose only parameters are in ``nn.Linear``.
+    Returns the summed cross-entropy loss (detached) and one gradient per parameter in
+    ``parameters()`` order. For a Linear layer the per-example gradients are ``g_i a_iᵀ``
+    (weight) and ``g_i`` (bias), so ``‖grad_i‖² = ‖g_i‖²(‖a_i‖² + 1)`` and the clipped sums
+    are ``(c ⊙ G)ᵀ A`` and ``Σ c_i g_i``.
+    """
+    inputs: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []
+    linears: list[nn.Linear] = []
+    h = X
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            inputs.append(h.detach())
+            linears.append(layer)
+            h = layer(h)
+            outputs.append(h)
+        else:
+            h = layer(h)
+    loss = F.cross_entropy(h, y, reduction="sum")
+    # The loss is a sum of per-example losses, so row i of each output gradient belongs
+    # to example i alone.
+    out_grads = torch.autograd.grad(loss, outputs)
+    norms_sq = torch.zeros(len(X))
+    for layer, a, g in zip(linears, inputs, out_grads, strict=True):
+        g_sq = g.square().sum(1)
+        norms_sq += g_sq * (a.square().sum(1) + 1.0) if layer.bias is not None else g_sq * a.square().sum(1)
+    clip = (max_grad_norm / (norms_sq.sqrt() + _NORM_EPS)).clamp(max=1.0)
+    grads: list[torch.Tensor] = []
+    for layer, a, g in zip(linears, inputs, out_grads, strict=True):
+        gc = g * clip.unsqueeze(1)
+        grads.append(gc.t().mm(a))
+        if layer.bias is not None:
+            grads.append(gc.sum(0))
+    return loss.detach(), grads
+
+
 class Trainer:
     """One training run's state: the model, the sampler, the optimiser and the accountant.
 
@@ -212,48 +254,25 @@ class Trainer:
         return loss.detach()
 
     def _step_linear(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        inputs: list[torch.Tensor] = []
-        outputs: list[torch.Tensor] = []
-        linears: list[nn.Linear] = []
-        h = xb
-        for layer in self._layers:
-            if isinstance(layer, nn.Linear):
-                inputs.append(h)
-                linears.append(layer)
-                h = layer(h)
-                outputs.append(h)
-            else:
-                h = layer(h)
-        loss = F.cross_entropy(h, yb, reduction="sum")
-        # Gradients with respect to each layer's output, per example (the loss is a sum of
-        # per-example losses, so row i of each gradient belongs to example i alone).
-        out_grads = torch.autograd.grad(loss, outputs)
-        norms_sq = torch.zeros(len(xb))
-        for layer, a, g in zip(linears, inputs, out_grads, strict=True):
-            g_sq = g.square().sum(1)
-            a_sq = a.detach().square().sum(1)
-            norms_sq += g_sq * (a_sq + 1.0) if layer.bias is not None else g_sq * a_sq
-        clip = (self.config.max_grad_norm / (norms_sq.sqrt() + _NORM_EPS)).clamp(max=1.0)
+        loss, grads = clipped_grad_sum_linear(layers=self._layers, X=xb, y=yb, max_grad_norm=self.config.max_grad_norm)
         std = self.noise_multiplier * self.config.max_grad_norm
         scale = 1.0 / self.expected_batch_size
-        for layer, a, g in zip(linears, inputs, out_grads, strict=True):
-            gc = g * clip.unsqueeze(1)
-            # Noise is drawn per parameter in model.parameters() order (weight, then bias),
-            # the order Opacus's DPOptimizer draws it in.
-            weight_grad = gc.t().mm(a.detach())
-            weight_grad += torch.normal(0.0, std, weight_grad.shape, generator=self.generator)
-            layer.weight.grad = weight_grad.mul_(scale)
-            if layer.bias is not None:
-                bias_grad = gc.sum(0)
-                bias_grad += torch.normal(0.0, std, bias_grad.shape, generator=self.generator)
-                layer.bias.grad = bias_grad.mul_(scale)
+        # Noise is drawn per parameter in model.parameters() order, the order Opacus's
+        # DPOptimizer draws it in, so both paths consume the generator identically.
+        for p, grad in zip(self.params, grads, strict=True):
+            grad += torch.normal(0.0, std, grad.shape, generator=self.generator)
+            p.grad = grad.mul_(scale)
         self.optimizer.step()
-        return loss.detach()
+        return loss
 
     def _step_opacus(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.grad_module(xb), yb, reduction="sum")
-        loss.backward()
+        with warnings.catch_warnings():
+            # Inputs never require grad here, which makes PyTorch warn about Opacus's
+            # full backward hooks on the first layer; the per-sample gradients are right.
+            warnings.filterwarnings("ignore", message="Full backward hook", category=UserWarning)
+            loss.backward()
         self.optimizer.step()
         return loss.detach()
 
