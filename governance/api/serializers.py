@@ -61,6 +61,8 @@ class PurposeCompatibilitySerializer(serializers.ModelSerializer):
             "nature_of_data", "possible_consequences", "safeguards", "approved_by", "approved_at",
         ]
         read_only_fields = ["id", "approved_by", "approved_at"]
+        # A duplicate is a conflict with the existing assessment (409), decided by the service.
+        validators: list = []
 
 
 class DataCategorySerializer(serializers.ModelSerializer):
@@ -129,7 +131,7 @@ class ProcessingActivitySerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
         extra_kwargs = {
-            f: {"required": False}
+            f: {"required": False, "allow_blank": True}
             for f in ("name", "controller_name", "controller_contact", "dpo_contact", "security_measures")
         }
         # The name's uniqueness is checked by the service, inside its transaction.

@@ -1,0 +1,191 @@
+"""Consent events through the API: idempotent, all or nothing, pseudonymised, one audit event per batch."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from governance.models import AuditEvent, ConsentEvent, DataSubject
+from governance.pseudonymisation import pseudonymise
+from tests.governance.consent_helpers import at, consent_activity, event
+
+CLINICAL = "ml.training.clinical_risk"
+URL = "/api/v1/consent-events/"
+
+
+def _post(client, payload):
+    return client.post(URL, payload, format="json")
+
+
+@pytest.mark.django_db
+def test_one_event_is_stored_pseudonymised_with_the_notice_hash_and_truncated_ip(dpo_client):
+    payload = event(
+        "Alice@Example.org ", CLINICAL, "given", at(0), event_id="crm-1",
+        evidence={"form_url": "https://portal.example/consent", "ip": "203.0.113.57",
+                  "user_agent": "Mozilla/5.0", "source_system": "portal"},
+    )
+    response = _post(dpo_client, payload)
+    assert response.status_code == 201, response.content
+    assert response.json() == {"created": 1, "already_present": 0}
+    stored = ConsentEvent.objects.select_related("subject").get(event_id="crm-1")
+    assert stored.subject.pseudonym == pseudonymise("alice@example.org")
+    assert stored.notice_sha256 == hashlib.sha256(payload["notice_text"].encode()).hexdigest()
+    assert stored.evidence == {"form_url": "https://portal.example/consent", "ip": "203.0.113.0",
+                               "user_agent": "Mozilla/5.0", "source_system": "portal"}
+
+
+@pytest.mark.django_db
+def test_ipv6_evidence_keeps_only_the_first_48_bits(dpo_client):
+    payload = event("a@x.org", CLINICAL, "given", at(0), event_id="v6", evidence={"ip": "2001:db8:abcd:12:34::7"})
+    assert _post(dpo_client, payload).status_code == 201
+    assert ConsentEvent.objects.get(event_id="v6").evidence["ip"] == "2001:db8:abcd::"
+
+
+@pytest.mark.django_db
+def test_resubmitting_a_batch_creates_nothing_twice(dpo_client):
+    batch = [
+        event("a@x.org", CLINICAL, "given", at(0), event_id="e-1"),
+        event("b@x.org", CLINICAL, "given", at(1)),  # no event id: derived from the content
+        event("b@x.org", CLINICAL, "withdrawn", at(2)),
+    ]
+    first = _post(dpo_client, batch)
+    assert first.status_code == 201
+    assert first.json() == {"created": 3, "already_present": 0}
+    again = _post(dpo_client, batch + [event("c@x.org", CLINICAL, "given", at(3))])
+    assert again.json() == {"created": 1, "already_present": 3}
+    assert ConsentEvent.objects.count() == 4
+    assert DataSubject.objects.count() == 3
+    # The same id inside one batch is written once.
+    repeat = _post(dpo_client, [event("d@x.org", CLINICAL, "given", at(4), event_id="dup")] * 2)
+    assert repeat.json() == {"created": 1, "already_present": 1}
+    assert _post(dpo_client, batch).status_code == 200  # nothing new: 200, not 201
+
+
+@pytest.mark.django_db
+def test_one_audit_event_per_batch_with_counts_and_no_identifier(dpo_client):
+    before = AuditEvent.objects.count()
+    batch = [event(f"person{i}@x.org", CLINICAL, "given", at(i)) for i in range(25)]
+    _post(dpo_client, batch)
+    events = list(AuditEvent.objects.filter(action="consent_event.ingested"))
+    assert AuditEvent.objects.count() == before + 1
+    assert len(events) == 1
+    assert events[0].details["created"] == 25
+    assert events[0].details["given"] == 25
+    assert events[0].subject_ref is None
+    text = str(events[0].details)
+    assert "@x.org" not in text and pseudonymise("person0@x.org") not in text
+
+
+@pytest.mark.django_db
+def test_a_single_subject_batch_names_the_subject_by_reference_only(dpo_client):
+    _post(dpo_client, event("solo@x.org", CLINICAL, "given", at(0)))
+    audit = AuditEvent.objects.get(action="consent_event.ingested")
+    assert audit.subject_ref == DataSubject.objects.get(pseudonym=pseudonymise("solo@x.org")).reference
+
+
+FUTURE = (timezone.now() + timedelta(days=2)).isoformat()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"purpose": "no.such.purpose"}, "events[1].purpose"),
+        ({"action": "maybe"}, "events[1].action"),
+        ({"occurred_at": FUTURE}, "events[1].occurred_at"),
+        ({"occurred_at": "not a time"}, "events[1].occurred_at"),
+        ({"occurred_at": "2025-01-01T09:00:00"}, "events[1].occurred_at"),  # no time zone
+        ({"expires_at": at(-1).isoformat()}, "events[1].expires_at"),
+        ({"notice_text": None}, "events[1].notice_text"),
+        ({"notice_sha256": "ab" * 32}, "events[1].notice_sha256"),  # does not match the text
+        ({"subject": ""}, "events[1].subject"),
+        ({"method": ""}, "events[1].method"),
+        ({"evidence": {"ip": "not-an-ip"}}, "events[1].evidence.ip"),
+        ({"evidence": {"colour": "blue"}}, "events[1].evidence.colour"),
+        ({"evidence": {"form_url": "https://x.example/?email=b@x.org"}}, "events[1].evidence.form_url"),
+        ({"surprise": 1}, "events[1].surprise"),
+    ],
+)
+def test_bad_event_in_a_batch_is_a_400_naming_index_and_field_and_nothing_is_written(dpo_client, bad, field):
+    audit_before = AuditEvent.objects.count()
+    good = event("a@x.org", CLINICAL, "given", at(0))
+    broken = {**event("b@x.org", CLINICAL, "given", at(1)), **bad}
+    response = _post(dpo_client, [good, broken, event("c@x.org", CLINICAL, "given", at(2))])
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert field in body, body
+    assert body[field][0]
+    assert ConsentEvent.objects.count() == 0
+    assert DataSubject.objects.count() == 0
+    assert AuditEvent.objects.count() == audit_before
+
+
+@pytest.mark.django_db
+def test_every_bad_event_is_reported_not_only_the_first(dpo_client):
+    response = _post(dpo_client, [
+        event("a@x.org", "nope", "given", at(0)),
+        event("b@x.org", CLINICAL, "given", at(0)),
+        event("c@x.org", CLINICAL, "perhaps", at(0)),
+    ])
+    assert response.status_code == 400
+    assert set(response.json()) == {"events[0].purpose", "events[2].action"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("payload", ["just a string", [], [1, 2], {"events": "x"}])
+def test_malformed_bodies_are_400(dpo_client, payload):
+    response = _post(dpo_client, payload)
+    assert response.status_code == 400
+    assert ConsentEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_oversized_batch_is_refused_before_anything_is_read(dpo_client):
+    response = _post(dpo_client, [event("a@x.org", CLINICAL, "given", at(0))] * 10_001)
+    assert response.status_code == 400
+    assert "10000" in response.json()["events"][0]
+    assert ConsentEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_notice_hash_alone_is_accepted(dpo_client):
+    payload = event("a@x.org", CLINICAL, "given", at(0), event_id="h")
+    digest = hashlib.sha256(b"notice").hexdigest()
+    del payload["notice_text"]
+    payload["notice_sha256"] = digest.upper()
+    assert _post(dpo_client, payload).status_code == 201
+    assert ConsentEvent.objects.get(event_id="h").notice_sha256 == digest
+
+
+@pytest.mark.django_db
+def test_withdrawal_under_an_erasing_activity_is_noted_for_erasure(dpo_client):
+    consent_activity(erasure_on_consent_withdrawal=True)
+    _post(dpo_client, event("a@x.org", CLINICAL, "given", at(0)))
+    response = _post(dpo_client, event("a@x.org", CLINICAL, "withdrawn", at(1)))
+    assert response.json()["withdrawals_under_erasure_on_withdrawal"] == 1
+    audit = AuditEvent.objects.filter(action="consent_event.ingested").last()
+    assert audit.details["erasure_activities"] == ["activity for ml.training.clinical_risk"]
+
+
+@pytest.mark.django_db
+def test_ledger_is_listed_to_dpo_and_auditor_by_pseudonym_and_never_to_ml_engineers(
+    dpo_client, auditor_client, ml_client
+):
+    _post(dpo_client, [event("a@x.org", CLINICAL, "given", at(0), event_id="l-1"),
+                       event("b@x.org", "marketing.email", "given", at(1), event_id="l-2")])
+    for client in (dpo_client, auditor_client):
+        response = client.get(URL, {"purpose": CLINICAL})
+        assert response.status_code == 200
+        results = response.json()["results"]
+        assert [r["event_id"] for r in results] == ["l-1"]
+        assert results[0]["subject"] == pseudonymise("a@x.org")
+    by_subject = auditor_client.get(URL, {"subject": pseudonymise("b@x.org")}).json()["results"]
+    assert [r["event_id"] for r in by_subject] == ["l-2"]
+    in_range = auditor_client.get(URL, {"occurred_after": at(0.5).isoformat(), "action": "given"}).json()["results"]
+    assert [r["event_id"] for r in in_range] == ["l-2"]
+    assert ml_client.get(URL).status_code == 403
+    assert ml_client.get(f"{URL}l-1/").status_code == 403
+    assert auditor_client.post(URL, event("c@x.org", CLINICAL, "given", at(0)), format="json").status_code == 403
