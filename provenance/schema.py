@@ -48,6 +48,12 @@ def _field_spec(spec: Any, where: str) -> dict:
     if not isinstance(spec, dict):
         raise ServiceError(f"{where}: expected an object with 'name' and 'type'.", field="schema")
     name, ftype = spec.get("name"), spec.get("type")
+    if isinstance(name, str) and (spec.get("identifier") is True or _normalised_name(name) in DIRECT_IDENTIFIER_NAMES):
+        raise ServiceError(
+            f"{where} '{name}' is a direct identifier and may not be stored ({MINIMISATION}): the person is "
+            "given as the record's subject, which is pseudonymised on arrival.",
+            field="schema",
+        )
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ServiceError(
             f"{where}: 'name' must be 1-100 characters of letters, digits, '_', '.', '-', starting with a letter or '_'.",
@@ -55,12 +61,6 @@ def _field_spec(spec: Any, where: str) -> dict:
         )
     if ftype not in FEATURE_TYPES:
         raise ServiceError(f"{where} '{name}': 'type' must be one of {', '.join(FEATURE_TYPES)}.", field="schema")
-    if spec.get("identifier") is True or _normalised_name(name) in DIRECT_IDENTIFIER_NAMES:
-        raise ServiceError(
-            f"{where} '{name}' is a direct identifier and may not be stored ({MINIMISATION}): the person is "
-            "given as the record's subject, which is pseudonymised on arrival.",
-            field="schema",
-        )
     if name in RESERVED_NAMES:
         raise ServiceError(f"{where} '{name}': the name is reserved for the subject column.", field="schema")
     unknown = set(spec) - {"name", "type", "categories", "identifier", "description"}

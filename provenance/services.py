@@ -328,7 +328,7 @@ def _membership_select(
             "WHEN c.state = 'expired' THEN 'expired'"
         )
     reason.append("ELSE 'included' END")
-    reason_sql = " ".join(reason)
+    reason_sql = " ".join(reason) if len(reason) > 2 else "'included'"
     if consent:
         consent_sql, consent_params = consent_state_sql(purpose=purpose, at=at)
         body = (
