@@ -9,6 +9,7 @@ api_v1 = [
     path("", include("provenance.api.urls")),
     path("", include("mlops.api.urls")),
     path("", include("governance.erasure.api_urls")),
+    path("", include("governance.dpia.api_urls")),
 ]
 
 urlpatterns = [

@@ -245,3 +245,6 @@ class ReportJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} report {self.pk} ({self.status})"
+
+# Evidence changes mark signed DPIAs for review (receivers connected by sender label).
+from governance.dpia import signals  # noqa: E402,F401

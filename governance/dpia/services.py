@@ -1,0 +1,510 @@
+"""Services for DPIAs (Art. 35) and report jobs. Keyword-only, atomic, audited.
+
+A signed DPIA version is never edited: a change to it starts a new draft version that
+copies the signed one (screening, risks, covered models), and the change lands there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from governance.dpia import selectors
+from governance.dpia.models import (
+    Dpia,
+    DpiaRisk,
+    DpiaScreeningAnswer,
+    DpiaStatus,
+    Likelihood,
+    ReportJob,
+    ReportKind,
+    ReportStatus,
+    Severity,
+    Wp248Criterion,
+    risk_level,
+)
+from governance.models import ProcessingActivity
+from governance.services import SYSTEM_ACTOR, ServiceConflict, ServiceError, audit_event_record
+
+logger = logging.getLogger(__name__)
+
+TEXT_FIELDS = (
+    "title",
+    "systematic_description",
+    "necessity_and_proportionality",
+    "measures",
+    "dpo_advice",
+    "data_subject_views",
+    "views_not_sought_reason",
+    "required_override_justification",
+)
+UPDATABLE_FIELDS = frozenset(TEXT_FIELDS) | {"review_date", "models_used_for_decisions", "required_override", "model_version_ids"}
+
+
+def _model_versions(ids: list[int] | None) -> list:
+    from mlops.models import ModelVersion
+
+    ids = list(dict.fromkeys(ids or []))
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ServiceError("Model version ids must be integers.", field="model_version_ids")
+    found = list(ModelVersion.objects.filter(pk__in=ids))
+    missing = sorted(set(ids) - {m.pk for m in found})
+    if missing:
+        raise ServiceError(f"No model version with id {', '.join(map(str, missing))}.", field="model_version_ids")
+    return found
+
+
+def _answers(dpia: Dpia) -> dict[str, bool]:
+    return {a.criterion: a.answer for a in dpia.screening.all()}
+
+
+def _refresh_required(dpia: Dpia) -> None:
+    dpia.dpia_required, dpia.article_35_3_cases = selectors.dpia_required_from(_answers(dpia))
+
+
+def _describe(activity: ProcessingActivity, evidence: selectors.ScreeningEvidence) -> str:
+    purposes = ", ".join(activity.purposes.order_by("code").values_list("code", flat=True)) or "none recorded"
+    return (
+        f"{activity.name}: {activity.description or 'no description recorded'} "
+        f"Purposes: {purposes}. Lawful basis: {activity.get_lawful_basis_display()}. "
+        f"At the time of this assessment the activity's datasets hold {evidence.record_count} records "
+        f"of {evidence.subject_count} data subjects, known only by keyed pseudonyms."
+    )
+
+
+@transaction.atomic
+def dpia_create(
+    *,
+    processing_activity: ProcessingActivity,
+    actor: Any,
+    title: str = "",
+    model_version_ids: list[int] | None = None,
+    models_used_for_decisions: bool = False,
+    **content: Any,
+) -> Dpia:
+    """Open the first DPIA version of an activity, with the screening proposed from the records."""
+    unknown = set(content) - set(TEXT_FIELDS) - {"review_date"}
+    if unknown:
+        raise ServiceError(f"Unknown field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+    if Dpia.objects.filter(processing_activity=processing_activity).exists():
+        raise ServiceConflict(
+            "This processing activity already has a DPIA: change it with PATCH (a signed version starts a new one)."
+        )
+    model_versions = _model_versions(model_version_ids)
+    evidence = selectors.dpia_screening_evidence(
+        processing_activity=processing_activity,
+        model_version_ids=[m.pk for m in model_versions],
+        models_used_for_decisions=models_used_for_decisions,
+    )
+    content.setdefault("systematic_description", _describe(processing_activity, evidence))
+    dpia = Dpia.objects.create(
+        processing_activity=processing_activity,
+        title=title or f"DPIA: {processing_activity.name}",
+        models_used_for_decisions=models_used_for_decisions,
+        created_by=actor if getattr(actor, "pk", None) else None,
+        **content,
+    )
+    dpia.model_versions.set(model_versions)
+    DpiaScreeningAnswer.objects.bulk_create(
+        [DpiaScreeningAnswer(dpia=dpia, criterion=p.criterion, proposed=p.proposed, source=p.source) for p in evidence.proposals]
+    )
+    _refresh_required(dpia)
+    dpia.save(update_fields=["dpia_required", "article_35_3_cases"])
+    audit_event_record(
+        actor=actor,
+        action="dpia.created",
+        object_type="dpia",
+        object_id=dpia.pk,
+        details={
+            "processing_activity": processing_activity.pk,
+            "version": dpia.version,
+            "model_versions": [m.pk for m in model_versions],
+            "proposed_criteria": [p.criterion for p in evidence.proposals if p.proposed],
+            "dpia_required": dpia.dpia_required,
+        },
+    )
+    return dpia
+
+
+def _new_version_of(dpia: Dpia, *, actor: Any) -> Dpia:
+    """Copy a signed version into a new draft version (screening, risks and covered models too)."""
+    latest = Dpia.objects.select_for_update().filter(processing_activity_id=dpia.processing_activity_id).order_by("-version").first()
+    if latest.pk != dpia.pk:
+        raise ServiceConflict(f"Version {dpia.version} is not the latest: change version {latest.version} instead.")
+    skip = {"id", "version", "previous_version", "status", "signed_by", "signed_at", "review_reason",
+            "marked_for_review_at", "created_at", "updated_at", "created_by"}
+    values = {f.attname: getattr(dpia, f.attname) for f in Dpia._meta.concrete_fields if f.name not in skip}
+    new = Dpia.objects.create(
+        **values, version=dpia.version + 1, previous_version=dpia, status=DpiaStatus.DRAFT,
+        created_by=actor if getattr(actor, "pk", None) else None,
+    )
+    new.model_versions.set(dpia.model_versions.all())
+    DpiaScreeningAnswer.objects.bulk_create(
+        [
+            DpiaScreeningAnswer(
+                dpia=new, criterion=a.criterion, proposed=a.proposed, source=a.source, confirmed=a.confirmed,
+                override_reason=a.override_reason, confirmed_by_id=a.confirmed_by_id, confirmed_at=a.confirmed_at,
+            )
+            for a in dpia.screening.all()
+        ]
+    )
+    DpiaRisk.objects.bulk_create(
+        [
+            DpiaRisk(
+                dpia=new, description=r.description, likelihood=r.likelihood, severity=r.severity,
+                inherent_level=r.inherent_level, mitigations=r.mitigations, residual_likelihood=r.residual_likelihood,
+                residual_severity=r.residual_severity, residual_level=r.residual_level,
+            )
+            for r in dpia.risks.all()
+        ]
+    )
+    audit_event_record(
+        actor=actor, action="dpia.version_started", object_type="dpia", object_id=new.pk,
+        details={"processing_activity": new.processing_activity_id, "version": new.version, "previous_version_id": dpia.pk},
+    )
+    return new
+
+
+def _editable(dpia: Dpia, *, actor: Any) -> Dpia:
+    """The version a change should land on: the draft itself, or a new version of a signed one."""
+    dpia = Dpia.objects.select_for_update().get(pk=dpia.pk)
+    if dpia.status == DpiaStatus.DRAFT:
+        return dpia
+    return _new_version_of(dpia, actor=actor)
+
+
+@transaction.atomic
+def dpia_update(*, dpia: Dpia, actor: Any, **changes: Any) -> Dpia:
+    """Change a DPIA's content; on a signed version the change starts (and lands in) a new version."""
+    unknown = set(changes) - UPDATABLE_FIELDS
+    if unknown:
+        raise ServiceError(f"Unknown or read-only field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+    if not changes:
+        raise ServiceError("Nothing to change: send at least one field.", field="non_field_errors")
+    model_versions = _model_versions(changes.pop("model_version_ids")) if "model_version_ids" in changes else None
+    review_date = changes.get("review_date")
+    if review_date is not None and not isinstance(review_date, date):
+        raise ServiceError("Give the review date as YYYY-MM-DD.", field="review_date")
+    target = _editable(dpia, actor=actor)
+    for name, value in changes.items():
+        setattr(target, name, value)
+    if model_versions is not None:
+        target.model_versions.set(model_versions)
+    _refresh_required(target)
+    target.save()
+    audit_event_record(
+        actor=actor, action="dpia.updated", object_type="dpia", object_id=target.pk,
+        details={
+            "version": target.version,
+            "fields": sorted(changes) + (["model_version_ids"] if model_versions is not None else []),
+        },
+    )
+    return target
+
+
+@transaction.atomic
+def dpia_screening_confirm(
+    *,
+    dpia: Dpia,
+    actor: Any,
+    answers: list[dict],
+    required_override: bool | None = None,
+    required_override_justification: str = "",
+) -> Dpia:
+    """Record the DPO's answer to screening criteria; an answer against the proposal needs a reason.
+
+    ``answers``: ``[{"criterion": "large_scale", "answer": true, "reason": "..."}]``.
+    """
+    valid = set(Wp248Criterion.values)
+    parsed: dict[str, tuple[bool, str]] = {}
+    for i, item in enumerate(answers or []):
+        criterion = item.get("criterion") if isinstance(item, dict) else None
+        if criterion not in valid:
+            raise ServiceError(f"answers[{i}]: unknown criterion {criterion!r}; one of {', '.join(sorted(valid))}.", field="answers")
+        if not isinstance(item.get("answer"), bool):
+            raise ServiceError(f"answers[{i}] ({criterion}): 'answer' must be true or false.", field="answers")
+        parsed[criterion] = (item["answer"], str(item.get("reason") or "").strip())
+    if required_override is not None and not required_override_justification.strip():
+        raise ServiceError("Overriding whether a DPIA is required needs a justification.", field="required_override_justification")
+    target = _editable(dpia, actor=actor)
+    now = timezone.now()
+    by_criterion = {a.criterion: a for a in target.screening.all()}
+    changed = []
+    for criterion, (answer, reason) in parsed.items():
+        row = by_criterion[criterion]
+        if answer != row.proposed and not reason:
+            raise ServiceError(
+                f"{criterion}: the answer departs from the proposal ({row.proposed}); give the reason.", field="answers"
+            )
+        row.confirmed, row.override_reason, row.confirmed_by, row.confirmed_at = answer, reason, (
+            actor if getattr(actor, "pk", None) else None
+        ), now
+        changed.append(row)
+    DpiaScreeningAnswer.objects.bulk_update(changed, ["confirmed", "override_reason", "confirmed_by", "confirmed_at"])
+    if required_override is not None:
+        target.required_override = required_override
+        target.required_override_justification = required_override_justification.strip()
+    _refresh_required(target)
+    target.save()
+    audit_event_record(
+        actor=actor, action="dpia.screening_confirmed", object_type="dpia", object_id=target.pk,
+        details={
+            "version": target.version,
+            "confirmed": len(changed),
+            "overridden": sorted(c.criterion for c in changed if c.confirmed != c.proposed),
+            "dpia_required": target.dpia_required,
+            "required_override": target.required_override,
+        },
+    )
+    return target
+
+
+def _scale(value: Any, choices: type, field: str) -> str:
+    if value not in choices.values:
+        raise ServiceError(f"{value!r} is not on the scale: choose one of {', '.join(choices.values)}.", field=field)
+    return value
+
+
+@transaction.atomic
+def dpia_risk_add(
+    *,
+    dpia: Dpia,
+    actor: Any,
+    description: str,
+    likelihood: str,
+    severity: str,
+    mitigations: str = "",
+    residual_likelihood: str | None = None,
+    residual_severity: str | None = None,
+) -> DpiaRisk:
+    """Add a risk to the register (Art. 35(7)(c)) on 3-point scales; levels follow the ICO matrix."""
+    if not str(description or "").strip():
+        raise ServiceError("Describe the risk to the rights and freedoms of data subjects.", field="description")
+    _scale(likelihood, Likelihood, "likelihood")
+    _scale(severity, Severity, "severity")
+    residual_likelihood = _scale(residual_likelihood or likelihood, Likelihood, "residual_likelihood")
+    residual_severity = _scale(residual_severity or severity, Severity, "residual_severity")
+    target = _editable(dpia, actor=actor)
+    risk = DpiaRisk.objects.create(
+        dpia=target, description=description.strip(), likelihood=likelihood, severity=severity,
+        inherent_level=risk_level(likelihood, severity), mitigations=mitigations,
+        residual_likelihood=residual_likelihood, residual_severity=residual_severity,
+        residual_level=risk_level(residual_likelihood, residual_severity),
+    )
+    target.save(update_fields=["updated_at"])
+    audit_event_record(
+        actor=actor, action="dpia.risk_added", object_type="dpia", object_id=target.pk,
+        details={"version": target.version, "risk": risk.pk, "inherent": risk.inherent_level, "residual": risk.residual_level},
+    )
+    return risk
+
+
+def dpia_missing_sections(dpia: Dpia) -> list[str]:
+    """The sections a DPIA cannot be signed without, by their field names."""
+    missing = []
+    for name in ("systematic_description", "necessity_and_proportionality", "dpo_advice"):
+        if not getattr(dpia, name).strip():
+            missing.append(name)
+    if not dpia.risks.exists():
+        missing.append("risks")
+    if not dpia.measures.strip() and not dpia.risks.exclude(mitigations="").exists():
+        missing.append("measures")
+    if not dpia.data_subject_views.strip() and not dpia.views_not_sought_reason.strip():
+        missing.append("data_subject_views")
+    if dpia.review_date is None:
+        missing.append("review_date")
+    unconfirmed = sorted(dpia.screening.filter(confirmed__isnull=True).values_list("criterion", flat=True))
+    if unconfirmed:
+        missing.append("screening")
+    if dpia.required_override is not None and not dpia.required_override_justification.strip():
+        missing.append("required_override_justification")
+    return missing
+
+
+@transaction.atomic
+def dpia_sign(*, dpia: Dpia, actor: Any) -> Dpia:
+    """Sign a draft: it becomes immutable; Art. 36 prior consultation is flagged if a high residual risk remains."""
+    dpia = Dpia.objects.select_for_update().get(pk=dpia.pk)
+    if dpia.status != DpiaStatus.DRAFT:
+        raise ServiceConflict(f"Version {dpia.version} is already signed; change it to start a new version.")
+    missing = dpia_missing_sections(dpia)
+    if missing:
+        raise ServiceError(
+            f"Cannot sign: required section(s) empty: {', '.join(missing)}.", field="sections", missing=missing
+        )
+    if dpia.review_date <= timezone.localdate():
+        raise ServiceError("The review date must be in the future.", field="review_date")
+    dpia.prior_consultation_required = dpia.risks.filter(residual_level="high").exists()
+    dpia.status = DpiaStatus.SIGNED
+    dpia.signed_by = actor if getattr(actor, "pk", None) else None
+    dpia.signed_at = timezone.now()
+    dpia.save()
+    audit_event_record(
+        actor=actor, action="dpia.signed", object_type="dpia", object_id=dpia.pk,
+        details={
+            "version": dpia.version,
+            "review_date": dpia.review_date.isoformat(),
+            "prior_consultation_required": dpia.prior_consultation_required,
+            "risks": dpia.risks.count(),
+        },
+    )
+    return dpia
+
+
+@transaction.atomic
+def dpia_mark_for_review(
+    *, reason: str, actor: Any = None, processing_activity_ids: list[int] | None = None, model_version_ids: list[int] | None = None
+) -> int:
+    """Mark the signed DPIAs whose evidence changed as needing review; returns how many.
+
+    Call it when a model version is released or tainted, or a privacy budget is exceeded:
+    with the activities concerned, or the model versions (covered models are matched).
+    One set-based UPDATE and one audit event for the whole batch.
+    """
+    from django.db.models import Q
+
+    if not processing_activity_ids and not model_version_ids:
+        return 0
+    where = Q()
+    if processing_activity_ids:
+        where |= Q(processing_activity_id__in=processing_activity_ids)
+    if model_version_ids:
+        where |= Q(model_versions__in=model_version_ids)
+    ids = list(Dpia.objects.filter(where, status=DpiaStatus.SIGNED).values_list("pk", flat=True).distinct())
+    if not ids:
+        return 0
+    now = timezone.now()
+    # Only the review fields change: a signed version's content stays as signed.
+    count = Dpia.objects.filter(pk__in=ids, status=DpiaStatus.SIGNED).update(
+        status=DpiaStatus.REVIEW_REQUIRED, review_reason=reason[:2000], marked_for_review_at=now, updated_at=now
+    )
+    audit_event_record(
+        actor=actor, action="dpia.marked_for_review", object_type="dpia", object_id=",".join(map(str, ids[:20])),
+        details={"count": count, "reason": reason[:500], "dpia_ids": ids[:100]},
+    )
+    return count
+
+
+# --- Report jobs ---------------------------------------------------------------------
+
+# kind → (app label, model) of the object a report is about; None: no object (the whole register).
+REPORT_OBJECTS: dict[str, tuple[str, str] | None] = {
+    ReportKind.DPIA: ("governance", "Dpia"),
+    ReportKind.ROPA: None,
+    ReportKind.MODEL_LINEAGE: ("mlops", "ModelVersion"),
+    ReportKind.ERASURE_CERTIFICATE: ("governance", "ErasureRequest"),
+}
+# kind → "module:function"; the function takes (*, object_id, path) and returns the file's SHA-256.
+# The erasure certificate is built by the erasure sub-domain with this toolkit.
+REPORT_BUILDERS: dict[str, str] = {
+    ReportKind.DPIA: "governance.reports.dpia:dpia_report_render",
+    ReportKind.ROPA: "governance.reports.ropa:ropa_report_render",
+    ReportKind.MODEL_LINEAGE: "mlops.reports.model_lineage:model_lineage_report_render",
+    ReportKind.ERASURE_CERTIFICATE: "governance.erasure.certificate:erasure_certificate_render",
+}
+
+
+def _builder(kind: str):
+    module_name, function_name = REPORT_BUILDERS[kind].split(":")
+    try:
+        return getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def report_object_exists(*, kind: str, object_id: Any) -> bool:
+    target = REPORT_OBJECTS[kind]
+    if target is None:
+        return True
+    try:
+        model = apps.get_model(*target)
+    except LookupError:
+        return False
+    return model.objects.filter(pk=object_id).exists()
+
+
+@transaction.atomic
+def report_job_request(*, kind: str, actor: Any, object_id: Any = None, enqueue: bool = True) -> ReportJob:
+    """Queue a report; the Celery task renders it after the commit."""
+    if kind not in REPORT_OBJECTS:
+        raise ServiceError(f"Unknown report kind {kind!r}; one of {', '.join(REPORT_OBJECTS)}.", field="kind")
+    if REPORT_OBJECTS[kind] is None:
+        object_id = None
+    else:
+        if object_id is None or object_id == "":
+            raise ServiceError(f"A {kind} report needs the id of its object.", field="object_id")
+        try:
+            object_id = int(object_id)
+        except (TypeError, ValueError):
+            raise ServiceError(f"{object_id!r} is not an id.", field="object_id")
+        if not report_object_exists(kind=kind, object_id=object_id):
+            raise ServiceError(f"No {REPORT_OBJECTS[kind][1]} with id {object_id}.", field="object_id")
+    if _builder(kind) is None:
+        raise ServiceError(f"{kind} reports are not available in this installation.", field="kind")
+    job = ReportJob.objects.create(kind=kind, object_id=object_id, requested_by=actor if getattr(actor, "pk", None) else None)
+    audit_event_record(
+        actor=actor, action="report.requested", object_type="report_job", object_id=job.pk,
+        details={"kind": kind, "object_id": object_id},
+    )
+    if enqueue:
+        from governance.reports.tasks import generate_report
+
+        generate_report.delay_on_commit(job.pk)
+    return job
+
+
+def report_file_path(job: ReportJob) -> Path:
+    return Path(settings.REPORT_ROOT) / job.file_path
+
+
+def report_job_run(*, job_id: int) -> ReportJob:
+    """Render a queued report and record its file and SHA-256; running it twice renders it once.
+
+    The rendering happens outside a transaction (it reads through selectors only); the job
+    row moves queued → running → succeeded/failed in short transactions around it.
+    """
+    with transaction.atomic():
+        job = ReportJob.objects.select_for_update().get(pk=job_id)
+        if job.status == ReportStatus.SUCCEEDED and report_file_path(job).is_file():
+            return job
+        job.status, job.started_at, job.error = ReportStatus.RUNNING, timezone.now(), ""
+        job.save(update_fields=["status", "started_at", "error"])
+    suffix = f"-{job.object_id}" if job.object_id is not None else ""
+    relative = f"{job.kind}/{job.kind}{suffix}-job{job.pk}.pdf"
+    builder = _builder(job.kind)
+    try:
+        if builder is None:
+            raise RuntimeError(f"{job.kind} reports are not available in this installation.")
+        sha256 = builder(object_id=job.object_id, path=Path(settings.REPORT_ROOT) / relative)
+    except Exception as exc:
+        logger.exception("report job %s failed", job.pk)
+        with transaction.atomic():
+            ReportJob.objects.filter(pk=job.pk).update(
+                status=ReportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+            )
+            audit_event_record(
+                actor=SYSTEM_ACTOR, action="report.failed", object_type="report_job", object_id=job.pk,
+                details={"kind": job.kind, "object_id": job.object_id, "error": type(exc).__name__},
+            )
+        job.refresh_from_db()
+        return job
+    path = Path(settings.REPORT_ROOT) / relative
+    with transaction.atomic():
+        job = ReportJob.objects.select_for_update().get(pk=job.pk)
+        job.status, job.file_path, job.sha256 = ReportStatus.SUCCEEDED, relative, sha256
+        job.size_bytes, job.finished_at = path.stat().st_size, timezone.now()
+        job.save(update_fields=["status", "file_path", "sha256", "size_bytes", "finished_at"])
+        audit_event_record(
+            actor=SYSTEM_ACTOR, action="report.generated", object_type="report_job", object_id=job.pk,
+            details={"kind": job.kind, "object_id": job.object_id, "sha256": sha256, "size_bytes": job.size_bytes},
+        )
+    return job
+
