@@ -26,7 +26,7 @@ TPR_1PCT = 0.0123
 EPOCH_EPSILONS = [1.105, 1.902, 2.718]
 
 
-@dataclass
+@dataclass(eq=False)
 class World:
     activity: ProcessingActivity
     purpose: Purpose
