@@ -60,3 +60,42 @@ def snapshot_of(ds: Dataset) -> Snapshot:
         [SnapshotMembership(snapshot=snap, record_id=r[0], subject_id=r[1]) for r in records]
     )
     return snap
+
+
+def people_dataset(*, act: ProcessingActivity, people: list[DataSubject], seed: int = 0, d: int = 4,
+                   records_per_person: int = 1) -> Dataset:
+    """A learnable synthetic dataset: Gaussian features, a noisy linear label."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=d)
+    rows = []
+    for subject in people:
+        for _ in range(records_per_person):
+            x = rng.normal(size=d)
+            label = int(x @ w + 0.3 * rng.normal() > 0)
+            rows.append((subject, {f"x{j}": round(float(x[j]), 6) for j in range(d)}, label))
+    ds = dataset_with_records(act=act, rows=rows)
+    ds.schema = {"features": [{"name": f"x{j}", "type": "float"} for j in range(d)], "label": {"name": "y", "type": "int"}}
+    ds.save(update_fields=["schema"])
+    return ds
+
+
+def crowd(n: int, tag: str | None = None) -> list[DataSubject]:
+    tag = tag or uuid.uuid4().hex[:8]
+    return [subject_for(f"person-{tag}-{i}@example.org") for i in range(n)]
+
+
+def train(*, snapshot: Snapshot, name: str, sisa: dict | None = None, wait: bool = True):
+    """Queue a tiny DP training run through mlops's service (and wait for it)."""
+    from mlops import services as mlops_services
+    from tests.mlops.helpers import wait_for_run
+
+    run = mlops_services.training_run_queue(
+        snapshot=snapshot, name=name, epochs=2, batch_size=16, noise_multiplier=1.0, seed=3,
+        model_spec={"hidden_sizes": [8]}, validation_split=0.0, holdout_fraction=0.0, sisa=sisa,
+    )
+    if wait:
+        run = wait_for_run(run.pk)
+        assert run.status == "succeeded", run.error
+    return run

@@ -1,0 +1,171 @@
+"""Executing an erasure: every step, resumability after an interruption, remediation rules."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from governance.erasure import execution, services
+from governance.erasure.models import ErasureReceipt, ErasureStatus, ErasureStep
+from governance.models import AuditEvent, ConsentEvent, DataSubject
+from governance.selectors import audit_chain_verify
+from mlops.models import ModelVersion
+from provenance.models import DataRecord, Snapshot, SnapshotAmendment
+from tests.governance import erasure_helpers as h
+
+CAROL = "carol@example.org"
+
+
+class WorkerKilled(Exception):
+    """Stands for a worker dying in the middle of a step."""
+
+
+def _world():
+    carol = h.subject_for(CAROL)
+    act = h.activity(recipients=[{"name": "Acme Analytics", "third_country": ""},
+                                 {"name": "Globex Labs", "third_country": "US"}])
+    people = [carol, *h.crowd(40)]
+    ds = h.people_dataset(act=act, people=people, records_per_person=2)
+    snap = h.snapshot_of(ds)
+    ConsentEvent.objects.create(
+        event_id="carol-given", subject=carol, purpose=act.purposes.first(), action="given",
+        occurred_at=timezone.now(), notice_version="v1", notice_sha256="0" * 64, method="web",
+    )
+    return carol, ds, snap
+
+
+def _verified_request(identifier: str = CAROL):
+    request = services.erasure_request_receive(identifier=identifier, ground="17_1_a")
+    services.erasure_request_verify(erasure_request=request, method="signed letter")
+    return request
+
+
+def _start(request):
+    # Move to in progress without enqueueing, so the test drives the execution itself.
+    from governance.erasure.models import ErasureRequest
+
+    ErasureRequest.objects.filter(pk=request.pk).update(status=ErasureStatus.IN_PROGRESS, execution_started_at=timezone.now())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_interrupted_execution_resumes_to_one_consistent_result(monkeypatch):
+    carol, ds, snap = _world()
+    model = h.train(snapshot=snap, name="plain")
+    version = ModelVersion.objects.get(training_run=model)
+    request = _verified_request()
+    _start(request)
+
+    original = execution._delete_consent
+
+    def killed_after_deleting(plan):
+        work = original(plan)
+
+        def run(req):
+            work(req)  # the deletion happens, then the worker dies before the step commits
+            raise WorkerKilled()
+
+        return run
+
+    monkeypatch.setattr(execution, "_delete_consent", killed_after_deleting)
+    with pytest.raises(WorkerKilled):
+        execution.erasure_request_execute(request_id=request.pk)
+
+    steps = {s.name: s for s in ErasureStep.objects.filter(request=request)}
+    assert steps["delete_records"].status == "done"
+    assert steps[f"remediate_model_{version.pk}"].status == "done"
+    assert steps["delete_consent_events"].status == "failed" and "WorkerKilled" in steps["delete_consent_events"].error
+    assert "certificate" not in steps
+    # Work done by finished steps stays done; the interrupted step's work rolled back.
+    assert not DataRecord.objects.filter(subject=carol).exists()
+    assert ConsentEvent.objects.filter(subject=carol).count() == 1
+    request.refresh_from_db()
+    assert request.status == ErasureStatus.IN_PROGRESS
+
+    monkeypatch.setattr(execution, "_delete_consent", original)
+    result = execution.erasure_request_execute(request_id=request.pk)
+    assert result["status"] == "completed"
+    request.refresh_from_db()
+    assert request.status == ErasureStatus.COMPLETED and request.subject_id is None
+    steps = {s.name: s for s in ErasureStep.objects.filter(request=request)}
+    assert all(s.status == "done" for s in steps.values())
+    assert steps["delete_records"].attempts == 1  # not run again
+    assert steps["delete_consent_events"].attempts == 2
+    # Exactly one new model version, one receipt, one certificate event.
+    assert ModelVersion.objects.filter(supersedes=version).count() == 1
+    assert ErasureReceipt.objects.filter(request=request).count() == 1
+    assert AuditEvent.objects.filter(action="erasure.certificate_issued", object_id=str(request.pk)).count() == 1
+    assert not DataSubject.objects.filter(pk=carol.pk).exists()
+    # Running it once more changes nothing.
+    events = AuditEvent.objects.count()
+    assert execution.erasure_request_execute(request_id=request.pk)["certificate_sha256"] == request.certificate_sha256
+    assert AuditEvent.objects.count() == events
+    assert audit_chain_verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_execution_amends_snapshots_deletes_and_remediates_by_override():
+    carol, ds, snap = _world()
+    kept = ModelVersion.objects.get(training_run=h.train(snapshot=snap, name="kept-on-dp"))
+    retired = ModelVersion.objects.get(training_run=h.train(snapshot=snap, name="to-retire"))
+    request = _verified_request()
+    services.erasure_request_override_remediation(
+        erasure_request=request, model_version_id=kept.pk, action="rely_on_dp",
+        justification="σ=1.0; MIA AUC 0.50 on the hold-out; the model serves an emergency triage tool.",
+    )
+    services.erasure_request_override_remediation(
+        erasure_request=request, model_version_id=retired.pk, action="retire", justification="Not worth retraining.",
+    )
+    original_root = snap.merkle_root
+    _start(request)
+    execution.erasure_request_execute(request_id=request.pk)
+
+    snap = Snapshot.objects.get(pk=snap.pk)
+    assert snap.merkle_root == original_root  # the original root stays as history
+    amendment = SnapshotAmendment.objects.get(snapshot=snap, reason="erasure")
+    assert amendment.erasure_request_id == request.pk and amendment.records_removed == 2
+    assert amendment.previous_root == original_root and amendment.new_root != original_root
+    assert snap.members.count() == snap.included_count - 2
+
+    kept.refresh_from_db()
+    retired.refresh_from_db()
+    assert kept.status == "active" and "accepted risk" in kept.status_reason
+    assert retired.status == "retired"
+    from mlops import artifacts
+
+    assert artifacts.absolute(kept.artifact_path).exists()
+    assert not artifacts.absolute(retired.artifact_path).exists()
+    request.refresh_from_db()
+    assert sorted(request.recipient_notifications.values_list("recipient", flat=True)) == ["Acme Analytics", "Globex Labs"]
+    receipt = request.receipt
+    assert (receipt.records_deleted, receipt.snapshots_amended, receipt.consent_events_deleted) == (2, 1, 1)
+    event = AuditEvent.objects.get(action="erasure.model_rely_on_dp", object_id=str(request.pk))
+    assert "EDPB Opinion 28/2024" in event.details["accepted_risk"]
+
+
+@pytest.mark.django_db
+def test_rely_on_dp_needs_a_dp_model_and_a_justification():
+    carol = h.subject_for(CAROL)
+    request = services.erasure_request_receive(identifier=CAROL, ground="17_1_a")
+    with pytest.raises(services.ServiceError) as excinfo:
+        services.erasure_request_override_remediation(
+            erasure_request=request, model_version_id=999, action="rely_on_dp", justification="x"
+        )
+    assert excinfo.value.field == "model_version"
+    with pytest.raises(services.ServiceError) as excinfo:
+        services.erasure_request_override_remediation(
+            erasure_request=request, model_version_id=1, action="rely_on_dp", justification=" "
+        )
+    assert excinfo.value.field == "justification"
+    assert carol.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeated_request_after_erasure_is_recognised_without_the_subject_row():
+    _world()
+    request = _verified_request()
+    _start(request)
+    execution.erasure_request_execute(request_id=request.pk)
+    again = services.erasure_request_receive(identifier=" Carol@Example.org", ground="17_1_a")
+    assert again.data_held_at_receipt is False and again.status == "completed"
+    assert f"erasure request {request.pk}" in again.outcome
+    assert again.identifier_receipt_hash == request.identifier_receipt_hash
