@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import connection
 from django.utils import timezone
 
 from governance import audit
@@ -103,6 +104,22 @@ def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
     if not ids:
         return "SELECT NULL AS subject_id, NULL AS state WHERE 1 = 0", []
     placeholders = ", ".join(["%s"] * len(ids))
+    if connection.vendor == "postgresql":
+        # DISTINCT ON keeps the first row per subject from one sort, without numbering
+        # every row as the window function does: same answer, less work on large ledgers.
+        sql = f"""
+            SELECT subject_id,
+                   CASE WHEN action = 'withdrawn' THEN 'withdrawn'
+                        WHEN expires_at IS NOT NULL AND expires_at <= %s THEN 'expired'
+                        ELSE 'valid' END AS state
+            FROM (
+                SELECT DISTINCT ON (subject_id) subject_id, action, expires_at
+                FROM governance_consentevent
+                WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s
+                ORDER BY subject_id, occurred_at DESC, id DESC
+            ) latest
+        """
+        return sql, [at, *ids, at]
     sql = f"""
         SELECT subject_id,
                CASE WHEN action = 'withdrawn' THEN 'withdrawn'
@@ -187,6 +204,9 @@ class ConsentStatus:
         return len(self.indices_by_state.get(state, []))
 
 
+CONSENT_STATUS_WORK_MEM_MB = 128
+
+
 def _status_input_load_postgresql(cur, pseudonyms: list[str]) -> None:
     import io
 
@@ -217,6 +237,9 @@ def consent_status_bulk(*, purpose: Purpose, pseudonyms: list[str], at: datetime
     state_sql, state_params = consent_state_sql(purpose=purpose, at=at)
     with transaction.atomic(), connection.cursor() as cur:
         if connection.vendor == "postgresql":
+            # The latest-event sort over a large ledger spills to disk under the default 4 MB;
+            # raised for this transaction only.
+            cur.execute(f"SET LOCAL work_mem = '{CONSENT_STATUS_WORK_MEM_MB}MB'")
             _status_input_load_postgresql(cur, pseudonyms)
             cur.execute(
                 f"""SELECT COALESCE(cs.state, 'no_consent'), array_agg(t.idx ORDER BY t.idx)

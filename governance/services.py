@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -584,16 +585,24 @@ CONSENT_CLOCK_TOLERANCE = timedelta(minutes=2)
 _MAX_REPORTED_ERRORS = 20
 
 
+@functools.lru_cache(maxsize=65536)
 def ip_truncate(value: str) -> str:
     """Zero the host part of an address: the last octet of IPv4, the last 80 bits of IPv6.
 
     Enough to show the network a consent came from, not enough to single out a device.
+    Cached: a batch from one source system repeats few networks.
     """
     import ipaddress
 
     address = ipaddress.ip_address(value.strip())
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+@functools.lru_cache(maxsize=256)
+def _notice_sha256(text: str) -> str:
+    # A batch shows the same few notice versions to thousands of people.
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _parse_moment(value: Any, field: str) -> datetime:
@@ -603,9 +612,12 @@ def _parse_moment(value: Any, field: str) -> datetime:
         moment = value
     elif isinstance(value, str):
         try:
-            moment = parse_datetime(value.strip())
+            moment = datetime.fromisoformat(value)
         except ValueError:
-            moment = None
+            try:
+                moment = parse_datetime(value.strip())
+            except ValueError:
+                moment = None
         if moment is None:
             raise ValueError(f"{field}: not an ISO 8601 date-time, e.g. 2025-03-01T10:15:00Z.")
     else:
@@ -678,7 +690,7 @@ def _consent_event_clean(event: Any, purpose_ids: dict[str, int], now: datetime)
             raise ValueError("notice_sha256: expected 64 hexadecimal characters (SHA-256).")
         notice_sha256 = notice_sha256.lower()
     if notice_text:
-        computed = hashlib.sha256(notice_text.encode()).hexdigest()
+        computed = _notice_sha256(notice_text)
         if notice_sha256 and notice_sha256 != computed:
             raise ValueError("notice_sha256: does not match the SHA-256 of notice_text.")
         notice_sha256 = computed
@@ -725,8 +737,8 @@ def consent_event_derive_id(
 ) -> str:
     """A deterministic id from an event's content, so resubmitting an id-less event is harmless."""
     parts = [
-        pseudonym, purpose, action, occurred_at.astimezone(timezone.UTC).isoformat(), notice_version,
-        notice_sha256, method, expires_at.astimezone(timezone.UTC).isoformat() if expires_at else "",
+        pseudonym, purpose, action, occurred_at.astimezone(UTC).isoformat(), notice_version,
+        notice_sha256, method, expires_at.astimezone(UTC).isoformat() if expires_at else "",
     ]
     return "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
