@@ -347,4 +347,5 @@ class ApiKeyAdmin(ReadOnlyLedgerAdmin):
             services.api_key_revoke(api_key=api_key, actor=request.user)
             revoked += 1
         self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)
+from governance.dpia.admin import *  # noqa: E402,F401,F403
 from governance.erasure.admin import *  # noqa: E402,F401,F403
