@@ -403,12 +403,13 @@ REPORT_OBJECTS: dict[str, tuple[str, str] | None] = {
     ReportKind.ERASURE_CERTIFICATE: ("governance", "ErasureRequest"),
 }
 # kind → "module:function"; the function takes (*, object_id, path) and returns the file's SHA-256.
-# The erasure certificate is built by the erasure sub-domain with this toolkit.
+# The erasure certificate is written by the erasure workflow with the same toolkit when an
+# execution completes; its job hands out that file.
 REPORT_BUILDERS: dict[str, str] = {
     ReportKind.DPIA: "governance.reports.dpia:dpia_report_render",
     ReportKind.ROPA: "governance.reports.ropa:ropa_report_render",
     ReportKind.MODEL_LINEAGE: "mlops.reports.model_lineage:model_lineage_report_render",
-    ReportKind.ERASURE_CERTIFICATE: "governance.erasure.certificate:erasure_certificate_render",
+    ReportKind.ERASURE_CERTIFICATE: "governance.reports.erasure:erasure_certificate_report_render",
 }
 
 
@@ -447,6 +448,14 @@ def report_job_request(*, kind: str, actor: Any, object_id: Any = None, enqueue:
             raise ServiceError(f"{object_id!r} is not an id.", field="object_id")
         if not report_object_exists(kind=kind, object_id=object_id):
             raise ServiceError(f"No {REPORT_OBJECTS[kind][1]} with id {object_id}.", field="object_id")
+        if kind == ReportKind.ERASURE_CERTIFICATE:
+            from governance.reports.erasure import erasure_certificate_path
+
+            if erasure_certificate_path(erasure_request_id=object_id) is None:
+                raise ServiceError(
+                    f"Erasure request {object_id} has no certificate yet: it is written when execution completes.",
+                    field="object_id",
+                )
     if _builder(kind) is None:
         raise ServiceError(f"{kind} reports are not available in this installation.", field="kind")
     job = ReportJob.objects.create(kind=kind, object_id=object_id, requested_by=actor if getattr(actor, "pk", None) else None)

@@ -107,9 +107,14 @@ def ropa_report_render(*, object_id: Any = None, path: Path) -> str:
     return tk.render_pdf(path, ropa_flowables(entries), title="Record of processing activities (Art. 30)")
 
 
+def _cell(value: str) -> str:
+    # A spreadsheet would run a cell starting with one of these as a formula (CSV injection).
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def ropa_csv(*, entries: list[dict[str, Any]] | None = None) -> str:
     """The record of processing activities as CSV text (one row per activity)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerows(selectors.ropa_csv_rows(entries=entries))
+    writer.writerows([[_cell(v) for v in row] for row in selectors.ropa_csv_rows(entries=entries)])
     return buffer.getvalue()

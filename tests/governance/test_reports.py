@@ -221,3 +221,34 @@ def test_report_through_the_celery_worker_end_to_end(celery_worker, role_client)
     assert world.model_version.name in text and f"ε = {EPSILON:.3f}" in text
     actions = list(AuditEvent.objects.filter(object_type="report_job", object_id=str(job_id)).values_list("action", flat=True))
     assert actions == ["report.requested", "report.generated"]
+
+
+@pytest.mark.django_db
+def test_erasure_certificate_job_hands_out_the_certificate_written_by_the_toolkit(auditor_client, settings):
+    from pathlib import Path
+
+    from django.utils import timezone
+
+    from governance.dpia.services import report_job_run
+    from governance.erasure.models import ErasureRequest
+    from governance.reports import toolkit
+
+    request = ErasureRequest.objects.create(
+        identifier_receipt_hash="0" * 64, channel="email", received_at=timezone.now(), ground="17_1_b",
+        due_at=timezone.localdate(),
+    )
+    response = auditor_client.post("/api/v1/reports/", {"kind": "erasure-certificate", "object_id": request.pk}, format="json")
+    assert response.status_code == 400 and "no certificate yet" in response.json()["object_id"][0]
+
+    relative = f"erasure/erasure-certificate-{request.pk}.pdf"
+    digest = toolkit.render_pdf(
+        Path(settings.REPORT_ROOT) / relative, toolkit.title_block("Certificate of erasure", facts=[("Erasure request", request.pk)]),
+        title="Certificate of erasure",
+    )
+    request.certificate_path = relative
+    request.save(update_fields=["certificate_path"])
+    job_id = auditor_client.post("/api/v1/reports/", {"kind": "erasure-certificate", "object_id": request.pk}, format="json").json()["id"]
+    job = report_job_run(job_id=job_id)
+    assert job.status == "succeeded" and job.sha256 == digest
+    download = auditor_client.get(f"/api/v1/reports/{job_id}/download/")
+    assert "Certificate of erasure" in pdf_text(b"".join(download.streaming_content))
