@@ -373,35 +373,60 @@ def _fill_membership(*, snapshot_id: int, body: str, params: list) -> dict[str, 
     return counts
 
 
+class _LeafSink:
+    """File-like target of COPY … TO STDOUT: one leaf hash per line, folded as it arrives."""
+
+    def __init__(self, acc: merkle.MerkleAccumulator, batch: int = merkle.BLOCK * 4):
+        self.acc = acc
+        self.batch = batch
+        self.partial = ""
+        self.pending: list[str] = []
+
+    def write(self, data: str | bytes) -> int:
+        text = data.decode("ascii") if isinstance(data, bytes) else data
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        self.pending.extend(lines)
+        if len(self.pending) >= self.batch:
+            self.acc.add_leaves(self.pending)
+            self.pending = []
+        return len(data)
+
+    def close(self) -> None:
+        if self.partial:
+            self.pending.append(self.partial)
+        self.acc.add_leaves(self.pending)
+        self.pending = []
+
+
 def snapshot_merkle_root(*, snapshot_id: int, chunk_size: int = 20000) -> str:
     """Stream the current members in record id order through the Merkle accumulator."""
     acc = merkle.MerkleAccumulator()
     members, records = SnapshotMembership._meta.db_table, DataRecord._meta.db_table
     if connection.vendor == "postgresql":
-        # Leaves are hashed by the database (same definition), Python only folds them.
+        # The database hashes the leaves (same definition) and streams them with COPY,
+        # far cheaper than a row per Python tuple; Python only folds the tree.
         sql = (
-            f"SELECT encode(sha256(convert_to(m.record_id::text || ':' || r.content_hash, 'UTF8')), 'hex') "
-            f"FROM {members} m JOIN {records} r ON r.id = m.record_id WHERE m.snapshot_id = %s ORDER BY m.record_id"
+            f"COPY (SELECT encode(sha256(convert_to(m.record_id::text || ':' || r.content_hash, 'UTF8')), 'hex') "
+            f"FROM {members} m JOIN {records} r ON r.id = m.record_id WHERE m.snapshot_id = {int(snapshot_id)} "
+            "ORDER BY m.record_id) TO STDOUT"
         )
-        add = acc.add_leaf
-    else:
-        sql = (
-            f"SELECT m.record_id, r.content_hash FROM {members} m JOIN {records} r ON r.id = m.record_id "
-            "WHERE m.snapshot_id = %s ORDER BY m.record_id"
-        )
-        add = None
+        sink = _LeafSink(acc)
+        with connection.cursor() as cursor:
+            cursor.cursor.copy_expert(sql, sink)
+        sink.close()
+        return acc.root()
+    sql = (
+        f"SELECT m.record_id, r.content_hash FROM {members} m JOIN {records} r ON r.id = m.record_id "
+        "WHERE m.snapshot_id = %s ORDER BY m.record_id"
+    )
     with connection.chunked_cursor() as cursor:
         cursor.execute(sql, [snapshot_id])
         while True:
             chunk = cursor.fetchmany(chunk_size)
             if not chunk:
                 break
-            if add is not None:
-                for (digest,) in chunk:
-                    add(digest)
-            else:
-                for record_id, digest in chunk:
-                    acc.add(record_id, digest)
+            acc.add_leaves([merkle.leaf_hash(record_id, digest) for record_id, digest in chunk])
     return acc.root()
 
 
