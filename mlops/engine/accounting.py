@@ -14,6 +14,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy
 import numpy as np
 from opacus.accountants import create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
@@ -35,10 +36,7 @@ def rdp_curve(*, noise_multiplier: float, sample_rate: float, steps: int) -> lis
         return [0.0] * len(RDP_ORDERS)
     if noise_multiplier <= 0:
         return [math.inf] * len(RDP_ORDERS)
-    curve = rdp_analysis.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=list(RDP_ORDERS)
-    )
-    return [float(v) for v in curve]
+    return [float(v) for v in _per_step_rdp(float(noise_multiplier), float(sample_rate)) * int(steps)]
 
 
 def rdp_curve_of_history(*, history: Sequence[Sequence[float]]) -> list[float]:
@@ -161,11 +159,29 @@ def epsilon_of_history(*, history: Sequence[Sequence[float]], delta: float, acco
     _check_accountant(accountant)
     if not history:
         return 0.0
+    if accountant == "rdp":
+        # Opacus's RDPAccountant.get_privacy_spent, term for term: per segment the per-step
+        # RDP vector times its steps, summed from 0 in history order, then Opacus's
+        # conversion. Only the per-step vectors are cached, so the result is identical.
+        total = 0
+        for sigma, q, steps in history:
+            total = total + _per_step_rdp(float(sigma), float(q)) * int(steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            eps, _ = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=total, delta=delta)
+        return float(eps)
     acct = create_accountant(mechanism=accountant)
     acct.history = [(float(sigma), float(q), int(steps)) for sigma, q, steps in history]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return float(acct.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=1024)
+def _per_step_rdp(noise_multiplier: float, sample_rate: float) -> numpy.ndarray:
+    curve = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS))
+    curve.flags.writeable = False  # shared by the cache
+    return curve
 
 
 def _check_accountant(accountant: str) -> None:
