@@ -325,3 +325,13 @@ CELERY_BEAT_SCHEDULE.update(
 # --- reports (DPIA, records of processing, PDF reports) ---
 # WP248 "large scale": the number of data subjects from which a DPIA screening proposes it.
 DPIA_LARGE_SCALE_SUBJECTS = env_int("DPIA_LARGE_SCALE_SUBJECTS", 10000)
+
+# --- governance ---
+# Name the "action" enums explicitly: the consent ledger and erasure remediation both have one,
+# and the OpenAPI schema must not fall back to hashed names.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "ConsentActionEnum": "governance.models.ConsentAction",
+        "RemediationActionEnum": "governance.erasure.models.RemediationAction",
+    }
+)

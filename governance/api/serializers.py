@@ -27,6 +27,7 @@ class WhoAmISerializer(serializers.Serializer):
 from django.utils.duration import duration_iso_string  # noqa: E402
 
 from governance.models import (  # noqa: E402
+    ConsentAction,
     ConsentEvent,
     DataCategory,
     DataSubjectCategory,
@@ -189,7 +190,7 @@ class ConsentEventInputSerializer(serializers.Serializer):
     event_id = serializers.CharField(required=False, help_text="Idempotency key; derived from the content if absent.")
     subject = serializers.CharField(help_text="The person's external identifier; pseudonymised on arrival, never stored.")
     purpose = serializers.CharField(help_text="Purpose code, e.g. ml.training.clinical_risk.")
-    action = serializers.ChoiceField(choices=["given", "withdrawn"])
+    action = serializers.ChoiceField(choices=ConsentAction.choices)
     occurred_at = serializers.DateTimeField(help_text="When the person acted; not in the future; with a time zone.")
     notice_version = serializers.CharField()
     notice_text = serializers.CharField(required=False, help_text="The notice shown; only its SHA-256 is stored.")
