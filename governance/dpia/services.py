@@ -73,7 +73,7 @@ def _refresh_required(dpia: Dpia) -> None:
 def _describe(activity: ProcessingActivity, evidence: selectors.ScreeningEvidence) -> str:
     purposes = ", ".join(activity.purposes.order_by("code").values_list("code", flat=True)) or "none recorded"
     return (
-        f"{activity.name}: {activity.description or 'no description recorded'} "
+        f"{activity.name}: {(activity.description or 'no description recorded').rstrip('.')}. "
         f"Purposes: {purposes}. Lawful basis: {activity.get_lawful_basis_display()}. "
         f"At the time of this assessment the activity's datasets hold {evidence.record_count} records "
         f"of {evidence.subject_count} data subjects, known only by keyed pseudonyms."

@@ -30,7 +30,7 @@ def _screening(data: dict[str, Any]) -> list:
     cases = ", ".join(f"35(3)({c})" for c in dpia.article_35_3_cases) or "none"
     flows = [
         tk.heading("1. Screening (WP248 rev.01 criteria)"),
-        tk.data_table(["Criterion", "Proposed", "Evidence", "DPO answer", "Reason for override"], rows, col_widths=[3, 1, 4, 1.3, 3]),
+        tk.data_table(["Criterion", "Proposed", "Evidence", "DPO answer", "Reason for override"], rows, col_widths=[3, 1.4, 4, 1.4, 3]),
         tk.spacer(2),
         tk.key_value_table(
             [
@@ -125,7 +125,7 @@ def _risks(data: dict[str, Any]) -> list:
         tk.data_table(
             ["#", "Risk", "Likelihood × severity", "Inherent", "Mitigations", "Residual", "Residual level"],
             rows,
-            col_widths=[0.4, 4, 2, 1.2, 4, 2, 1.2],
+            col_widths=[0.4, 3.6, 1.8, 1.5, 3.6, 1.8, 1.5],
             empty="No risk recorded yet.",
         ),
         tk.spacer(3),
@@ -247,4 +247,4 @@ def dpia_report_render(*, object_id: Any, path: Path) -> str:
     """Render DPIA ``object_id`` to ``path``; returns the PDF's SHA-256."""
     data = selectors.dpia_report_data(dpia_id=int(object_id))
     dpia = data["dpia"]
-    return tk.render_pdf(path, dpia_flowables(data), title=f"DPIA {dpia.title} v{dpia.version}", subject="Article 35 GDPR")
+    return tk.render_pdf(path, dpia_flowables(data), title=f"{dpia.title} (version {dpia.version})", subject="Article 35 GDPR")
