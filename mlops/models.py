@@ -91,6 +91,8 @@ class TrainingRun(models.Model):
     # The privacy accounting.
     planned_epsilon = models.FloatField(null=True, blank=True, help_text="Null for non-private training (ε = ∞).")
     noise_multiplier = models.FloatField(null=True, blank=True, help_text="σ used (max over shards for SISA).")
+    # SISA: σ of every shard, fixed at queue time (shards differ in size, so in σ for one target ε).
+    shard_noise_multipliers = models.JSONField(null=True, blank=True)
     sample_rate = models.FloatField(null=True, blank=True)
     steps = models.PositiveIntegerField(null=True, blank=True)
     # [[noise_multiplier, sample_rate, steps], ...]; for SISA {"<shard>": [...]} per shard.

@@ -14,7 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -84,6 +84,7 @@ class _Plan:
     epsilon: float | None  # by the run's own accountant at its δ; None = ∞
     rdp: np.ndarray | None  # the ledger's RDP curve; None = non-private
     shard_sizes: list[int] = field(default_factory=list)
+    shard_noise_multipliers: list[float] | None = None
 
 
 def _resolve_snapshot(*, snapshot: Snapshot | int | None, dataset: Dataset | int | None, purpose, requested_by) -> Snapshot:
@@ -179,6 +180,7 @@ def _plan_sisa(*, config: TrainConfig, shard_slice_sizes: list[list[int]]) -> _P
     if not config.private:
         return _Plan(None, None, None, None, None, [sum(s) for s in shard_slice_sizes])
     worst_eps, worst_sigma, worst_rdp = 0.0, None, None
+    sigmas: list[float] = []
     for slice_sizes in shard_slice_sizes:
         plan = _sisa_stage_plan(config=config, slice_sizes=slice_sizes)
         sigma = config.noise_multiplier
@@ -187,13 +189,14 @@ def _plan_sisa(*, config: TrainConfig, shard_slice_sizes: list[list[int]]) -> _P
                 target_epsilon=config.target_epsilon, target_delta=config.target_delta, plan=plan,
                 accountant=config.accountant,
             )
+        sigmas.append(float(sigma))
         history = [[sigma, q, steps] for q, steps in plan]
         eps = accounting.epsilon_of_history(history=history, delta=config.target_delta, accountant=config.accountant)
         rdp = np.asarray(accounting.rdp_curve_of_history(history=history))
         worst_rdp = rdp if worst_rdp is None else np.maximum(worst_rdp, rdp)
         if eps >= worst_eps:
             worst_eps, worst_sigma = eps, sigma
-    return _Plan(worst_sigma, None, None, worst_eps, worst_rdp, [sum(s) for s in shard_slice_sizes])
+    return _Plan(worst_sigma, None, None, worst_eps, worst_rdp, [sum(s) for s in shard_slice_sizes], sigmas)
 
 
 def _check_number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
@@ -358,6 +361,7 @@ def training_run_queue(
         n_classes=len(classes),
         planned_epsilon=plan.epsilon,
         noise_multiplier=plan.noise_multiplier,
+        shard_noise_multipliers=plan.shard_noise_multipliers,
         sample_rate=plan.sample_rate,
         steps=plan.steps,
         delta=target_delta,
@@ -659,9 +663,13 @@ def _train_sisa(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
     models = []
     for shard in range(shards):
         rows = shard_of_row == shard
+        shard_config = config
+        if config.private and run.shard_noise_multipliers:
+            # σ was derived per shard at queue time; passing it spares a second bisection.
+            shard_config = replace(config, noise_multiplier=run.shard_noise_multipliers[shard], target_epsilon=None)
         result = sisa.train_shard(
             X=torch.from_numpy(X_train[rows]), y=torch.from_numpy(y_train[rows]), slice_of_row=slice_of_row[rows],
-            slices=slices, n_classes=run.n_classes, config=config, shard=shard,
+            slices=slices, n_classes=run.n_classes, config=shard_config, shard=shard,
             on_epoch=lambda report, shard=shard: reporter.epoch(report, shard=shard),
             should_stop=reporter.should_stop,
         )
@@ -684,7 +692,15 @@ def _train_sisa(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
             shard_eps.append(result.result.epsilon)
             curves.append(np.asarray(accounting.rdp_curve_of_history(history=result.result.accountant_history)))
             sigmas.append(result.result.noise_multiplier or 0.0)
-        checkpoints[-1].epsilon = result.result.epsilon if config.private else None
+        if config.private:
+            # ε of checkpoint r is the composition of stages 0..r only.
+            stages = sisa.shard_plan(slice_of_row=slice_of_row[rows], slices=slices, config=config)
+            sigma = result.result.noise_multiplier
+            for checkpoint in checkpoints[len(checkpoints) - len(result.checkpoints):]:
+                history = [[sigma, q, steps] for q, steps in stages[: checkpoint.slice + 1]]
+                checkpoint.epsilon = accounting.epsilon_of_history(
+                    history=history, delta=config.target_delta, accountant=config.accountant
+                )
     val_accuracy = None
     if val.any():
         proba = sisa.ensemble_predict_proba(models=models, X=torch.from_numpy(tensors.X[val]))
