@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def _measures(data: dict[str, Any]) -> list:
         tk.data_table(
             ["Dataset", "ε cap", "δ", "ε spent", "Runs spent", "Runs reserved", "Non-private runs", "Exceeded"],
             [
-                [b["dataset"], b["epsilon_cap"], b["delta"], f"{b['epsilon_spent']:.3f}", b["spent_runs"], b["reserved_runs"], b["non_private_runs"], b["exceeded"]]
+                [b["dataset"], b["epsilon_cap"], b["delta"], "∞" if math.isinf(b["epsilon_spent"]) else f"{b['epsilon_spent']:.3f}", b["spent_runs"], b["reserved_runs"], b["non_private_runs"], b["exceeded"]]
                 for b in data["budgets"]
             ],
             empty="No privacy budget set for the activity's datasets.",

@@ -6,6 +6,7 @@ subjects or consents in Python.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
@@ -207,7 +208,10 @@ def privacy_budgets(*, dataset_ids: list[int]) -> list[dict[str, Any]]:
     for dataset_id in sorted(set(budgets) | set(totals)):
         budget, total = budgets.get(dataset_id), totals.get(dataset_id)
         delta = budget.delta if budget else None
-        spent = epsilon_of_curve(total.spent_rdp, delta=delta) if (total and delta and total.spent_rdp) else 0.0
+        if total and total.non_private_runs:
+            spent = math.inf  # a model trained without DP spends an unbounded ε
+        else:
+            spent = epsilon_of_curve(total.spent_rdp, delta=delta) if (total and delta and total.spent_rdp) else 0.0
         rows.append(
             {
                 "dataset": (budget or total).dataset.name,
@@ -279,7 +283,7 @@ def dpia_report_data(*, dpia_id: int) -> dict[str, Any]:
                     snap.dataset.name,
                     f"#{snap.pk} ({snap.included_count} records, {snap.included_subjects} subjects) root {snap.merkle_root[:12]}…",
                     f"run #{mv.training_run_id}" if mv else "—",
-                    f"{mv.name} v{mv.version}" + (" (covered)" if mv.pk in covered_ids else "") if mv else "—",
+                    f"{mv.name} v{mv.version} [{mv.status}]" + (" (covered)" if mv.pk in covered_ids else "") if mv else "—",
                 ]
             )
     features = []

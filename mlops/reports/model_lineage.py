@@ -156,7 +156,7 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
     budgets = data["budgets"]
     if budgets:
         b = budgets[0]
-        flows.append(tk.note(f"Dataset budget: ε cap {tk.text(b['epsilon_cap'])} at δ {tk.text(b['delta'])}, spent {b['epsilon_spent']:.3f} over {b['spent_runs']} run(s){' (EXCEEDED)' if b['exceeded'] else ''}."))
+        flows.append(tk.note(f"Dataset budget: ε cap {tk.text(b['epsilon_cap'])} at δ {tk.text(b['delta'])}, spent {tk.text('∞' if b['epsilon_spent'] == float('inf') else round(b['epsilon_spent'], 3))} over {b['spent_runs']} run(s){' (EXCEEDED)' if b['exceeded'] else ''}."))
     flows.append(tk.heading("4. Membership-inference audit"))
     mia = m["mia"]
     if mia:

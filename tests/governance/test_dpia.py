@@ -229,3 +229,38 @@ def test_roles(auditor_client, ml_client, dpo_client):
     assert auditor_client.patch(f"/api/v1/dpias/{dpia['id']}/", {"measures": "x"}, format="json").status_code == 403
     assert auditor_client.post(f"/api/v1/dpias/{dpia['id']}/sign/").status_code == 403
     assert ml_client.get("/api/v1/dpias/").status_code == 403
+
+
+def test_budget_exceeded_marks_signed_dpia_for_review(dpo_client, django_capture_on_commit_callbacks):
+    from mlops.models import PrivacyLedgerTotal
+
+    world = make_world()
+    dpia = _signable(dpo_client, world)
+    dpo_client.post(f"/api/v1/dpias/{dpia['id']}/sign/")
+    with django_capture_on_commit_callbacks(execute=True):
+        PrivacyLedgerTotal.objects.create(dataset=world.derived, spent_runs=1, non_private_runs=0)
+    assert Dpia.objects.get(pk=dpia["id"]).status == DpiaStatus.SIGNED  # nothing spent yet: within the cap
+    with django_capture_on_commit_callbacks(execute=True):
+        # A model trained without DP spends an unbounded ε: the cap of 8 is exceeded.
+        PrivacyLedgerTotal.objects.filter(dataset=world.derived).update(non_private_runs=1)
+        PrivacyLedgerTotal.objects.get(dataset=world.derived).save()
+    reviewed = Dpia.objects.get(pk=dpia["id"])
+    assert reviewed.status == DpiaStatus.REVIEW_REQUIRED and "budget" in reviewed.review_reason
+
+
+def test_erasure_taint_recorded_in_the_audit_chain_marks_dpia_for_review(dpo_client, django_capture_on_commit_callbacks):
+    from governance.services import audit_event_record
+
+    world = make_world()
+    dpia = _signable(dpo_client, world)
+    dpo_client.post(f"/api/v1/dpias/{dpia['id']}/sign/")
+    with django_capture_on_commit_callbacks(execute=True):
+        audit_event_record(
+            actor="system", action="erasure.models_tainted", object_type="erasure_request", object_id=12,
+            details={"model_versions": [world.model_version.pk], "count": 1},
+        )
+    reviewed = Dpia.objects.get(pk=dpia["id"])
+    assert reviewed.status == DpiaStatus.REVIEW_REQUIRED and "erasure request 12" in reviewed.review_reason
+    from governance.selectors import audit_chain_verify
+
+    assert audit_chain_verify().ok
