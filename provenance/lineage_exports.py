@@ -44,9 +44,17 @@ def openlineage_transport_config() -> dict:
     return {"type": "file", "log_file_path": str(settings.OPENLINEAGE_FILE), "append": True}
 
 
+_clients: dict[str, OpenLineageClient] = {}
+
+
 def openlineage_client() -> OpenLineageClient:
-    """A client with the configured transport; the mlops training runs use it too."""
-    return OpenLineageClient(config={"transport": openlineage_transport_config()})
+    """A client with the configured transport (one per configuration and process); the
+    mlops training runs use it too."""
+    config = openlineage_transport_config()
+    key = json.dumps(config, sort_keys=True)
+    if key not in _clients:
+        _clients[key] = OpenLineageClient(config={"transport": config})
+    return _clients[key]
 
 
 def _dataset_name(dataset: Dataset) -> str:
