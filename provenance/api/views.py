@@ -52,12 +52,11 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
     }
 
     def get_queryset(self):
-        return (
-            Dataset.objects.select_related("created_by", "processing_activity")
-            .prefetch_related("parents")
-            .annotate(record_count=Count("records"))
-            .order_by("name")
-        )
+        queryset = Dataset.objects.select_related("created_by", "processing_activity").order_by("name")
+        if self.action in ("list", "retrieve"):
+            # Counting a big dataset's records is only worth it when the answer shows it.
+            queryset = queryset.prefetch_related("parents").annotate(record_count=Count("records"))
+        return queryset
 
     def perform_create(self, serializer):
         data = serializer.validated_data
