@@ -325,6 +325,14 @@ CELERY_BEAT_SCHEDULE.update(
 # --- reports (DPIA, records of processing, PDF reports) ---
 # WP248 "large scale": the number of data subjects from which a DPIA screening proposes it.
 DPIA_LARGE_SCALE_SUBJECTS = env_int("DPIA_LARGE_SCALE_SUBJECTS", 10000)
+# Inherent and residual risk share one scale each: one enum name per scale in the OpenAPI schema.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "LikelihoodEnum": "governance.dpia.models.Likelihood",
+        "SeverityEnum": "governance.dpia.models.Severity",
+        "RiskLevelEnum": "governance.dpia.models.RiskLevel",
+    }
+)
 
 # --- governance ---
 # Name the "action" enums explicitly: the consent ledger and erasure remediation both have one,
