@@ -125,7 +125,12 @@ def supports_linear_clipping(model: nn.Module) -> bool:
 
 
 def clipped_grad_sum_linear(
-    *, layers: Sequence[nn.Module], X: torch.Tensor, y: torch.Tensor, max_grad_norm: float
+    *,
+    layers: Sequence[nn.Module],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    max_grad_norm: float,
+    input_sq_norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Sum over the batch of per-example gradients clipped to ``max_grad_norm``.
 
@@ -133,7 +138,8 @@ def clipped_grad_sum_linear(
     Returns the summed cross-entropy loss (detached) and one gradient per parameter in
     ``parameters()`` order. For a Linear layer the per-example gradients are ``g_i a_iᵀ``
     (weight) and ``g_i`` (bias), so ``‖grad_i‖² = ‖g_i‖²(‖a_i‖² + 1)`` and the clipped sums
-    are ``(c ⊙ G)ᵀ A`` and ``Σ c_i g_i``.
+    are ``(c ⊙ G)ᵀ A`` and ``Gᵀ c``. ``input_sq_norms`` may carry ``‖x_i‖²`` precomputed
+    for the batch (the first layer's inputs never change between epochs).
     """
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
@@ -151,17 +157,27 @@ def clipped_grad_sum_linear(
     # The loss is a sum of per-example losses, so row i of each output gradient belongs
     # to example i alone.
     out_grads = torch.autograd.grad(loss, outputs)
-    norms_sq = torch.zeros(len(X))
-    for layer, a, g in zip(linears, inputs, out_grads, strict=True):
-        g_sq = g.square().sum(1)
-        norms_sq += g_sq * (a.square().sum(1) + 1.0) if layer.bias is not None else g_sq * a.square().sum(1)
-    clip = (max_grad_norm / (norms_sq.sqrt() + _NORM_EPS)).clamp(max=1.0)
+    norms_sq: torch.Tensor | None = None
+    for index, (layer, a, g) in enumerate(zip(linears, inputs, out_grads, strict=True)):
+        if index == 0 and input_sq_norms is not None:
+            a_sq = input_sq_norms
+        else:
+            a_sq = torch.linalg.vector_norm(a, dim=1).square_()
+        if layer.bias is not None:
+            a_sq = a_sq + 1.0
+        term = torch.linalg.vector_norm(g, dim=1).square_().mul_(a_sq)
+        norms_sq = term if norms_sq is None else norms_sq.add_(term)
+    clip = (max_grad_norm / norms_sq.sqrt_().add_(_NORM_EPS)).clamp_(max=1.0)
+    column = clip.unsqueeze(1)
     grads: list[torch.Tensor] = []
     for layer, a, g in zip(linears, inputs, out_grads, strict=True):
-        gc = g * clip.unsqueeze(1)
-        grads.append(gc.t().mm(a))
+        # Scale whichever factor is narrower: the same product with fewer multiplications.
+        if g.shape[1] <= a.shape[1]:
+            grads.append((g * column).t().mm(a))
+        else:
+            grads.append(g.t().mm(a * column))
         if layer.bias is not None:
-            grads.append(gc.sum(0))
+            grads.append(g.t().mv(clip))
     return loss.detach(), grads
 
 
@@ -222,11 +238,16 @@ class Trainer:
             self.optimizer = _make_optimizer(model.parameters(), config)
         if self.clipping == "linear":
             self.params = [p for p in model.parameters() if p.requires_grad]
+            self._input_sq_norms = torch.linalg.vector_norm(X, dim=1).square_()
             self._layers = list(model)
 
-    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample_index(self) -> torch.Tensor:
+        """Poisson sampling: each row independently with probability sample_rate."""
         mask = torch.rand(self.n, generator=self.generator) < self.sample_rate
-        idx = mask.nonzero().squeeze(1)
+        return mask.nonzero().squeeze(1)
+
+    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._sample_index()
         return self.X.index_select(0, idx), self.y.index_select(0, idx)
 
     def run_epoch(self) -> tuple[float, int]:
@@ -236,15 +257,16 @@ class Trainer:
         seen = 0
         step = {"none": self._step_plain, "linear": self._step_linear, "opacus": self._step_opacus}[self.clipping]
         for _ in range(self.steps_per_epoch):
-            xb, yb = self._sample()
-            total_loss += step(xb, yb)
+            idx = self._sample_index()
+            xb, yb = self.X.index_select(0, idx), self.y.index_select(0, idx)
+            total_loss += step(xb, yb, idx)
             seen += len(xb)
             if self.accountant is not None:
                 self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
             self.steps_done += 1
         return (float(total_loss) / seen if seen else float("nan")), seen
 
-    def _step_plain(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def _step_plain(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         if len(xb) == 0:
             return torch.zeros(())
@@ -253,8 +275,14 @@ class Trainer:
         self.optimizer.step()
         return loss.detach()
 
-    def _step_linear(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        loss, grads = clipped_grad_sum_linear(layers=self._layers, X=xb, y=yb, max_grad_norm=self.config.max_grad_norm)
+    def _step_linear(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        loss, grads = clipped_grad_sum_linear(
+            layers=self._layers,
+            X=xb,
+            y=yb,
+            max_grad_norm=self.config.max_grad_norm,
+            input_sq_norms=self._input_sq_norms.index_select(0, idx) if idx is not None else None,
+        )
         std = self.noise_multiplier * self.config.max_grad_norm
         scale = 1.0 / self.expected_batch_size
         # Noise is drawn per parameter in model.parameters() order, the order Opacus's
@@ -265,7 +293,7 @@ class Trainer:
         self.optimizer.step()
         return loss
 
-    def _step_opacus(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def _step_opacus(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.grad_module(xb), yb, reduction="sum")
         with warnings.catch_warnings():
