@@ -118,3 +118,37 @@ def test_openlineage_events_are_written_by_the_client_and_downloadable(auditor_c
     assert [(e["eventType"], e["run"]["runId"], e["eventTime"]) for e in downloaded] == [
         (e["eventType"], e["run"]["runId"], e["eventTime"]) for e in mine
     ]
+
+
+def test_openlineage_goes_over_http_when_a_url_is_configured(settings, django_capture_on_commit_callbacks):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[tuple[str, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, json.loads(body)))
+            self.send_response(201)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings.OPENLINEAGE_URL = f"http://127.0.0.1:{server.server_port}"
+        dataset = services.dataset_create(name="ol http", owner="ml", processing_activity=activity(lawful_basis="contract"), schema=SCHEMA)
+        with django_capture_on_commit_callbacks(execute=True):
+            snapshot = services.snapshot_create(dataset=dataset, purpose=purpose(CODE))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [path for path, _ in received] == ["/api/v1/lineage", "/api/v1/lineage"]
+    assert [e["eventType"] for _, e in received] == ["START", "COMPLETE"]
+    for _, event in received:
+        _check_run_event(event)
+        assert event["run"]["runId"] == str(snapshot.openlineage_run_id)
