@@ -75,33 +75,19 @@ def erasure_request_impact(*, erasure_request: ErasureRequest) -> dict[str, Any]
 
 
 def subject_impact_for_erasure(*, subject_id: int, erasure_request: ErasureRequest | None = None) -> dict[str, Any]:
-    from django.db.models import Count
-
-    from governance.models import ConsentEvent
+    from governance.models import ConsentEvent, DataSubject
     from mlops.models import ModelVersion, SisaAssignment, TrainingRun
-    from provenance.models import DataRecord, SnapshotMembership
+    from provenance.selectors import subject_impact
 
-    datasets = [
-        {"id": row["dataset_id"], "name": row["dataset__name"], "records": row["n"]}
-        for row in DataRecord.objects.filter(subject_id=subject_id)
-        .values("dataset_id", "dataset__name")
-        .annotate(n=Count("id"))
-        .order_by("dataset_id")
-    ]
+    lineage = subject_impact(subject=DataSubject.objects.get(pk=subject_id))
+    datasets = [{"id": d["id"], "name": d["name"], "records": d["record_count"]} for d in lineage["datasets"]]
     snapshots = [
-        {
-            "id": row["snapshot_id"], "dataset_id": row["snapshot__dataset_id"],
-            "purpose": row["snapshot__purpose__code"], "records": row["n"],
-            "merkle_root": row["snapshot__merkle_root"],
-        }
-        for row in SnapshotMembership.objects.filter(subject_id=subject_id)
-        .values("snapshot_id", "snapshot__dataset_id", "snapshot__purpose__code", "snapshot__merkle_root")
-        .annotate(n=Count("id"))
-        .order_by("snapshot_id")
+        {"id": s["id"], "dataset_id": s["dataset"], "purpose": s["purpose"], "records": s["records"],
+         "taken_for": s["taken_for"]}
+        for s in lineage["snapshots"]
     ]
-    snapshot_ids = [s["id"] for s in snapshots]
     runs = list(
-        TrainingRun.objects.filter(snapshot_id__in=snapshot_ids)
+        TrainingRun.objects.filter(pk__in=[r["id"] for r in lineage["training_runs"]])
         .order_by("id")
         .values("id", "name", "snapshot_id", "status", "sisa", "seed")
     )
