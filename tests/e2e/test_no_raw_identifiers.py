@@ -1,10 +1,15 @@
 """No raw identifier of a person anywhere in the database (Art. 4(5), Art. 32(1)(a)).
 
+Transactional (real commits); the default taxonomy is reloaded first, because another
+transactional test may have flushed what the data migration created.
+
 Consents, consent-status questions and an Art. 30 record go in through the API with raw
 emails; then every text and JSON column of every table is read back and searched.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 from django.apps import apps
@@ -14,6 +19,11 @@ from tests.governance.consent_helpers import at, event
 
 IDENTIFIERS = [f"Patient.{i:03d}@Hospital.example" for i in range(12)] + ["NHS-943-476-5919"]
 TEXT_FIELDS = (models.CharField, models.TextField, models.JSONField, models.BinaryField)
+
+
+@pytest.fixture
+def default_taxonomy(transactional_db):
+    importlib.import_module("governance.migrations.0003_default_taxonomy").load_defaults(apps, None)
 
 
 def _text_columns():
@@ -45,7 +55,7 @@ def _find(needles: list[str]) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_no_table_holds_a_raw_identifier_after_ingest_through_the_api(dpo_client, ml_client, auditor_client):
+def test_no_table_holds_a_raw_identifier_after_ingest_through_the_api(default_taxonomy, dpo_client, ml_client, auditor_client):
     batch = [
         event(identifier, "ml.training.clinical_risk", "given", at(i),
               evidence={"form_url": "https://portal.example/consent", "ip": "198.51.100.23",
