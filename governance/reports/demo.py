@@ -53,12 +53,19 @@ def _activity(ctx: DemoContext) -> ProcessingActivity | None:
 
 
 def run(ctx: DemoContext) -> None:
+    from mlops.models import ModelVersion
+
     dpo = ctx.shared.get("user_dpo")
     activity = _activity(ctx)
-    model_version = ctx.shared.get("model_version")
     if activity is None:
         ctx.say("no processing activity recorded: nothing to assess")
         return
+    # The model the earlier steps trained, else the latest one trained on this activity's data.
+    model_version = (
+        ctx.shared.get("model_version")
+        or ctx.shared.get("sisa_model_version")
+        or ModelVersion.objects.filter(training_run__snapshot__dataset__processing_activity=activity).order_by("-id").first()
+    )
 
     dpia = dpia_selectors.dpia_current(processing_activity_id=activity.pk)
     if dpia is None:
@@ -104,10 +111,6 @@ def run(ctx: DemoContext) -> None:
     csv_path.write_text(ropa_csv(), encoding="utf-8")
     ctx.artifact("record of processing activities (CSV)", csv_path)
 
-    if model_version is None:
-        from mlops.models import ModelVersion
-
-        model_version = ModelVersion.objects.order_by("-id").first()
     if model_version is not None:
         job = _render(ctx, kind=ReportKind.MODEL_LINEAGE, object_id=model_version.pk, actor=dpo)
         if job.status == ReportStatus.SUCCEEDED:
@@ -116,6 +119,10 @@ def run(ctx: DemoContext) -> None:
         ctx.say("no model version trained: no model lineage report")
 
     erasure_request = ctx.shared.get("erasure_request")
+    if erasure_request is None:
+        from governance.erasure.models import ErasureRequest
+
+        erasure_request = ErasureRequest.objects.exclude(certificate_path="").order_by("-completed_at", "-id").first()
     if erasure_request is not None:
         erasure_request.refresh_from_db()
         if erasure_request.certificate_path:
