@@ -129,6 +129,7 @@ def test_executing_a_succeeded_run_again_changes_nothing(celery_worker):
     assert ModelVersion.objects.get(pk=version.pk).artifact_sha256 == version.artifact_sha256
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_non_private_model_leaks_membership_more_than_dp_at_epsilon_1():
     """A non-private model that over-fits shows a clearly higher MIA AUC than DP at ε ≤ 1."""
