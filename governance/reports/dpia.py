@@ -130,11 +130,13 @@ def _risks(data: dict[str, Any]) -> list:
             empty="No risk recorded yet.",
         ),
         tk.spacer(3),
-        tk.side_by_side(
-            tk.risk_heat_map(inherent, title="Inherent risk", **kwargs),
-            tk.risk_heat_map(residual, title="Residual risk (after measures)", **kwargs),
+        tk.keep_together(
+            tk.side_by_side(
+                tk.risk_heat_map(inherent, title="Inherent risk", **kwargs),
+                tk.risk_heat_map(residual, title="Residual risk (after measures)", **kwargs),
+            ),
+            tk.note("Scoring as in the ICO DPIA template: likelihood × severity on three points each; 1–2 low, 3–4 medium, 6–9 high."),
         ),
-        tk.note("Scoring as in the ICO DPIA template: likelihood × severity on three points each; 1–2 low, 3–4 medium, 6–9 high."),
     ]
 
 
@@ -167,11 +169,13 @@ def _measures(data: dict[str, Any]) -> list:
         )
     )
     for m in models:
-        flows.append(tk.heading(f"{m['label']}: privacy spent and membership-inference risk", level=2))
         flows.append(
-            tk.side_by_side(
-                tk.line_chart([(m["label"], m["epsilon_per_epoch"])], title="ε spent per epoch", x_label="epoch", y_label="ε"),
-                tk.roc_curve([(m["label"], m["mia"]["roc"] if m["mia"] else [])], title="Membership-inference ROC"),
+            tk.keep_together(
+                tk.heading(f"{m['label']}: privacy spent and membership-inference risk", level=2),
+                tk.side_by_side(
+                    tk.line_chart([(m["label"], m["epsilon_per_epoch"])], title="ε spent per epoch", x_label="epoch", y_label="ε"),
+                    tk.roc_curve([(m["label"], m["mia"]["roc"] if m["mia"] else [])], title="Membership-inference ROC"),
+                ),
             )
         )
     flows.append(tk.heading("Privacy-budget ledger", level=2))

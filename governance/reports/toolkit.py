@@ -137,6 +137,11 @@ def heading(value: str, *, level: int = 1) -> Flowable:
     return KeepTogether([CondPageBreak(40 * mm), flow]) if level == 1 else flow
 
 
+def keep_together(*flows: Flowable) -> KeepTogether:
+    """Flowables that must share a page, e.g. a chart and its heading."""
+    return KeepTogether(list(flows))
+
+
 def spacer(height_mm: float = 4) -> Spacer:
     return Spacer(1, height_mm * mm)
 
