@@ -4,6 +4,8 @@ A new model version trained on an activity's data, a model version tainted by an
 or a consent withdrawal, or a dataset's privacy budget exceeded (a non-private run, or a
 cap lowered below what was spent) changes what a signed DPIA says about the processing.
 Receivers are connected by sender label so importing this module loads no mlops code.
+Work deferred to after the commit is "robust": a failure there is logged and never fails
+the training run or erasure that triggered it.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _ledger_or_budget_saved(sender, instance, **kwargs) -> None:
     if kwargs.get("raw"):
         return
     dataset_id = instance.dataset_id
-    transaction.on_commit(lambda: _budget_check_on_commit(dataset_id))
+    transaction.on_commit(lambda: _budget_check_on_commit(dataset_id), robust=True)
 
 
 def _audit_event_saved(sender, instance, created: bool, **kwargs) -> None:
@@ -78,7 +80,7 @@ def _audit_event_saved(sender, instance, created: bool, **kwargs) -> None:
 
         dpia_mark_for_review(reason=reason, model_version_ids=ids)
 
-    transaction.on_commit(mark)
+    transaction.on_commit(mark, robust=True)
 
 
 post_save.connect(_ledger_or_budget_saved, sender="mlops.PrivacyLedgerTotal", dispatch_uid="dpia_review_on_ledger_total")
