@@ -125,7 +125,7 @@ def run(ctx: DemoContext) -> None:
     second = others[0] if others else f"unknown-{uuid.uuid4().hex[:6]}@demo.example"
     third = f"never-seen-{uuid.uuid4().hex[:6]}@demo.example"
 
-    _erase(ctx, sisa_person, "person in the SISA model")
+    ctx.shared["erasure_request"] = _erase(ctx, sisa_person, "person in the SISA model")
     _erase(ctx, second, "person with data outside any model")
     _erase(ctx, third, "unknown person")
     new = ModelVersion.objects.filter(supersedes=sisa_version).first()
