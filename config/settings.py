@@ -299,9 +299,6 @@ CELERY_BEAT_SCHEDULE.update(
 )
 
 # --- mlops ---
-# A training run still 'running' after this long is failed by the sweeper (its worker is
-# gone or hung). Keep it above CELERY_TASK_TIME_LIMIT so the sweeper never races a live task.
-MLOPS_TRAINING_TIME_LIMIT = env_int("MLOPS_TRAINING_TIME_LIMIT", CELERY_TASK_TIME_LIMIT + 300)
 MLOPS_SWEEP_INTERVAL_SECONDS = env_int("MLOPS_SWEEP_INTERVAL_SECONDS", 300)
 # Members and non-members used by one membership-inference audit (each side, sampled).
 MLOPS_MIA_MAX_EXAMPLES = env_int("MLOPS_MIA_MAX_EXAMPLES", 5000)
@@ -313,6 +310,12 @@ if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
         **CELERY_BROKER_TRANSPORT_OPTIONS,
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 600),
     }
+# A training run still 'running' this long after its last start is failed by the sweeper.
+# It must exceed the visibility timeout: a run whose worker host died is first redelivered
+# by Redis (a clean retry); the sweeper only catches what no retry rescued.
+MLOPS_TRAINING_TIME_LIMIT = env_int(
+    "MLOPS_TRAINING_TIME_LIMIT", CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] + 900
+)
 CELERY_BEAT_SCHEDULE.update(
     {
         "mlops-fail-stuck-training-runs": {
