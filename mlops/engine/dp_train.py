@@ -124,6 +124,96 @@ def supports_linear_clipping(model: nn.Module) -> bool:
     return True
 
 
+def _functional(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The parameter-free module as a plain function: skips nn.Module call overhead, which
+    dominates a step of a small MLP."""
+    if isinstance(module, nn.ReLU):
+        return torch.relu
+    if isinstance(module, nn.Tanh):
+        return torch.tanh
+    if isinstance(module, nn.GELU):
+        approximate = module.approximate
+        return lambda h: F.gelu(h, approximate=approximate)
+    if isinstance(module, nn.Dropout):
+        # Evaluated at call time so model.train()/eval() still switches dropout.
+        return lambda h: F.dropout(h, module.p, module.training, module.inplace)
+    return module
+
+
+class LinearClipper:
+    """Exact per-example clipping for a Sequential whose only parameters are in ``nn.Linear``.
+
+    For a Linear layer on 2-D input the per-example gradients are ``g_i a_iᵀ`` (weight)
+    and ``g_i`` (bias), where ``a_i`` is the layer's input and ``g_i`` the gradient of
+    example i's loss with respect to the layer's output. Hence
+    ``‖grad_i‖² = Σ_layers ‖g_i‖²(‖a_i‖² + 1)`` and, with Opacus's clip factors
+    ``c_i = min(1, C / (‖grad_i‖ + 1e-6))``, the clipped sums are ``(c ⊙ G)ᵀ A`` and
+    ``Gᵀ c``: one matrix product per layer, no per-example gradient is materialised.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self.plan: list[tuple[nn.Linear | None, Callable[[torch.Tensor], torch.Tensor] | None]] = []
+        self.parameters: list[torch.Tensor] = []
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                self.plan.append((layer, None))
+                self.parameters.append(layer.weight)
+                if layer.bias is not None:
+                    self.parameters.append(layer.bias)
+            elif not isinstance(layer, nn.Identity):
+                if any(True for _ in layer.parameters()):
+                    raise ValueError("clipping: the exact linear path needs an MLP of nn.Linear layers")
+                self.plan.append((None, _functional(layer)))
+
+    def __call__(
+        self, *, X: torch.Tensor, y: torch.Tensor, max_grad_norm: float, input_sq_norms: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(summed loss, clipped gradient sum per parameter in ``parameters()`` order).
+
+        ``input_sq_norms`` may carry ``‖x_i‖²`` precomputed for the batch: the first
+        layer's inputs never change between epochs.
+        """
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        has_bias: list[bool] = []
+        h = X
+        for linear, fn in self.plan:
+            if linear is not None:
+                inputs.append(h.detach())
+                bias = linear.bias
+                has_bias.append(bias is not None)
+                h = F.linear(h, linear.weight, bias)
+                outputs.append(h)
+            else:
+                h = fn(h)
+        loss = F.cross_entropy(h, y, reduction="sum")
+        # The loss is a sum of per-example losses, so row i of each output gradient
+        # belongs to example i alone.
+        out_grads = torch.autograd.grad(loss, outputs)
+        norms_sq: torch.Tensor | None = None
+        for index, (a, g, bias) in enumerate(zip(inputs, out_grads, has_bias, strict=True)):
+            if index == 0 and input_sq_norms is not None:
+                a_sq = input_sq_norms
+            else:
+                a_sq = torch.linalg.vector_norm(a, dim=1).square_()
+            if bias:
+                a_sq = a_sq + 1.0
+            term = torch.linalg.vector_norm(g, dim=1).square_().mul_(a_sq)
+            norms_sq = term if norms_sq is None else norms_sq.add_(term)
+        clip = (max_grad_norm / norms_sq.sqrt_().add_(_NORM_EPS)).clamp_(max=1.0)
+        column = clip.unsqueeze(1)
+        grads: list[torch.Tensor] = []
+        for a, g, bias in zip(inputs, out_grads, has_bias, strict=True):
+            # Scale whichever factor is narrower: the same product, fewer multiplications.
+            if g.shape[1] <= a.shape[1]:
+                grads.append((g * column).t().mm(a))
+            else:
+                grads.append(g.t().mm(a * column))
+            if bias:
+                grads.append(g.t().mv(clip))
+        return loss.detach(), grads
+
+
 def clipped_grad_sum_linear(
     *,
     layers: Sequence[nn.Module],
@@ -132,53 +222,9 @@ def clipped_grad_sum_linear(
     max_grad_norm: float,
     input_sq_norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Sum over the batch of per-example gradients clipped to ``max_grad_norm``.
-
-    ``layers`` are the modules of a Sequential whose only parameters are in ``nn.Linear``.
-    Returns the summed cross-entropy loss (detached) and one gradient per parameter in
-    ``parameters()`` order. For a Linear layer the per-example gradients are ``g_i a_iᵀ``
-    (weight) and ``g_i`` (bias), so ``‖grad_i‖² = ‖g_i‖²(‖a_i‖² + 1)`` and the clipped sums
-    are ``(c ⊙ G)ᵀ A`` and ``Gᵀ c``. ``input_sq_norms`` may carry ``‖x_i‖²`` precomputed
-    for the batch (the first layer's inputs never change between epochs).
-    """
-    inputs: list[torch.Tensor] = []
-    outputs: list[torch.Tensor] = []
-    linears: list[nn.Linear] = []
-    h = X
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            inputs.append(h.detach())
-            linears.append(layer)
-            h = layer(h)
-            outputs.append(h)
-        else:
-            h = layer(h)
-    loss = F.cross_entropy(h, y, reduction="sum")
-    # The loss is a sum of per-example losses, so row i of each output gradient belongs
-    # to example i alone.
-    out_grads = torch.autograd.grad(loss, outputs)
-    norms_sq: torch.Tensor | None = None
-    for index, (layer, a, g) in enumerate(zip(linears, inputs, out_grads, strict=True)):
-        if index == 0 and input_sq_norms is not None:
-            a_sq = input_sq_norms
-        else:
-            a_sq = torch.linalg.vector_norm(a, dim=1).square_()
-        if layer.bias is not None:
-            a_sq = a_sq + 1.0
-        term = torch.linalg.vector_norm(g, dim=1).square_().mul_(a_sq)
-        norms_sq = term if norms_sq is None else norms_sq.add_(term)
-    clip = (max_grad_norm / norms_sq.sqrt_().add_(_NORM_EPS)).clamp_(max=1.0)
-    column = clip.unsqueeze(1)
-    grads: list[torch.Tensor] = []
-    for layer, a, g in zip(linears, inputs, out_grads, strict=True):
-        # Scale whichever factor is narrower: the same product with fewer multiplications.
-        if g.shape[1] <= a.shape[1]:
-            grads.append((g * column).t().mm(a))
-        else:
-            grads.append(g.t().mm(a * column))
-        if layer.bias is not None:
-            grads.append(g.t().mv(clip))
-    return loss.detach(), grads
+    """Sum over the batch of per-example gradients clipped to ``max_grad_norm``
+    (see :class:`LinearClipper`); returns the summed loss and one gradient per parameter."""
+    return LinearClipper(layers)(X=X, y=y, max_grad_norm=max_grad_norm, input_sq_norms=input_sq_norms)
 
 
 class Trainer:
@@ -237,9 +283,9 @@ class Trainer:
         else:
             self.optimizer = _make_optimizer(model.parameters(), config)
         if self.clipping == "linear":
-            self.params = [p for p in model.parameters() if p.requires_grad]
             self._input_sq_norms = torch.linalg.vector_norm(X, dim=1).square_()
-            self._layers = list(model)
+            self._clipper = LinearClipper(list(model))
+            self.params = self._clipper.parameters
 
     def _sample_index(self) -> torch.Tensor:
         """Poisson sampling: each row independently with probability sample_rate."""
@@ -276,8 +322,7 @@ class Trainer:
         return loss.detach()
 
     def _step_linear(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        loss, grads = clipped_grad_sum_linear(
-            layers=self._layers,
+        loss, grads = self._clipper(
             X=xb,
             y=yb,
             max_grad_norm=self.config.max_grad_norm,
@@ -288,8 +333,8 @@ class Trainer:
         # Noise is drawn per parameter in model.parameters() order, the order Opacus's
         # DPOptimizer draws it in, so both paths consume the generator identically.
         for p, grad in zip(self.params, grads, strict=True):
-            grad += torch.normal(0.0, std, grad.shape, generator=self.generator)
-            p.grad = grad.mul_(scale)
+            # normal(mean=grad) draws N(0, std²) exactly as normal(0, std, shape) does and adds grad.
+            p.grad = torch.normal(grad, std, generator=self.generator).mul_(scale)
         self.optimizer.step()
         return loss
 
