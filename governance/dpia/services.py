@@ -91,7 +91,7 @@ def dpia_create(
     **content: Any,
 ) -> Dpia:
     """Open the first DPIA version of an activity, with the screening proposed from the records."""
-    unknown = set(content) - set(TEXT_FIELDS) - {"review_date"}
+    unknown = set(content) - set(TEXT_FIELDS) - {"review_date", "required_override"}
     if unknown:
         raise ServiceError(f"Unknown field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
     if Dpia.objects.filter(processing_activity=processing_activity).exists():

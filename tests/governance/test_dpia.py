@@ -264,3 +264,12 @@ def test_erasure_taint_recorded_in_the_audit_chain_marks_dpia_for_review(dpo_cli
     from governance.selectors import audit_chain_verify
 
     assert audit_chain_verify().ok
+
+
+def test_create_with_dpo_override_of_the_outcome(dpo_client):
+    world = make_world()
+    dpia = _create(
+        dpo_client, world, required_override=False,
+        required_override_justification="Pilot on synthetic look-alike data only; reassessed before real use.",
+    )
+    assert dpia["dpia_required"] is True and dpia["effective_required"] is False
