@@ -1,0 +1,167 @@
+"""Admin pages: training runs with live progress, the model registry, privacy budgets."""
+
+from __future__ import annotations
+
+import math
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from governance.services import ServiceError
+from mlops import selectors, services
+from mlops.models import (
+    MembershipInferenceAudit,
+    ModelVersion,
+    PrivacyBudget,
+    PrivacyLedgerEntry,
+    RunStatus,
+    SisaCheckpoint,
+    TrainingRun,
+)
+
+
+def _epsilon(value: float | None, non_private: bool = False) -> str:
+    if non_private or value is None or not math.isfinite(value):
+        return "∞ (non-private)" if non_private else "—"
+    return f"{value:.3f}"
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class SisaCheckpointInline(admin.TabularInline):
+    model = SisaCheckpoint
+    fields = ["shard", "slice", "n_records", "epsilon", "artifact_sha256"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "name", "status", "progress_bar", "target", "epsilon_display", "attempts", "created_at"]
+    list_filter = ["status", "task", "allow_non_private", "accountant"]
+    search_fields = ["name"]
+    readonly_fields = ["progress_bar"]
+    inlines = [SisaCheckpointInline]
+    actions = ["cancel_runs"]
+    change_list_template = "admin/mlops/trainingrun/change_list.html"
+    change_form_template = "admin/mlops/trainingrun/change_form.html"
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj: TrainingRun) -> str:
+        progress = obj.progress or {}
+        epochs = progress.get("epochs") or obj.epochs or 1
+        done = progress.get("epoch", 0) or 0
+        if obj.status == RunStatus.SUCCEEDED:
+            done = epochs
+        percent = max(0, min(100, round(100 * done / epochs)))
+        label = f"epoch {done}/{epochs}"
+        if progress.get("shards"):
+            label += f", shard {progress.get('shard', 0) + 1}/{progress['shards']}"
+        if progress.get("epsilon") is not None:
+            label += f", ε {progress['epsilon']:.3f}"
+        return format_html(
+            '<progress max="100" value="{}" style="width:10em"></progress> <span>{}</span>', percent, label
+        )
+
+    @admin.display(description="target")
+    def target(self, obj: TrainingRun) -> str:
+        if obj.allow_non_private:
+            return "non-private"
+        if obj.target_epsilon is not None:
+            return f"ε ≤ {obj.target_epsilon:g}"
+        return f"σ = {obj.requested_noise_multiplier:g}"
+
+    @admin.display(description="ε", ordering="epsilon")
+    def epsilon_display(self, obj: TrainingRun) -> str:
+        return _epsilon(obj.epsilon, obj.allow_non_private and obj.status == RunStatus.SUCCEEDED)
+
+    def _auto_refresh(self, queryset) -> bool:
+        return queryset.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists()
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"auto_refresh": self._auto_refresh(TrainingRun.objects.all()), **(extra_context or {})}
+        return super().changelist_view(request, extra_context=extra)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = {"auto_refresh": self._auto_refresh(TrainingRun.objects.filter(pk=object_id)), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel_runs(self, request, queryset):
+        cancelled = 0
+        for run in queryset.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]):
+            try:
+                services.training_run_cancel(run=run, actor=request.user)
+                cancelled += 1
+            except ServiceError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        self.message_user(request, f"{cancelled} run(s) cancelled.")
+
+
+class MembershipInferenceAuditInline(admin.TabularInline):
+    model = MembershipInferenceAudit
+    fields = ["auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr", "n_members", "n_nonmembers", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    list_display = ["name", "version", "status", "epsilon_display", "delta", "mia_auc", "is_sisa_ensemble", "created_at"]
+    list_filter = ["status", "non_private", "is_sisa_ensemble"]
+    search_fields = ["name"]
+    inlines = [MembershipInferenceAuditInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("membership_inference_audits")
+
+    @admin.display(description="ε", ordering="epsilon")
+    def epsilon_display(self, obj: ModelVersion) -> str:
+        return _epsilon(obj.epsilon, obj.non_private)
+
+    @admin.display(description="MIA AUC")
+    def mia_auc(self, obj: ModelVersion) -> str:
+        audits = list(obj.membership_inference_audits.all())
+        return f"{audits[0].auc:.3f}" if audits else "—"
+
+
+@admin.register(PrivacyBudget)
+class PrivacyBudgetAdmin(admin.ModelAdmin):
+    list_display = ["dataset", "epsilon_cap", "delta", "spent", "set_by", "set_at"]
+    fields = ["dataset", "epsilon_cap", "delta", "spent", "set_by", "set_at"]
+    readonly_fields = ["spent", "set_by", "set_at"]
+
+    @admin.display(description="spent ε (incl. runs in progress) / cap")
+    def spent(self, obj: PrivacyBudget) -> str:
+        if obj.pk is None:
+            return "—"
+        status = selectors.privacy_budget_status(dataset=obj.dataset)
+        spent = "∞" if status["spent_epsilon"] is None else f"{status['spent_epsilon']:.3f}"
+        committed = "∞" if status["committed_epsilon"] is None else f"{status['committed_epsilon']:.3f}"
+        return f"{spent} ({committed}) / {obj.epsilon_cap:g}"
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        # Through the service: DPO only, audited with the previous cap.
+        services.privacy_budget_set(
+            dataset=obj.dataset, epsilon_cap=obj.epsilon_cap, delta=obj.delta, actor=request.user
+        )
+
+
+@admin.register(PrivacyLedgerEntry)
+class PrivacyLedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ["dataset", "training_run", "state", "non_private", "planned_epsilon", "epsilon", "delta"]
+    list_filter = ["state", "non_private"]
