@@ -93,7 +93,7 @@ def run(ctx: DemoContext) -> None:
     ctx.fact(
         "consent ledger",
         f"{len(events)} events submitted for {SUBJECTS} people: {answer['created']} created, "
-        f"{answer['already_present']} already present (re-run)",
+        f"{answer['already_present']} already present",
     )
     status = selectors.consent_status_bulk(purpose=purpose, pseudonyms=pseudonymise_many(identifiers))
     ctx.fact(

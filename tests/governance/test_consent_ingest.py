@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 from datetime import timedelta
 
 import pytest
+from django.apps import apps
 from django.utils import timezone
 
 from governance.models import AuditEvent, ConsentEvent, DataSubject
@@ -14,6 +16,12 @@ from tests.governance.consent_helpers import at, consent_activity, event
 
 CLINICAL = "ml.training.clinical_risk"
 URL = "/api/v1/consent-events/"
+
+
+@pytest.fixture
+def default_taxonomy(transactional_db):
+    # Another transactional test may have flushed what the data migration created.
+    importlib.import_module("governance.migrations.0003_default_taxonomy").load_defaults(apps, None)
 
 
 def _post(client, payload):
@@ -189,3 +197,38 @@ def test_ledger_is_listed_to_dpo_and_auditor_by_pseudonym_and_never_to_ml_engine
     assert ml_client.get(URL).status_code == 403
     assert ml_client.get(f"{URL}l-1/").status_code == 403
     assert auditor_client.post(URL, event("c@x.org", CLINICAL, "given", at(0)), format="json").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_submissions_of_one_batch_write_each_event_once(default_taxonomy):
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need a server database; SQLite serialises writers itself")
+    from governance import services
+
+    batch = [event(f"c{i}@x.org", CLINICAL, "given", at(i)) for i in range(200)]
+    answers, errors = [], []
+    barrier = threading.Barrier(2)
+
+    def submit():
+        try:
+            barrier.wait()
+            answers.append(services.consent_events_ingest(events=batch, actor="test"))
+        except Exception as exc:  # reported below: the test fails with the worker's error
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(a["created"] for a in answers) == 200
+    assert sum(a["already_present"] for a in answers) == 200
+    assert ConsentEvent.objects.count() == 200
+    assert DataSubject.objects.count() == 200
