@@ -1,6 +1,19 @@
+from django.utils.duration import duration_iso_string
 from rest_framework import serializers
 
-from governance.models import AuditEvent
+from governance.models import (
+    AuditEvent,
+    ConsentAction,
+    ConsentEvent,
+    DataCategory,
+    DataSubjectCategory,
+    LawfulBasis,
+    ProcessingActivity,
+    Purpose,
+    PurposeCompatibility,
+    SpecialCategory,
+    SpecialCategoryCondition,
+)
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
@@ -24,20 +37,7 @@ class WhoAmISerializer(serializers.Serializer):
 
 # --- Governance records --------------------------------------------------------------
 
-from django.utils.duration import duration_iso_string  # noqa: E402
 
-from governance.models import (  # noqa: E402
-    ConsentAction,
-    ConsentEvent,
-    DataCategory,
-    DataSubjectCategory,
-    LawfulBasis,
-    ProcessingActivity,
-    Purpose,
-    PurposeCompatibility,
-    SpecialCategory,
-    SpecialCategoryCondition,
-)
 
 
 class PurposeSerializer(serializers.ModelSerializer):

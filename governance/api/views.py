@@ -1,16 +1,26 @@
 from dataclasses import asdict
 
 import django_filters
-from drf_spectacular.utils import extend_schema
-from rest_framework import viewsets
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from governance import selectors
+from governance import filtersets, selectors, services
 from governance.api import serializers
-from governance.models import AuditEvent
-from governance.permissions import DPO_AND_AUDITOR, READ_ROLES
+from governance.models import (
+    AuditEvent,
+    ConsentEvent,
+    DataCategory,
+    DataSubjectCategory,
+    ProcessingActivity,
+    Purpose,
+    PurposeCompatibility,
+)
+from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY, READ_ROLES
+from governance.pseudonymisation import pseudonymise_many
 from governance.roles import roles_of
 
 
@@ -52,21 +62,7 @@ class WhoAmIView(APIView):
 
 # --- Governance records --------------------------------------------------------------
 
-from django.utils.dateparse import parse_datetime  # noqa: E402
-from drf_spectacular.utils import OpenApiExample  # noqa: E402
-from rest_framework import mixins, status  # noqa: E402
 
-from governance import filtersets, services  # noqa: E402
-from governance.models import (  # noqa: E402
-    ConsentEvent,
-    DataCategory,
-    DataSubjectCategory,
-    ProcessingActivity,
-    Purpose,
-    PurposeCompatibility,
-)
-from governance.permissions import DPO_ONLY  # noqa: E402
-from governance.pseudonymisation import pseudonymise_many  # noqa: E402
 
 GOVERNANCE_RECORD_ROLES = {"read": READ_ROLES, "write": DPO_ONLY}
 
