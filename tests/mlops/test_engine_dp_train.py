@@ -34,6 +34,7 @@ def run(config: TrainConfig, n: int = 1200, **kwargs):
     return train(X_train=X[:n], y_train=y[:n], X_val=X[n:], y_val=y[n:], n_classes=2, config=config, **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")
 @pytest.mark.parametrize(
     ("activation", "max_grad_norm"),
     [("relu", 0.05), ("tanh", 1.0), ("gelu", 0.3), ("relu", 100.0)],
@@ -63,6 +64,7 @@ def test_linear_clipping_equals_opacus_per_sample_clipping(activation, max_grad_
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")
 def test_linear_step_equals_opacus_dp_optimizer_step():
     """Clip, noise N(0, σ²C²) and division by the expected batch size, as DPOptimizer does."""
     torch.manual_seed(0)
