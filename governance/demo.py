@@ -66,7 +66,9 @@ def run(ctx: DemoContext) -> None:
         "security_measures": "Pseudonymisation on arrival (HMAC-SHA-256), encryption at rest, role-based access, "
                              "tamper-evident audit chain.",
         "lawful_basis": "consent",
-        "erasure_on_consent_withdrawal": True,
+        # The erasure step picks its own people; automatic Art. 17(1)(b) requests on withdrawal
+        # are covered by the tests rather than opened here.
+        "erasure_on_consent_withdrawal": False,
     }
     try:
         services.processing_activity_create(

@@ -743,9 +743,10 @@ def consent_event_derive_id(
     return "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def _consent_rows_insert_postgresql(rows: list[tuple]) -> int:
+def _consent_rows_insert_postgresql(rows: list[tuple]) -> tuple[int, list[str]]:
     """COPY the batch into a temporary table, then one INSERT … SELECT creates missing subjects
-    and one more inserts events whose id is new. Returns the number of events created."""
+    and one more inserts events whose id is new. Returns the number of events created and the
+    ids of the withdrawals among them."""
     import csv
     import io
 
@@ -772,17 +773,22 @@ def _consent_rows_insert_postgresql(rows: list[tuple]) -> int:
                ON CONFLICT (pseudonym) DO NOTHING"""
         )
         cur.execute(
-            """INSERT INTO governance_consentevent (event_id, subject_id, purpose_id, action, occurred_at,
-                   recorded_at, notice_version, notice_sha256, method, evidence, expires_at)
-               SELECT t.event_id, s.id, t.purpose_id, t.action, t.occurred_at, now(), t.notice_version,
-                      t.notice_sha256, t.method, t.evidence, t.expires_at
-               FROM pl_consent_ingest t JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
-               ON CONFLICT (event_id) DO NOTHING"""
+            """WITH inserted AS (
+                   INSERT INTO governance_consentevent (event_id, subject_id, purpose_id, action, occurred_at,
+                       recorded_at, notice_version, notice_sha256, method, evidence, expires_at)
+                   SELECT t.event_id, s.id, t.purpose_id, t.action, t.occurred_at, now(), t.notice_version,
+                          t.notice_sha256, t.method, t.evidence, t.expires_at
+                   FROM pl_consent_ingest t JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
+                   ON CONFLICT (event_id) DO NOTHING
+                   RETURNING event_id, action
+               )
+               SELECT count(*), array_agg(event_id) FILTER (WHERE action = 'withdrawn') FROM inserted"""
         )
-        return cur.rowcount
+        created, withdrawal_ids = cur.fetchone()
+        return created, withdrawal_ids or []
 
 
-def _consent_rows_insert_generic(rows: list[tuple]) -> int:
+def _consent_rows_insert_generic(rows: list[tuple]) -> tuple[int, list[str]]:
     from governance.models import ConsentEvent
 
     ids = [row[0] for row in rows]
@@ -804,7 +810,7 @@ def _consent_rows_insert_generic(rows: list[tuple]) -> int:
         batch_size=1000,
         ignore_conflicts=True,
     )
-    return len(new_rows)
+    return len(new_rows), [r[0] for r in new_rows if r[3] == "withdrawn"]
 
 
 @transaction.atomic
@@ -877,13 +883,14 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
 
     row_list = list(rows.values())
     if connection.vendor == "postgresql":
-        created = _consent_rows_insert_postgresql(row_list)
+        created, new_withdrawal_ids = _consent_rows_insert_postgresql(row_list)
     else:
-        created = _consent_rows_insert_generic(row_list)
+        created, new_withdrawal_ids = _consent_rows_insert_generic(row_list)
     already_present = len(events) - created
 
-    # Art. 17(1)(b): withdrawals under an activity that erases on withdrawal are noted for the
-    # erasure process, which builds the requests; nothing is erased here.
+    # Art. 17(1)(b): withdrawals under an activity that erases on withdrawal open erasure
+    # requests through the erasure service (nothing is erased here). Only withdrawals new to
+    # the ledger count, so resubmitting a batch never reopens a request already completed.
     erasure_activities: list[str] = []
     flagged = 0
     if withdrawn_codes:
@@ -897,6 +904,13 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
             if related:
                 erasure_activities.append(activity_name)
                 flagged += sum(withdrawn_codes[c] for c in related)
+    erasure_requests_opened = 0
+    if erasure_activities and new_withdrawal_ids:
+        from governance.erasure.services import erasure_requests_open_for_withdrawals
+
+        erasure_requests_opened = erasure_requests_open_for_withdrawals(
+            consent_event_ids=new_withdrawal_ids, actor=actor
+        )
     subject_ref = None
     distinct_pseudonyms = {r[1] for r in row_list}
     if len(distinct_pseudonyms) == 1:
@@ -914,9 +928,11 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
             "purposes": sorted({c[2] for c in cleaned}),
             "withdrawals_under_erasure_on_withdrawal": flagged,
             "erasure_activities": sorted(set(erasure_activities)),
+            "erasure_requests_opened": erasure_requests_opened,
         },
     )
     result = {"created": created, "already_present": already_present}
     if flagged:
         result["withdrawals_under_erasure_on_withdrawal"] = flagged
+        result["erasure_requests_opened"] = erasure_requests_opened
     return result

@@ -204,6 +204,9 @@ class ConsentIngestResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     already_present = serializers.IntegerField()
     withdrawals_under_erasure_on_withdrawal = serializers.IntegerField(required=False)
+    erasure_requests_opened = serializers.IntegerField(
+        required=False, help_text="Art. 17(1)(b) requests opened for new withdrawals under an activity that erases."
+    )
 
 
 class ConsentStatusRequestSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ import pytest
 from django.apps import apps
 from django.utils import timezone
 
+from governance.erasure.models import ErasureGround, ErasureRequest
 from governance.models import AuditEvent, ConsentEvent, DataSubject
 from governance.pseudonymisation import pseudonymise
 from tests.governance.consent_helpers import at, consent_activity, event
@@ -174,8 +175,24 @@ def test_withdrawal_under_an_erasing_activity_is_noted_for_erasure(dpo_client):
     _post(dpo_client, event("a@x.org", CLINICAL, "given", at(0)))
     response = _post(dpo_client, event("a@x.org", CLINICAL, "withdrawn", at(1)))
     assert response.json()["withdrawals_under_erasure_on_withdrawal"] == 1
+    assert response.json()["erasure_requests_opened"] == 1
     audit = AuditEvent.objects.filter(action="consent_event.ingested").last()
     assert audit.details["erasure_activities"] == ["activity for ml.training.clinical_risk"]
+    subject = DataSubject.objects.get(pseudonym=pseudonymise("a@x.org"))
+    requests = ErasureRequest.objects.filter(subject=subject)
+    assert requests.count() == 1
+    assert requests.get().ground == ErasureGround.CONSENT_WITHDRAWN
+    # Resubmitting the withdrawal is harmless: nothing new in the ledger, no second request.
+    again = _post(dpo_client, event("a@x.org", CLINICAL, "withdrawn", at(1))).json()
+    assert again["already_present"] == 1 and again["erasure_requests_opened"] == 0
+    assert requests.count() == 1
+
+
+@pytest.mark.django_db
+def test_withdrawal_under_an_activity_that_keeps_data_opens_no_erasure(dpo_client):
+    consent_activity(erasure_on_consent_withdrawal=False)
+    _post(dpo_client, [event("a@x.org", CLINICAL, "given", at(0)), event("a@x.org", CLINICAL, "withdrawn", at(1))])
+    assert not ErasureRequest.objects.exists()
 
 
 @pytest.mark.django_db
