@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy
 import numpy as np
@@ -132,11 +132,22 @@ def noise_multiplier_for_plan(
             accountant=accountant,
         )
 
+    if accountant == "rdp":
+        return _noise_multiplier_for_plan_rdp(
+            float(target_epsilon), float(target_delta), tuple((float(q), int(n)) for q, n in plan)
+        )
+
     def eps_at(sigma: float) -> float:
         return epsilon_of_history(
             history=[[sigma, q, steps] for q, steps in plan], delta=target_delta, accountant=accountant
         )
 
+    return _bisect_sigma(eps_at, target_epsilon)
+
+
+def _bisect_sigma(eps_at: Callable[[float], float], target_epsilon: float) -> float:
+    """Opacus's get_noise_multiplier search: double σ until ε ≤ target, then bisect
+    until ε lies within EPSILON_TOLERANCE below the target."""
     sigma_low, sigma_high = 0.0, 10.0
     eps_high = math.inf
     while eps_high > target_epsilon:
@@ -152,6 +163,55 @@ def noise_multiplier_for_plan(
         else:
             sigma_low = sigma
     return sigma_high
+
+
+# Half-width of the window of orders evaluated during the σ search.
+_ORDER_WINDOW = 6
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_multiplier_for_plan_rdp(
+    target_epsilon: float, target_delta: float, plan: tuple[tuple[float, int], ...]
+) -> float:
+    """The bisection above, evaluating Opacus's RDP only on a window of orders around the
+    current optimum instead of all 151.
+
+    ε is a minimum over orders, so ε computed on a subset of orders is never below the
+    full-grid ε: every σ the search accepts is still safe. The window follows the optimum
+    (re-centred until the optimum is inside it), so in practice it holds the true
+    optimum and the search ends on the same σ as a full-grid search, ~10× sooner. The
+    result is checked once on the full grid.
+    """
+    orders = _ORDERS_ARRAY
+    last = len(orders) - 1
+    log_delta = math.log(target_delta)
+    centre = [last // 2]
+
+    def eps_on(sigma: float, lo: int, hi: int) -> tuple[float, int]:
+        window = orders[lo : hi + 1]
+        total = 0
+        for q, steps in plan:
+            total = total + rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(window))
+        eps = total - (log_delta + np.log(window)) / (window - 1) + np.log((window - 1) / window)
+        if np.isnan(eps).all():
+            return math.inf, lo
+        k = int(np.nanargmin(eps))
+        return float(eps[k]), lo + k
+
+    def eps_at(sigma: float) -> float:
+        while True:
+            lo, hi = max(0, centre[0] - _ORDER_WINDOW), min(last, centre[0] + _ORDER_WINDOW)
+            eps, best = eps_on(sigma, lo, hi)
+            centre[0] = best
+            # Interior optimum (or the grid's own edge): the window holds the minimum.
+            if (best != lo or lo == 0) and (best != hi or hi == last) or not math.isfinite(eps):
+                return eps
+
+    sigma = _bisect_sigma(eps_at, target_epsilon)
+    full = epsilon_of_history(history=[[sigma, q, n] for q, n in plan], delta=target_delta)
+    if full > target_epsilon:  # cannot happen (subset ε ≥ full ε); kept as the guarantee's guard
+        raise ArithmeticError("noise multiplier search returned σ above the target ε")
+    return sigma
 
 
 def epsilon_of_history(*, history: Sequence[Sequence[float]], delta: float, accountant: str = "rdp") -> float:

@@ -111,3 +111,20 @@ def test_epsilon_of_history_is_bit_identical_to_opacus():
     # Twice: the second call is served from the per-step cache and must not drift.
     for _ in range(2):
         assert accounting.epsilon_of_history(history=history, delta=1e-5) == opacus_epsilon(HETEROGENEOUS_RUNS, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("plan", "target"),
+    [
+        ([(0.1, 30), (0.05, 60), (0.025, 120)], 0.5),
+        ([(0.5, 4), (0.2, 10), (0.05, 40)], 4.0),
+    ],
+)
+def test_windowed_plan_search_finds_the_full_grid_sigma(plan, target):
+    """The σ search over a window of orders lands on the σ a full-grid search finds."""
+
+    def full_grid(sigma):
+        return opacus_epsilon([(sigma, q, n) for q, n in plan], 1e-6)
+
+    expected = accounting._bisect_sigma(full_grid, target)
+    assert accounting.noise_multiplier_for_plan(target_epsilon=target, target_delta=1e-6, plan=plan) == expected
