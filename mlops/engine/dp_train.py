@@ -402,8 +402,8 @@ def train(
     history spent before this call on the same records (SISA stages); it is composed into
     every ε reported.
     """
-    config.validate(len(X_train) if isinstance(X_train, torch.Tensor) and X_train.dim() >= 1 else 0)
     X_train, y_train = check_tensors(X=X_train, y=y_train, n_classes=n_classes, name="train")
+    config.validate(len(X_train))
     if torch.unique(y_train).numel() < 2:
         raise ValueError("y_train: the training data holds a single class; a classifier needs at least two")
     n_features = X_train.shape[1]
