@@ -392,6 +392,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     clipping: str = "auto",
     history_prefix: list[list[float]] | None = None,
+    require_two_classes: bool = True,
 ) -> TrainResult:
     """Train an MLP with DP-SGD (or plainly when ``config.private`` is False).
 
@@ -400,11 +401,12 @@ def train(
     restored afterwards. ``should_stop`` is asked before every epoch; when it answers True
     the result so far is returned with ``stopped=True``. ``history_prefix`` is accountant
     history spent before this call on the same records (SISA stages); it is composed into
-    every ε reported.
+    every ε reported. ``require_two_classes=False`` lets a SISA stage train on a slice
+    that happens to hold one class (the shard as a whole is checked instead).
     """
     X_train, y_train = check_tensors(X=X_train, y=y_train, n_classes=n_classes, name="train")
     config.validate(len(X_train))
-    if torch.unique(y_train).numel() < 2:
+    if require_two_classes and torch.unique(y_train).numel() < 2:
         raise ValueError("y_train: the training data holds a single class; a classifier needs at least two")
     n_features = X_train.shape[1]
     if (X_val is None) != (y_val is None):

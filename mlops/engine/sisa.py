@@ -118,6 +118,8 @@ def train_shard(
     if len(X) == 0:
         raise ValueError("X: the shard holds no records")
     config.validate(len(X))
+    if torch.unique(y).numel() < 2:
+        raise ValueError("y: the shard holds a single class; a classifier needs at least two")
 
     plan = shard_plan(slice_of_row=slice_of_row, slices=slices, config=config)
     noise_multiplier: float | None = None
@@ -184,6 +186,7 @@ def train_shard(
             init_state=state,
             should_stop=should_stop,
             history_prefix=history,
+            require_two_classes=False,
         )
         history = history + last.accountant_history
         steps += last.steps

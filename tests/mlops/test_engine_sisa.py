@@ -159,3 +159,29 @@ def test_bad_sisa_input_is_refused():
         train_shard(
             X=X, y=y, slice_of_row=slice_of_row, slices=SLICES, n_classes=2, config=config(), shard=0, start_slice=1
         )
+
+
+def test_a_slice_with_one_class_still_trains_but_a_one_class_shard_is_refused():
+    X, y, _, slice_of_row = shard_data(n_subjects=90)
+    y = y.clone()
+    y[torch.from_numpy(slice_of_row == 0)] = 1  # the first slice holds only class 1
+    result = train_shard(
+        X=X,
+        y=y,
+        slice_of_row=slice_of_row,
+        slices=SLICES,
+        n_classes=2,
+        config=config(noise_multiplier=1.0, target_epsilon=None),
+        shard=0,
+    )
+    assert len(result.checkpoints) == SLICES
+    with pytest.raises(ValueError, match="^y: .*single class"):
+        train_shard(
+            X=X,
+            y=torch.ones_like(y),
+            slice_of_row=slice_of_row,
+            slices=SLICES,
+            n_classes=2,
+            config=config(),
+            shard=0,
+        )
