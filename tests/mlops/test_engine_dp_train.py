@@ -296,3 +296,30 @@ def test_config_round_trips_through_dict_and_refuses_unknown_keys():
     assert TrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="^learnin_rate: unknown"):
         TrainConfig.from_dict({"learnin_rate": 0.1})
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_an_empty_poisson_batch_is_a_noise_only_step_in_both_paths():
+    """Poisson sampling can draw no example; the step still adds noise (as Opacus does)."""
+    X, y = linear_task(n=50, d=5)
+    config = TrainConfig(hidden_sizes=[8], batch_size=10, noise_multiplier=1.0)
+    weights = {}
+    for clipping in ("linear", "opacus"):
+        torch.manual_seed(0)
+        model = build_model(n_features=5, n_classes=2, config=config)
+        before = model[0].weight.detach().clone()
+        trainer = Trainer(
+            model=model,
+            X=X,
+            y=y,
+            config=config,
+            noise_multiplier=1.0,
+            generator=torch.Generator().manual_seed(4),
+            clipping=clipping,
+        )
+        empty = torch.zeros(0, dtype=torch.long)
+        step = trainer._step_linear if clipping == "linear" else trainer._step_opacus
+        assert float(step(X[empty], y[empty], empty)) == 0.0
+        weights[clipping] = model[0].weight.detach().clone()
+        assert not torch.equal(weights[clipping], before)
+    torch.testing.assert_close(weights["linear"], weights["opacus"])
