@@ -85,7 +85,6 @@ def snapshot_tensors(*, snapshot_id: int, schema: dict, classes: list) -> Snapsh
     schema's "categories" when given, else over the sorted distinct values.
     """
     features = list(schema.get("features") or [])
-    label_name = (schema.get("label") or {}).get("name")
     names = [f["name"] for f in features]
     rows = SnapshotMembership.objects.filter(snapshot_id=snapshot_id).order_by("record_id")
     raw: list[list] = []
@@ -98,8 +97,6 @@ def snapshot_tensors(*, snapshot_id: int, schema: dict, classes: list) -> Snapsh
             raw.append([record_features.get(n) for n in names])
         else:
             raw.append(list(record_features or []))
-        if label is None and label_name and isinstance(record_features, dict):
-            label = record_features.get(label_name)
         labels.append(label)
         subjects.append(subject_id)
 
