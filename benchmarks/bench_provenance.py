@@ -126,11 +126,15 @@ BASELINE_SQL = """
     SELECT %s, r.id, r.subject_id
     FROM provenance_datarecord r
     JOIN (
-        SELECT subject_id, action, expires_at,
-               ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY occurred_at DESC, id DESC) AS rn
-        FROM governance_consentevent
-        WHERE purpose_id IN ({ids}) AND occurred_at <= %s
-    ) c ON c.subject_id = r.subject_id AND c.rn = 1
+        SELECT subject_id, action, expires_at
+        FROM (
+            SELECT subject_id, action, expires_at,
+                   ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY occurred_at DESC, id DESC) AS rn
+            FROM governance_consentevent
+            WHERE purpose_id IN ({ids}) AND occurred_at <= %s
+        ) ranked
+        WHERE rn = 1
+    ) c ON c.subject_id = r.subject_id
     WHERE r.dataset_id = %s AND r.ingested_at <= %s
       AND c.action = 'given' AND (c.expires_at IS NULL OR c.expires_at > %s)
 """

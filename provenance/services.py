@@ -332,45 +332,66 @@ def _membership_select(
     if consent:
         consent_sql, consent_params = consent_state_sql(purpose=purpose, at=at)
         body = (
-            f"SELECT r.id AS record_id, r.subject_id AS subject_id, {reason_sql} AS reason "
+            f"SELECT r.id AS record_id, r.subject_id AS subject_id, r.content_hash AS content_hash, {reason_sql} AS reason "
             f"FROM {DataRecord._meta.db_table} r LEFT JOIN ({consent_sql}) c ON c.subject_id = r.subject_id "
             "WHERE r.dataset_id = %s AND r.ingested_at <= %s"
         )
         params = [*params, *consent_params, dataset_id, at]
     else:
         body = (
-            f"SELECT r.id AS record_id, r.subject_id AS subject_id, {reason_sql} AS reason "
+            f"SELECT r.id AS record_id, r.subject_id AS subject_id, r.content_hash AS content_hash, {reason_sql} AS reason "
             f"FROM {DataRecord._meta.db_table} r WHERE r.dataset_id = %s AND r.ingested_at <= %s"
         )
         params = [*params, dataset_id, at]
     return body, reason_sql, params
 
 
-def _fill_membership(*, snapshot_id: int, body: str, params: list) -> dict[str, tuple[int, int]]:
-    """Insert the included records and return {reason: (records, subjects)}, set-based."""
+def _fill_membership(*, snapshot_id: int, body: str, params: list) -> tuple[dict[str, int], int, str]:
+    """Insert the included records; return ({reason: records}, included subjects, Merkle root).
+
+    On PostgreSQL a single statement classifies every record once and feeds the INSERT,
+    the counts and the Merkle leaves (hashed by the database, streamed in record id
+    order through COPY and folded in Python as they arrive). Elsewhere: an INSERT …
+    SELECT, a counting SELECT and a streamed manifest read.
+    """
     table = SnapshotMembership._meta.db_table
+    if connection.vendor == "postgresql":
+        sql = (
+            f"COPY (WITH classified AS MATERIALIZED ({body}), "
+            f"ins AS (INSERT INTO {table} (snapshot_id, record_id, subject_id) "
+            "SELECT %s, record_id, subject_id FROM classified WHERE reason = 'included'), "
+            "counts AS (SELECT reason, COUNT(*) AS n FROM classified GROUP BY reason), "
+            "subjects AS (SELECT COUNT(DISTINCT subject_id) AS n FROM classified WHERE reason = 'included') "
+            "SELECT line FROM ("
+            "SELECT 0 AS part, record_id AS k, "
+            "encode(sha256(convert_to(record_id::text || ':' || content_hash, 'UTF8')), 'hex') AS line "
+            "FROM classified WHERE reason = 'included' "
+            "UNION ALL SELECT 1, 0, '#' || reason || ' ' || n FROM counts "
+            "UNION ALL SELECT 1, 0, '#subjects ' || n FROM subjects"
+            ") out ORDER BY part, k) TO STDOUT"
+        )
+        acc = merkle.MerkleAccumulator()
+        sink = _LeafSink(acc)
+        with connection.cursor() as cursor:
+            # COPY takes no bind parameters: the driver quotes them into the statement.
+            cursor.cursor.copy_expert(cursor.cursor.mogrify(sql, [*params, snapshot_id]).decode(), sink)
+        sink.close()
+        totals = {reason: int(n) for reason, n in (line[1:].split(" ") for line in sink.tagged)}
+        included_subjects = totals.pop("subjects", 0)
+        return totals, included_subjects, acc.root()
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # One scan: the classification feeds both the INSERT and the counts.
-            cursor.execute(
-                f"WITH classified AS MATERIALIZED ({body}), "
-                f"ins AS (INSERT INTO {table} (snapshot_id, record_id, subject_id) "
-                f"SELECT %s, record_id, subject_id FROM classified WHERE reason = 'included') "
-                "SELECT reason, COUNT(*), COUNT(DISTINCT subject_id) FROM classified GROUP BY reason",
-                [*params, snapshot_id],
-            )
-            counts = {reason: (n, s) for reason, n, s in cursor.fetchall()}
-        else:
-            cursor.execute(
-                f"INSERT INTO {table} (snapshot_id, record_id, subject_id) "
-                f"SELECT %s, record_id, subject_id FROM ({body}) classified WHERE reason = 'included'",
-                [snapshot_id, *params],
-            )
-            cursor.execute(
-                f"SELECT reason, COUNT(*), COUNT(DISTINCT subject_id) FROM ({body}) classified GROUP BY reason", params
-            )
-            counts = {reason: (n, s) for reason, n, s in cursor.fetchall()}
-    return counts
+        cursor.execute(
+            f"INSERT INTO {table} (snapshot_id, record_id, subject_id) "
+            f"SELECT %s, record_id, subject_id FROM ({body}) classified WHERE reason = 'included'",
+            [snapshot_id, *params],
+        )
+        cursor.execute(
+            f"SELECT reason, COUNT(*), COUNT(DISTINCT subject_id) FROM ({body}) classified GROUP BY reason", params
+        )
+        rows = cursor.fetchall()
+    totals = {reason: n for reason, n, _ in rows}
+    included_subjects = next((subjects for reason, _, subjects in rows if reason == "included"), 0)
+    return totals, included_subjects, snapshot_merkle_root(snapshot_id=snapshot_id)
 
 
 class _LeafSink:
@@ -381,12 +402,19 @@ class _LeafSink:
         self.batch = batch
         self.partial = ""
         self.pending: list[str] = []
+        self.tagged: list[str] = []  # lines starting with "#": side results, never leaves
+
+    def _take(self, lines: list[str]) -> None:
+        if lines and lines[-1].startswith("#"):
+            self.tagged.extend(line for line in lines if line.startswith("#"))
+            lines = [line for line in lines if not line.startswith("#")]
+        self.pending.extend(lines)
 
     def write(self, data: str | bytes) -> int:
         text = data.decode("ascii") if isinstance(data, bytes) else data
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
-        self.pending.extend(lines)
+        self._take(lines)
         if len(self.pending) >= self.batch:
             self.acc.add_leaves(self.pending)
             self.pending = []
@@ -394,7 +422,7 @@ class _LeafSink:
 
     def close(self) -> None:
         if self.partial:
-            self.pending.append(self.partial)
+            self._take([self.partial])
         self.acc.add_leaves(self.pending)
         self.pending = []
 
@@ -460,10 +488,9 @@ def snapshot_create(
     body, _, params = _membership_select(
         snapshot_id=snapshot.pk, dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff
     )
-    counts = _fill_membership(snapshot_id=snapshot.pk, body=body, params=params)
-    included, included_subjects = counts.get("included", (0, 0))
-    excluded = {reason: counts.get(reason, (0, 0))[0] for reason in EXCLUSION_REASONS}
-    root = snapshot_merkle_root(snapshot_id=snapshot.pk)
+    counts, included_subjects, root = _fill_membership(snapshot_id=snapshot.pk, body=body, params=params)
+    included = counts.get("included", 0)
+    excluded = {reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS}
     completed_at = timezone.now()
     Snapshot.objects.filter(pk=snapshot.pk)._finalise(
         included_count=included, included_subjects=included_subjects, excluded_counts=excluded,
