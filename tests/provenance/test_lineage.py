@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 from prov.model import ProvDocument
 
-from provenance import lineage_exports, selectors, services
+from provenance import selectors, services
 from provenance.models import DataRecord
 from tests.provenance.helpers import SCHEMA, activity, consent, purpose, row
 
@@ -78,10 +78,10 @@ def test_prov_json_reads_back_with_prov(auditor_client, lineage):
     assert {"Activity", "Usage", "Generation", "Derivation", "Association"} <= kinds
     root = [r for r in doc.get_records() if str(r.identifier) == f"pl:snapshot-{snapshot.pk}"][0]
     assert snapshot.merkle_root in {str(v) for _, v in root.attributes}
-    model_doc = ProvDocument.deserialize(
-        content=lineage_exports.prov_json(lineage_exports.model_prov_document(model_version=lineage["model"])),
-        format="json",
-    )
+    model_response = auditor_client.get(f"/api/v1/lineage/models/{lineage['model'].pk}/prov/")
+    assert model_response.status_code == 200
+    model_doc = ProvDocument.deserialize(content=model_response.content.decode(), format="json")
+    assert auditor_client.get("/api/v1/lineage/models/999999/prov/").status_code == 404
     assert any(str(r.identifier) == f"pl:training-run-{lineage['run'].pk}" for r in model_doc.get_records())
 
 
