@@ -14,7 +14,6 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
-import numpy
 import numpy as np
 from opacus.accountants import create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
@@ -73,9 +72,10 @@ def epsilon_from_rdp(*, rdp: Sequence[float] | np.ndarray, delta: float) -> floa
     if not np.any(rdp_array):
         return 0.0
     eps = rdp_array - (_LOG_ORDERS + math.log(delta)) / (_ORDERS_ARRAY - 1) + _LOG_ORDERS_OVER
-    # Opacus maps NaN (from inf - inf) to inf before taking the minimum.
+    # Opacus skips NaN orders (inf − inf) when taking the minimum: the same as treating them as inf.
     eps = np.where(np.isnan(eps), np.inf, eps)
     best = float(np.min(eps))
+    # ε below 0 would only arise for δ close to 1 and means nothing; no run spends less than 0.
     return best if best >= 0 else 0.0
 
 
@@ -238,7 +238,7 @@ def epsilon_of_history(*, history: Sequence[Sequence[float]], delta: float, acco
 
 
 @functools.lru_cache(maxsize=1024)
-def _per_step_rdp(noise_multiplier: float, sample_rate: float) -> numpy.ndarray:
+def _per_step_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     curve = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS))
     curve.flags.writeable = False  # shared by the cache
     return curve
