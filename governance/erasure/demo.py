@@ -16,7 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from governance.demo_context import DemoContext
-from governance.erasure import execution, services
+from governance.erasure import services
 from governance.erasure.models import ErasureRequest
 from governance.pseudonymisation import pseudonymise
 from governance.selectors import audit_chain_verify
@@ -69,8 +69,17 @@ def _sisa_model(ctx: DemoContext, snapshot):
         noise_multiplier=1.0, seed=ctx.seed, model_spec={"hidden_sizes": [8]}, validation_split=0.0,
         holdout_fraction=0.0, sisa={"shards": 4, "slices": 2},
     )
-    mlops_services.training_run_execute(run_id=run.pk)  # idempotent if the task already ran it
+    _wait(lambda: run.__class__.objects.filter(pk=run.pk, status__in=("succeeded", "failed", "cancelled")).exists())
     return ModelVersion.objects.get(training_run_id=run.pk)
+
+
+def _wait(done, timeout: float = 900.0) -> None:
+    """Embedded mode ran the task at commit; with a broker, a worker runs it: wait for it."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the Celery worker did not finish in time; is a worker running?")
+        time.sleep(0.5)
 
 
 def _erase(ctx: DemoContext, identifier: str, label: str) -> ErasureRequest:
@@ -82,7 +91,7 @@ def _erase(ctx: DemoContext, identifier: str, label: str) -> ErasureRequest:
         return request
     services.erasure_request_verify(erasure_request=request, method="reply from the registered address", actor=dpo)
     services.erasure_request_execute_start(erasure_request=request, actor=dpo)
-    execution.erasure_request_execute(request_id=request.pk)  # resumes or no-ops if the task already finished
+    _wait(lambda: ErasureRequest.objects.filter(pk=request.pk, status="completed").exists())
     request.refresh_from_db()
     receipt = request.receipt
     ctx.fact(

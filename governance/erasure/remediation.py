@@ -41,6 +41,9 @@ def shard_config(*, run, shard: int):
     config = _train_config(run)
     if not config.private:
         return config
+    sigmas = getattr(run, "shard_noise_multipliers", None)
+    if sigmas:
+        return replace(config, noise_multiplier=float(sigmas[shard]), target_epsilon=None)
     history = (run.accountant_history or {}).get(str(shard)) or []
     if not history:
         raise ServiceError(f"Training run {run.pk} has no accountant history for shard {shard}.", field="model_version")

@@ -22,7 +22,7 @@ from governance.selectors import audit_chain_verify
 from mlops import services as mlops_services
 from mlops.models import ModelVersion, TrainingRun
 from tests.governance import erasure_helpers as h
-from tests.mlops.helpers import wait_for
+from tests.mlops.helpers import wait_for, wait_for_run
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 QUEUE = "erasure-killed-worker-test"
@@ -63,7 +63,7 @@ def test_killed_worker_mid_erasure_recovers_to_one_consistent_result(celery_work
             snapshot=snap, name=f"killed-{k}", epochs=6, batch_size=16, noise_multiplier=1.0, seed=k,
             model_spec={"hidden_sizes": [32]}, validation_split=0.0, holdout_fraction=0.0,
         )
-        mlops_services.training_run_execute(run_id=run.pk)
+        assert wait_for_run(run.pk).status == "succeeded"  # trained by the fixture's worker
         versions.append(ModelVersion.objects.get(training_run_id=run.pk))
     request = services.erasure_request_receive(identifier=ERIN, ground="17_1_a")
     services.erasure_request_verify(erasure_request=request)

@@ -48,7 +48,7 @@ def _start(request):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_interrupted_execution_resumes_to_one_consistent_result(monkeypatch):
+def test_interrupted_execution_resumes_to_one_consistent_result(monkeypatch, celery_worker):
     carol, ds, snap = _world()
     model = h.train(snapshot=snap, name="plain")
     version = ModelVersion.objects.get(training_run=model)
@@ -103,7 +103,7 @@ def test_interrupted_execution_resumes_to_one_consistent_result(monkeypatch):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_execution_amends_snapshots_deletes_and_remediates_by_override():
+def test_execution_amends_snapshots_deletes_and_remediates_by_override(celery_worker):
     carol, ds, snap = _world()
     kept = ModelVersion.objects.get(training_run=h.train(snapshot=snap, name="kept-on-dp"))
     retired = ModelVersion.objects.get(training_run=h.train(snapshot=snap, name="to-retire"))
