@@ -101,6 +101,9 @@ def train_shard(
 
     ``start_slice=r`` with ``init_state`` = checkpoint r−1 resumes; the accountant history
     of the skipped stages is re-derived from the plan so ε still covers the whole shard.
+    To unlearn, pass the original run's σ as ``noise_multiplier`` (not ``target_epsilon``):
+    the checkpoints were trained with it, and a σ re-derived from the smaller data would
+    differ from it.
     A stage whose rows are fewer than ``batch_size`` trains with the whole stage as the
     expected batch.
     """
