@@ -313,10 +313,10 @@ def shortest_retention(*, processing_activity: ProcessingActivity) -> timedelta 
 
 
 def _membership_select(
-    *, snapshot_id: int, dataset_id: int, purpose: Purpose, at: datetime, consent: bool, cutoff: datetime | None
-) -> tuple[str, str, list]:
-    """(classification CTE body, reason expression, params): every record of the dataset
-    that existed at T, with why it is excluded, or 'included'."""
+    *, dataset_id: int, purpose: Purpose, at: datetime, consent: bool, cutoff: datetime | None
+) -> tuple[str, list]:
+    """(classification query, params): every record of the dataset that existed at T,
+    with its content hash and why it is excluded, or 'included'."""
     reason = ["CASE"]
     params: list = []
     if cutoff is not None:
@@ -343,7 +343,7 @@ def _membership_select(
             f"FROM {DataRecord._meta.db_table} r WHERE r.dataset_id = %s AND r.ingested_at <= %s"
         )
         params = [*params, dataset_id, at]
-    return body, reason_sql, params
+    return body, params
 
 
 def _fill_membership(*, snapshot_id: int, body: str, params: list) -> tuple[dict[str, int], int, str]:
@@ -485,9 +485,7 @@ def snapshot_create(
         lawful_basis=activity.lawful_basis, compatibility=compatibility,
         included_count=0, included_subjects=0, excluded_counts={}, merkle_root="",
     )
-    body, _, params = _membership_select(
-        snapshot_id=snapshot.pk, dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff
-    )
+    body, params = _membership_select(dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff)
     counts, included_subjects, root = _fill_membership(snapshot_id=snapshot.pk, body=body, params=params)
     included = counts.get("included", 0)
     excluded = {reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS}
