@@ -79,6 +79,9 @@ class SubjectImpactRequestSerializer(serializers.Serializer):
     subject = serializers.CharField(help_text="The person's external identifier; pseudonymised before the lookup.")
 
 
-class RetentionPurgeQueuedSerializer(serializers.Serializer):
-    queued = serializers.BooleanField()
-    task_id = serializers.CharField()
+class RetentionPurgeResultSerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    records_deleted = serializers.IntegerField()
+    datasets = serializers.IntegerField()
+    snapshots_amended = serializers.IntegerField()
+    activities = serializers.ListField(child=serializers.DictField())

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.permissions import DPO_AND_AUDITOR, DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
-from provenance import lineage_exports, selectors, services, tasks
+from provenance import lineage_exports, selectors, services
 from provenance.api import serializers
 from provenance.filtersets import DatasetFilterSet, SnapshotFilterSet
 from provenance.models import Dataset, Snapshot
@@ -273,11 +273,10 @@ class ModelProvView(APIView):
 
 
 class RetentionPurgeView(APIView):
-    """Run the retention purge now (it also runs periodically under Celery beat)."""
+    """Run the retention purge now and answer its counts (it also runs daily under Celery beat)."""
 
     role_permissions = {"default": DPO_ONLY}
 
-    @extend_schema(request=None, responses={202: serializers.RetentionPurgeQueuedSerializer})
+    @extend_schema(request=None, responses={200: serializers.RetentionPurgeResultSerializer})
     def post(self, request):
-        result = tasks.retention_purge.delay()
-        return Response({"queued": True, "task_id": result.id}, status=status.HTTP_202_ACCEPTED)
+        return Response(services.retention_purge(actor=request.user))

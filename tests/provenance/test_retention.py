@@ -7,6 +7,7 @@ from django.utils import timezone
 from governance.models import AuditEvent
 from provenance import selectors, services
 from provenance.models import DataRecord, Snapshot, SnapshotAmendment, SnapshotMembership
+from provenance.tasks import retention_purge
 from tests.provenance.helpers import SCHEMA, activity, merkle_root_independent, purpose, row
 
 CODE = "ml.training.clinical_risk"
@@ -59,11 +60,18 @@ def test_retention_purge_deletes_expired_records_and_amends_snapshots():
     assert again["records_deleted"] == 0 and SnapshotAmendment.objects.count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_periodic_task_runs_the_purge_on_a_worker(celery_worker, dpo_client):
+@pytest.mark.django_db
+def test_the_dpo_runs_the_purge_through_the_api(dpo_client):
     dataset, snapshot, old, untouched = _setup()
     response = dpo_client.post("/api/v1/retention/purge/")
-    assert response.status_code == 202
+    assert response.status_code == 200
+    _check_purged(dataset, snapshot, old, untouched, response.json())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_periodic_task_runs_the_purge_on_a_worker(celery_worker):
+    dataset, snapshot, old, untouched = _setup()
+    retention_purge.delay()
     deadline = time.monotonic() + 30
     while DataRecord.objects.filter(pk__in=old).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
