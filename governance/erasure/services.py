@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from governance.erasure import deadlines
@@ -401,29 +401,12 @@ def _related(code: str, activity_codes: list[str]) -> bool:
     return any(code == c or code.startswith(c + ".") or c.startswith(code + ".") for c in activity_codes)
 
 
-@transaction.atomic
-def erasure_requests_open_for_withdrawals(*, consent_event_ids: list[str], actor: Any = None) -> int:
-    """Open Art. 17(1)(b) requests for the withdrawals among ``consent_event_ids`` whose
-    purpose belongs to a processing activity configured to erase on withdrawal.
-
-    Set-based: one query for the withdrawals, one for the open requests, one bulk insert
-    and one audit event for the batch. A person with a request already open is skipped.
-    Returns how many requests were opened.
-    """
-    from governance.models import ConsentEvent
-
-    activity_codes = _activity_purpose_codes_erasing_on_withdrawal()
-    if not activity_codes or not consent_event_ids:
-        return 0
-    rows = (
-        ConsentEvent.objects.filter(event_id__in=consent_event_ids, action="withdrawn")
-        .order_by("subject_id", "occurred_at")
-        .values_list("subject_id", "subject__pseudonym", "subject__reference", "purpose_id", "purpose__code", "occurred_at")
-    )
+def _open_for_withdrawals(rows, *, actor: Any) -> int:
+    """Open one 17(1)(b) request per person from ``rows`` of (subject_id, pseudonym,
+    reference, purpose_id, occurred_at), skipping people with a request already open."""
     first_per_subject: dict[int, tuple] = {}
-    for subject_id, pseudonym, reference, purpose_id, code, occurred_at in rows:
-        if subject_id not in first_per_subject and _related(code, activity_codes):
-            first_per_subject[subject_id] = (pseudonym, reference, purpose_id, occurred_at)
+    for subject_id, pseudonym, reference, purpose_id, occurred_at in rows:
+        first_per_subject.setdefault(subject_id, (pseudonym, reference, purpose_id, occurred_at))
     if not first_per_subject:
         return 0
     hashes = {sid: erasure_receipt_hash(pseudonym=v[0]) for sid, v in first_per_subject.items()}
@@ -455,6 +438,70 @@ def erasure_requests_open_for_withdrawals(*, consent_event_ids: list[str], actor
                      "ground": ErasureGround.CONSENT_WITHDRAWN},
         )
     return len(new)
+
+
+@transaction.atomic
+def erasure_requests_open_for_withdrawals(*, consent_event_ids: list[str], actor: Any = None) -> int:
+    """Open Art. 17(1)(b) requests for the withdrawals among ``consent_event_ids`` whose
+    purpose belongs to a processing activity configured to erase on withdrawal.
+
+    Set-based: one query for the withdrawals, one for the open requests, one bulk insert
+    and one audit event for the batch. A person with a request already open is skipped.
+    Returns how many requests were opened.
+    """
+    from governance.models import ConsentEvent
+
+    activity_codes = _activity_purpose_codes_erasing_on_withdrawal()
+    if not activity_codes or not consent_event_ids:
+        return 0
+    rows = (
+        ConsentEvent.objects.filter(event_id__in=consent_event_ids, action="withdrawn")
+        .order_by("subject_id", "occurred_at")
+        .values_list("subject_id", "subject__pseudonym", "subject__reference", "purpose_id", "purpose__code", "occurred_at")
+    )
+    return _open_for_withdrawals(
+        [(sid, p, ref, pid, at) for sid, p, ref, pid, code, at in rows if _related(code, activity_codes)], actor=actor
+    )
+
+
+@transaction.atomic
+def erasure_requests_open_for_withdrawals_sweep(*, actor: Any = None) -> int:
+    """Open Art. 17(1)(b) requests for every person whose latest consent event for a purpose
+    of an activity that erases on withdrawal is a withdrawal not yet answered by a request.
+
+    Idempotent: a withdrawal counts as answered once any erasure request for the person was
+    received at or after it (opened from it, sent by the person, rejected or executed), so
+    the sweep can run after every consent ingest. One window query, one bulk insert.
+    """
+    from governance.models import ConsentEvent, Purpose
+
+    activity_codes = _activity_purpose_codes_erasing_on_withdrawal()
+    if not activity_codes:
+        return 0
+    purpose_ids = [pid for pid, code in Purpose.objects.values_list("id", "code") if _related(code, activity_codes)]
+    if not purpose_ids:
+        return 0
+    events, requests = ConsentEvent._meta.db_table, ErasureRequest._meta.db_table
+    placeholders = ", ".join(["%s"] * len(purpose_ids))
+    sql = f"""
+        SELECT e.id FROM (
+            SELECT id, subject_id, action, occurred_at,
+                   ROW_NUMBER() OVER (PARTITION BY subject_id, purpose_id ORDER BY occurred_at DESC, id DESC) AS rn
+            FROM {events} WHERE purpose_id IN ({placeholders})
+        ) e
+        WHERE e.rn = 1 AND e.action = 'withdrawn'
+          AND NOT EXISTS (SELECT 1 FROM {requests} r WHERE r.subject_id = e.subject_id AND r.received_at >= e.occurred_at)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, purpose_ids)
+        event_ids = [row[0] for row in cursor.fetchall()]
+    rows: list[tuple] = []
+    for start in range(0, len(event_ids), 5000):  # bounded IN lists (SQLite's variable limit)
+        rows += ConsentEvent.objects.filter(pk__in=event_ids[start : start + 5000]).values_list(
+            "subject_id", "subject__pseudonym", "subject__reference", "purpose_id", "occurred_at"
+        )
+    rows.sort(key=lambda r: (r[0], r[4]))
+    return _open_for_withdrawals(rows, actor=actor)
 
 
 @transaction.atomic

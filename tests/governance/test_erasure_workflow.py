@@ -265,3 +265,31 @@ def test_due_date_uses_configured_public_holidays(dpo_client, alice, settings):
     settings.ERASURE_PUBLIC_HOLIDAYS = ["2025-10-03"]
     body = _create(dpo_client, received_at="2025-09-03T10:00:00Z").json()
     assert date.fromisoformat(body["due_at"]) == date(2025, 10, 6)
+
+
+@pytest.mark.django_db
+def test_consent_ingest_with_a_withdrawal_opens_a_request_after_commit(django_capture_on_commit_callbacks):
+    from governance import services as governance_services
+
+    flagged = h.activity(erasure_on_withdrawal=True)
+    purpose = flagged.purposes.first()
+    given = (timezone.now() - timedelta(days=10)).isoformat()
+    event = {"subject": "erin@example.org", "purpose": purpose.code, "notice_version": "v1",
+             "notice_sha256": "a" * 64, "method": "web"}
+    with django_capture_on_commit_callbacks(execute=True):
+        governance_services.consent_events_ingest(events=[{**event, "action": "given", "occurred_at": given}])
+    assert not ErasureRequest.objects.exists()
+    withdrawn_at = timezone.now() - timedelta(days=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        governance_services.consent_events_ingest(
+            events=[{**event, "action": "withdrawn", "occurred_at": withdrawn_at.isoformat()}]
+        )
+    request = ErasureRequest.objects.get()
+    assert (request.ground, request.channel, request.status) == ("17_1_b", "consent_withdrawal", "received")
+    assert request.subject.pseudonym == pseudonymise("erin@example.org")
+    assert request.received_at == withdrawn_at
+    # The sweep is idempotent, and a rejected request still answers the withdrawal.
+    assert services.erasure_requests_open_for_withdrawals_sweep() == 0
+    services.erasure_request_reject(erasure_request=request, refusal_ground="17_3_e", justification="litigation")
+    assert services.erasure_requests_open_for_withdrawals_sweep() == 0
+    assert AuditEvent.objects.filter(action="erasure_request.opened_on_withdrawal").count() == 1
