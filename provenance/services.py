@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +28,6 @@ from provenance.models import (
     SnapshotMembership,
 )
 from provenance.schema import RowError, content_hash, record_validate, schema_validate
-
-logger = logging.getLogger(__name__)
 
 EXCLUSION_REASONS = ("no_consent", "withdrawn", "expired", "retention_passed")
 MAX_ERRORS_REPORTED = 20
@@ -504,18 +501,12 @@ def snapshot_create(
             "merkle_root": root, "retention": str(retention) if retention is not None else None,
         },
     )
-    snapshot_id = snapshot.pk
-    transaction.on_commit(lambda: _emit_openlineage(snapshot_id))
+    from provenance.tasks import snapshot_openlineage_emit
+
+    # A lineage backend (Marquez, DataHub) is slow or down at times: the events go out from
+    # a worker, after the commit, and never hold up or undo the snapshot.
+    snapshot_openlineage_emit.delay_on_commit(snapshot.pk)
     return snapshot
-
-
-def _emit_openlineage(snapshot_id: int) -> None:
-    from provenance.lineage_exports import openlineage_emit_snapshot
-
-    try:
-        openlineage_emit_snapshot(snapshot=Snapshot.objects.get(pk=snapshot_id))
-    except Exception:  # a lineage backend being down must not undo a committed snapshot
-        logger.exception("OpenLineage events for snapshot %s could not be sent", snapshot_id)
 
 
 # --- Removing members: retention and erasure -------------------------------------------

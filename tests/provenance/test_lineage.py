@@ -1,4 +1,5 @@
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -100,27 +101,44 @@ def _check_run_event(event: dict) -> None:
         assert dataset["namespace"] and dataset["name"]
 
 
-def test_openlineage_events_are_written_by_the_client_and_downloadable(auditor_client, django_capture_on_commit_callbacks):
+def _wait_for(predicate, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    return predicate()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_openlineage_events_are_written_by_the_client_and_downloadable(celery_worker, auditor_client):
     act = activity(lawful_basis="contract")
     dataset = services.dataset_create(name="ol dataset", owner="ml", processing_activity=act, schema=SCHEMA)
     path = settings.OPENLINEAGE_FILE
-    before = path.read_text().splitlines() if path.exists() else []
-    with django_capture_on_commit_callbacks(execute=True):
-        snapshot = services.snapshot_create(dataset=dataset, purpose=purpose(CODE))
-    written = [json.loads(line) for line in path.read_text().splitlines()[len(before):]]
-    mine = [e for e in written if e["run"]["runId"] == str(snapshot.openlineage_run_id)]
-    assert [e["eventType"] for e in mine] == ["START", "COMPLETE"]
-    for event in mine:
+    snapshot = services.snapshot_create(dataset=dataset, purpose=purpose(CODE))
+    run_id = str(snapshot.openlineage_run_id)
+
+    def mine():
+        if not path.exists():
+            return []
+        events = [json.loads(line) for line in path.read_text().splitlines() if run_id in line]
+        return events if len(events) == 2 else []
+
+    events = _wait_for(mine)
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    for event in events:
         _check_run_event(event)
-    assert mine[1]["inputs"][0]["name"] == f"datasets/{dataset.pk}/ol dataset"
-    assert mine[1]["outputs"][0]["name"] == f"snapshots/{snapshot.pk}"
+    assert events[1]["inputs"][0]["name"] == f"datasets/{dataset.pk}/ol dataset"
+    assert events[1]["outputs"][0]["name"] == f"snapshots/{snapshot.pk}"
     downloaded = auditor_client.get(f"/api/v1/snapshots/{snapshot.pk}/openlineage/").json()
     assert [(e["eventType"], e["run"]["runId"], e["eventTime"]) for e in downloaded] == [
-        (e["eventType"], e["run"]["runId"], e["eventTime"]) for e in mine
+        (e["eventType"], e["run"]["runId"], e["eventTime"]) for e in events
     ]
 
 
-def test_openlineage_goes_over_http_when_a_url_is_configured(settings, django_capture_on_commit_callbacks):
+@pytest.mark.django_db(transaction=True)
+def test_openlineage_goes_over_http_when_a_url_is_configured(celery_worker, settings):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -142,8 +160,8 @@ def test_openlineage_goes_over_http_when_a_url_is_configured(settings, django_ca
     try:
         settings.OPENLINEAGE_URL = f"http://127.0.0.1:{server.server_port}"
         dataset = services.dataset_create(name="ol http", owner="ml", processing_activity=activity(lawful_basis="contract"), schema=SCHEMA)
-        with django_capture_on_commit_callbacks(execute=True):
-            snapshot = services.snapshot_create(dataset=dataset, purpose=purpose(CODE))
+        snapshot = services.snapshot_create(dataset=dataset, purpose=purpose(CODE))
+        _wait_for(lambda: len(received) >= 2)
     finally:
         server.shutdown()
         server.server_close()
