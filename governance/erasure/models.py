@@ -232,4 +232,3 @@ class ErasureReceipt(models.Model):
     class Meta:
         app_label = "governance"
         ordering = ["-completed_at"]
-from governance.erasure import signals  # noqa: E402,F401  (connects the consent-withdrawal hook)

@@ -469,9 +469,12 @@ def erasure_requests_open_for_withdrawals_sweep(*, actor: Any = None) -> int:
     """Open Art. 17(1)(b) requests for every person whose latest consent event for a purpose
     of an activity that erases on withdrawal is a withdrawal not yet answered by a request.
 
-    Idempotent: a withdrawal counts as answered once any erasure request for the person was
-    received at or after it (opened from it, sent by the person, rejected or executed), so
-    the sweep can run after every consent ingest. One window query, one bulk insert.
+    The consent ingest opens requests for its own new withdrawals
+    (``erasure_requests_open_for_withdrawals``); this sweep catches up withdrawals recorded
+    before an activity was configured to erase on withdrawal. Idempotent: a withdrawal
+    counts as answered once any erasure request for the person was received at or after
+    it (opened from it, sent by the person, rejected or executed). One window query, one
+    bulk insert.
     """
     from governance.models import ConsentEvent, Purpose
 

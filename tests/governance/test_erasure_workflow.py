@@ -268,7 +268,7 @@ def test_due_date_uses_configured_public_holidays(dpo_client, alice, settings):
 
 
 @pytest.mark.django_db
-def test_consent_ingest_with_a_withdrawal_opens_a_request_after_commit(django_capture_on_commit_callbacks):
+def test_consent_ingest_with_a_withdrawal_opens_a_request():
     from governance import services as governance_services
 
     flagged = h.activity(erasure_on_withdrawal=True)
@@ -276,19 +276,18 @@ def test_consent_ingest_with_a_withdrawal_opens_a_request_after_commit(django_ca
     given = (timezone.now() - timedelta(days=10)).isoformat()
     event = {"subject": "erin@example.org", "purpose": purpose.code, "notice_version": "v1",
              "notice_sha256": "a" * 64, "method": "web"}
-    with django_capture_on_commit_callbacks(execute=True):
-        governance_services.consent_events_ingest(events=[{**event, "action": "given", "occurred_at": given}])
+    governance_services.consent_events_ingest(events=[{**event, "action": "given", "occurred_at": given}])
     assert not ErasureRequest.objects.exists()
     withdrawn_at = timezone.now() - timedelta(days=1)
-    with django_capture_on_commit_callbacks(execute=True):
-        governance_services.consent_events_ingest(
-            events=[{**event, "action": "withdrawn", "occurred_at": withdrawn_at.isoformat()}]
-        )
+    answer = governance_services.consent_events_ingest(
+        events=[{**event, "action": "withdrawn", "occurred_at": withdrawn_at.isoformat()}]
+    )
+    assert answer["erasure_requests_opened"] == 1
     request = ErasureRequest.objects.get()
     assert (request.ground, request.channel, request.status) == ("17_1_b", "consent_withdrawal", "received")
     assert request.subject.pseudonym == pseudonymise("erin@example.org")
     assert request.received_at == withdrawn_at
-    # The sweep is idempotent, and a rejected request still answers the withdrawal.
+    # The catch-up sweep finds nothing left to open, also once the request is rejected.
     assert services.erasure_requests_open_for_withdrawals_sweep() == 0
     services.erasure_request_reject(erasure_request=request, refusal_ground="17_3_e", justification="litigation")
     assert services.erasure_requests_open_for_withdrawals_sweep() == 0
