@@ -155,7 +155,8 @@ def records_parse_csv(*, text: str, schema: dict) -> list[dict]:
         raise ServiceError("The CSV body is empty.", field="rows")
     except csv.Error as exc:
         raise ServiceError(f"The CSV header cannot be read: {exc}.", field="rows")
-    header = [h.strip() for h in header]
+    # Spreadsheet exports often start with a byte-order mark.
+    header = [h.strip().lstrip("\ufeff") for h in header]
     features = [f["name"] for f in schema["features"]]
     label = schema["label"]["name"]
     expected = {"subject", label, *features}

@@ -114,3 +114,9 @@ def test_too_many_rows_are_refused(ml_client, dataset, settings):
     response = ml_client.post(_url(dataset), [row("a"), row("b"), row("c")], format="json")
     assert response.status_code == 400
     assert "At most 2 rows" in response.json()["rows"][0]
+
+
+def test_csv_exported_with_a_byte_order_mark(dpo_client, dataset):
+    body = "\ufeffsubject,age,bmi,smoker,region,outcome\np1,30,21.5,true,north,false\n"
+    response = dpo_client.generic("POST", _url(dataset), data=body.encode("utf-8"), content_type="text/csv; charset=utf-8")
+    assert response.status_code == 201, response.content
