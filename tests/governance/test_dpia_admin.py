@@ -76,3 +76,24 @@ def test_saving_a_draft_in_admin_goes_through_the_service(admin_client):
     assert response.status_code == 302, [fs.formset.errors for fs in response.context["inline_admin_formsets"]]
     assert Dpia.objects.get(pk=dpia.pk).dpo_advice == "Go ahead with yearly review."
     assert AuditEvent.objects.filter(action="dpia.updated", object_id=str(dpia.pk)).exists()
+
+
+def test_adding_a_dpia_in_admin_proposes_the_screening(admin_client):
+    world = make_world()
+    assert admin_client.get("/admin/governance/dpia/add/").status_code == 200
+    response = admin_client.post(
+        "/admin/governance/dpia/add/",
+        {
+            "processing_activity": world.activity.pk, "title": "Admin-made DPIA", "model_versions": [world.model_version.pk],
+            "systematic_description": "", "necessity_and_proportionality": "", "measures": "", "dpo_advice": "",
+            "data_subject_views": "", "views_not_sought_reason": "", "review_date": "", "required_override": "unknown",
+            "required_override_justification": "",
+            "screening-TOTAL_FORMS": 0, "screening-INITIAL_FORMS": 0, "screening-MIN_NUM_FORMS": 0, "screening-MAX_NUM_FORMS": 1000,
+            "risks-TOTAL_FORMS": 0, "risks-INITIAL_FORMS": 0, "risks-MIN_NUM_FORMS": 0, "risks-MAX_NUM_FORMS": 1000,
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    dpia = Dpia.objects.get(processing_activity=world.activity)
+    assert dpia.title == "Admin-made DPIA" and list(dpia.model_versions.all()) == [world.model_version]
+    assert dpia.screening.filter(criterion="sensitive_data", proposed=True).exists()
+    assert AuditEvent.objects.filter(action="dpia.created", object_id=str(dpia.pk)).exists()
