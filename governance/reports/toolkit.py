@@ -424,7 +424,11 @@ def render_pdf(path: Path | str, flowables: list[Flowable], *, title: str, subje
     def make_canvas(*args, **kwargs):
         return _NumberedCanvas(*args, report_title=title, generated_at=generated, **kwargs)
 
-    doc.build(list(flowables), canvasmaker=make_canvas)
+    try:
+        doc.build(list(flowables), canvasmaker=make_canvas)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
     return file_sha256(path)
 
