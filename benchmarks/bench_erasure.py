@@ -107,6 +107,7 @@ def _bench_sisa(ctx: BenchContext, tag: str) -> list[Result]:
     people = _people(n, f"sisa-{tag}")
     ds = _dataset(activity, people, seed=1, name=f"bench-erasure-sisa-{tag}")
     snapshot = prov.snapshot_create(dataset=ds, purpose=purpose)
+    _train(snapshot, f"bench-warm-up-{tag}")  # one-time costs (torch start-up) out of the measured runs
     version, sisa_seconds = _train(snapshot, f"bench-sisa-{tag}", {"shards": 10, "slices": 4})
     single, single_seconds = _train(snapshot, f"bench-single-{tag}")
     rng = np.random.default_rng(99)
@@ -131,22 +132,25 @@ def _bench_sisa(ctx: BenchContext, tag: str) -> list[Result]:
         unlearn_times[slice_] = time.perf_counter() - start
         current = ModelVersion.objects.get(pk=result["new_model_version"])
     mean_unlearn = sum(unlearn_times.values()) / len(unlearn_times)
+    # Both SISA trainings are full trainings from scratch on the same data; their mean
+    # evens out load from other processes on a shared machine.
+    full_mean = (sisa_seconds + full_seconds) / 2
     per_slice = ", ".join(f"slice {k}: {v:.2f} s" for k, v in unlearn_times.items())
     return [
         Result(
             name="SISA unlearning of one person (S=10, R=4), mean over the 4 slice positions",
-            value=mean_unlearn, unit="s", baseline="retraining the SISA model from scratch", baseline_value=full_seconds,
+            value=mean_unlearn, unit="s", baseline="training the SISA model from scratch (mean of 2)", baseline_value=full_mean,
             target="ratio <= 0.05",
-            note=(f"{n} people; speed-up {full_seconds / mean_unlearn:.1f}x ({per_slice}); test accuracy SISA "
+            note=(f"{n} people; speed-up {full_mean / mean_unlearn:.1f}x ({per_slice}); test accuracy SISA "
                   f"{acc_sisa:.3f} vs single model {acc_single:.3f} (difference {100 * (acc_sisa - acc_single):+.1f} "
-                  f"points, target within 1); first SISA training {sisa_seconds:.1f} s; a single non-SISA model trains "
+                  f"points, target within 1); SISA trainings {sisa_seconds:.1f} s and {full_seconds:.1f} s; a single model trains "
                   f"in {single_seconds:.1f} s ({single_seconds / mean_unlearn:.1f}x the unlearning)"),
         )
     ]
 
 
 def _bench_execution(ctx: BenchContext, tag: str) -> list[Result]:
-    n = ctx.n(20000, 200)
+    n = ctx.n(5000, 200)
     activity, purpose = _activity(f"exec-{tag}")
     people = _people(n, f"exec-{tag}")
     person = people[0]
