@@ -119,6 +119,7 @@ def sisa_unlearn(
     state = dict(old_state)
     checkpoints: list[SisaCheckpoint] = []
     retrained: dict[str, Any] = {}
+    new_spending: list[list] = []
     old_checkpoints = {
         (c.shard, c.slice): c for c in SisaCheckpoint.objects.filter(training_run=old_run)
     }
@@ -155,6 +156,10 @@ def sisa_unlearn(
         final = artifacts.strip_wrapper_prefix(result.result.state_dict)
         state.update({f"shard{shard}.{k}": v for k, v in final.items()})
         history[str(shard)] = result.result.accountant_history
+        # The stages before ``first`` are re-derived in the history, not trained again: only
+        # the retrained stages are new privacy spending.
+        skipped = sum(1 for r in range(first) if (slice_of_row <= r).any())
+        new_spending.append(result.result.accountant_history[skipped:])
         checkpoints[-1].epsilon = result.result.epsilon if config.private else None
         retrained[str(shard)] = {
             "from_slice": first, "rows": len(X),
@@ -174,6 +179,7 @@ def sisa_unlearn(
     digest = artifacts.save_weights(
         relative=relative, state_dict=state, metadata={"training_run": str(new_run.pk), "format": "sisa-ensemble"}
     )
+    charged = _ledger_charge(run=new_run, histories=new_spending, config=config)
     metrics = {**(model_version.metrics or {}), "unlearned_from": model_version.pk, "retrained_shards": retrained}
     metrics.pop("val_accuracy", None)  # measured on the old ensemble, not this one
     TrainingRun.objects.filter(pk=new_run.pk).update(
@@ -202,7 +208,40 @@ def sisa_unlearn(
     return {
         "new_model_version": new_version.pk, "new_version": number, "new_training_run": new_run.pk,
         "retrained_shards": retrained, "epsilon": epsilon, "artifact_sha256": digest,
+        "privacy_ledger_epsilon_charged": charged,
     }
+
+
+def _ledger_charge(*, run, histories: list[list], config) -> float | None:
+    """Charge the retrained stages to the dataset's privacy ledger as spent.
+
+    Shards hold disjoint people, so the charge is the maximum over retrained shards (as for
+    any SISA release). Never refused: erasure is a legal obligation, and a cap overrun
+    shows in the ledger for the DPO to see.
+    """
+    from mlops import ledger
+    from mlops.engine import accounting
+    from mlops.models import LedgerState, PrivacyLedgerEntry
+
+    rdp = None
+    epsilon = None
+    if config.private and histories:
+        curves = [np.asarray(accounting.rdp_curve_of_history(history=h)) for h in histories if h]
+        if curves:
+            rdp = np.max(np.vstack(curves), axis=0)
+            epsilon = max(
+                accounting.epsilon_of_history(history=h, delta=config.target_delta, accountant=config.accountant)
+                for h in histories if h
+            )
+    dataset_id = run.snapshot.dataset_id
+    total = ledger.ledger_total_locked(dataset_id=dataset_id)
+    PrivacyLedgerEntry.objects.create(
+        dataset_id=dataset_id, training_run=run, state=LedgerState.SPENT, non_private=not config.private,
+        planned_epsilon=epsilon, planned_rdp=ledger.curve_to_json(rdp), epsilon=epsilon,
+        rdp_curve=ledger.curve_to_json(rdp), delta=config.target_delta if config.private else None,
+    )
+    ledger.ledger_total_recompute(total=total)
+    return epsilon
 
 
 @transaction.atomic

@@ -120,6 +120,9 @@ def test_erasure_end_to_end_with_sisa_and_retraining(celery_worker, dpo_client, 
     new_plain = ModelVersion.objects.get(supersedes=plain_version)
     assert new_sisa.status == new_plain.status == "active"
     assert new_plain.training_run.snapshot_id == snap_b.pk and new_plain.epsilon is not None
+    # Both new releases are charged to the privacy ledger; unlearning charges only the retrained stages.
+    assert new_plain.training_run.ledger_entry.state == new_sisa.training_run.ledger_entry.state == "spent"
+    assert 0 < new_sisa.training_run.ledger_entry.epsilon <= new_sisa.epsilon
 
     # Exact unlearning: the retrained shard equals a from-scratch retrain with the same
     # configuration on the amended data; every other shard kept its weights.
