@@ -141,14 +141,24 @@ def _plan(request: ErasureRequest) -> dict:
 
 def _taint(plan: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
-        from mlops.models import ModelStatus, ModelVersion
+        from mlops.models import ModelStatus, ModelVersion, TrainingRun
+        from mlops.services import training_run_cancel
 
         live = [m["id"] for m in plan["model_versions"] if m["status"] in ("active", "tainted")]
         count = ModelVersion.objects.filter(pk__in=live).update(
             status=ModelStatus.TAINTED, status_reason=f"trained on data erased under erasure request {request.pk}"
         )
-        position = _audit(request, "erasure.models_tainted", {"model_versions": live, "count": count})
-        return {"tainted": live, "audit_positions": [position]}
+        # A run queued or running on the person's snapshots may already have loaded their data.
+        cancelled = []
+        for run in TrainingRun.objects.filter(
+            snapshot_id__in=[s["id"] for s in plan["snapshots"]], status__in=("queued", "running")
+        ).order_by("pk"):
+            training_run_cancel(run=run, actor=ACTOR)
+            cancelled.append(run.pk)
+        position = _audit(request, "erasure.models_tainted", {
+            "model_versions": live, "count": count, "training_runs_cancelled": cancelled,
+        })
+        return {"tainted": live, "training_runs_cancelled": cancelled, "audit_positions": [position]}
 
     return work
 

@@ -116,8 +116,14 @@ def test_execution_amends_snapshots_deletes_and_remediates_by_override(celery_wo
         erasure_request=request, model_version_id=retired.pk, action="retire", justification="Not worth retraining.",
     )
     original_root = snap.merkle_root
+    # A run still queued on the person's snapshot would train on their data: it is cancelled.
+    from mlops.models import TrainingRun
+
+    queued = TrainingRun.objects.create(name="queued", snapshot=snap, target_delta=1e-5, status="queued")
     _start(request)
     execution.erasure_request_execute(request_id=request.pk)
+    queued.refresh_from_db()
+    assert queued.status == "cancelled"
 
     snap = Snapshot.objects.get(pk=snap.pk)
     assert snap.merkle_root == original_root  # the original root stays as history
