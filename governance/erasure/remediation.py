@@ -52,16 +52,67 @@ def shard_config(*, run, shard: int):
 
 def shard_rows(*, run, shard: int):
     """(X, y, slice_of_row) of the rows ``run`` trained ``shard`` on, as the amended
-    snapshot holds them now (erased people are gone from it)."""
+    snapshot holds them now (erased people are gone from it).
+
+    Only the shard's people are read (about 1/S of the snapshot), encoded with the run's
+    recorded encoding exactly as ``mlops.data.snapshot_tensors`` encodes the whole
+    snapshot (``test_shard_rows_equal_the_shard_of_the_full_snapshot`` holds them equal).
+    """
     from mlops import data
     from mlops.models import SisaAssignment
+    from provenance.models import SnapshotMembership
+
+    placed = dict(SisaAssignment.objects.filter(training_run=run, shard=shard).values_list("subject_id", "slice"))
+    features = (run.encoding or {}).get("features")
+    if not features:
+        return _shard_rows_from_full_snapshot(run=run, placed=placed)
+    names = [f["name"] for f in features]
+    raw, labels, subjects = [], [], []
+    for subject_id, record_features, label in (
+        SnapshotMembership.objects.filter(
+            snapshot_id=run.snapshot_id,
+            subject_id__in=SisaAssignment.objects.filter(training_run=run, shard=shard).values("subject_id"),
+        )
+        .order_by("record_id")
+        .values_list("subject_id", "record__features", "record__label")
+        .iterator(chunk_size=data.LOAD_BATCH_SIZE)
+    ):
+        values = [record_features.get(n) for n in names] if isinstance(record_features, dict) else list(record_features or [])
+        raw.append(values[: len(names)] + [None] * (len(names) - len(values)))
+        labels.append(label)
+        subjects.append(subject_id)
+    n = len(raw)
+    columns = []
+    for j, spec in enumerate(features):
+        column = [r[j] for r in raw]
+        if spec.get("type") == "category":
+            lookup = {str(c): i for i, c in enumerate(spec["categories"])}
+            one_hot = np.zeros((n, len(spec["categories"])), dtype=np.float32)
+            for i, v in enumerate(column):
+                code = lookup.get(str(v), -1) if v is not None else -1
+                if code >= 0:
+                    one_hot[i, code] = 1.0
+            columns.append(one_hot)
+        else:
+            values = np.nan_to_num(np.array([np.nan if v is None else float(v) for v in column], dtype=np.float64), nan=0.0)
+            lo, hi = spec.get("min"), spec.get("max")
+            if lo is not None and hi is not None and float(hi) > float(lo):
+                values = (np.clip(values, float(lo), float(hi)) - float(lo)) / (float(hi) - float(lo))
+            columns.append(values.astype(np.float32).reshape(n, 1))
+    X = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
+    class_index = {data._label_key(c)[0]: i for i, c in enumerate(run.encoding["classes"])}
+    y = np.fromiter((class_index.get(data._label_key(v)[0], -1) for v in labels), dtype=np.int64, count=n)
+    keep = y >= 0
+    slice_of_row = np.fromiter((placed[s] for s in subjects), dtype=np.int64, count=n)
+    return X[keep], y[keep], slice_of_row[keep]
+
+
+def _shard_rows_from_full_snapshot(*, run, placed: dict[int, int]):
+    from mlops import data
     from mlops.services import _schema_for
 
     tensors = data.snapshot_tensors(
         snapshot_id=run.snapshot_id, schema=_schema_for(run, run.snapshot.dataset.schema), classes=run.encoding["classes"]
-    )
-    placed = dict(
-        SisaAssignment.objects.filter(training_run=run, shard=shard).values_list("subject_id", "slice")
     )
     in_shard = np.fromiter((s in placed for s in tensors.subject_ids.tolist()), dtype=bool, count=len(tensors.subject_ids))
     rows = in_shard & (tensors.y >= 0)

@@ -175,3 +175,34 @@ def test_a_repeated_request_after_erasure_is_recognised_without_the_subject_row(
     assert again.data_held_at_receipt is False and again.status == "completed"
     assert f"erasure request {request.pk}" in again.outcome
     assert again.identifier_receipt_hash == request.identifier_receipt_hash
+
+
+@pytest.mark.django_db(transaction=True)
+def test_shard_rows_equal_the_shard_of_the_full_snapshot(celery_worker):
+    """Unlearning reads only the shard's people; it must see exactly what training saw."""
+    import numpy as np
+
+    from governance.erasure import remediation
+    from mlops.models import TrainingRun
+
+    rng = np.random.default_rng(5)
+    people = h.crowd(90)
+    colours = ["red", "green", "blue", None]
+    rows = []
+    for subject in people:
+        x0, x1 = float(rng.normal()), float(rng.normal())
+        colour = colours[int(rng.integers(0, 4))]
+        rows.append((subject, {"x0": x0 * 3, "x1": x1, "colour": colour}, int(x0 + x1 > 0)))
+    ds = h.dataset_with_records(act=h.activity(), rows=rows)
+    ds.schema = {"features": [{"name": "x0", "type": "float", "min": -2.0, "max": 2.0},
+                              {"name": "colour", "type": "category", "categories": ["red", "green", "blue"]},
+                              {"name": "x1", "type": "float"}],
+                 "label": {"name": "y", "type": "int"}}
+    ds.save(update_fields=["schema"])
+    run = TrainingRun.objects.get(pk=h.train(snapshot=h.snapshot_of(ds), name="mixed", sisa={"shards": 3, "slices": 2}).pk)
+    for shard in range(3):
+        placed = dict(run.sisa_assignments.filter(shard=shard).values_list("subject_id", "slice"))
+        X, y, slices = remediation.shard_rows(run=run, shard=shard)
+        X_full, y_full, slices_full = remediation._shard_rows_from_full_snapshot(run=run, placed=placed)
+        assert len(X) == len(placed) > 0
+        assert np.array_equal(X, X_full) and np.array_equal(y, y_full) and np.array_equal(slices, slices_full)
