@@ -36,6 +36,12 @@ def test_cancelling_a_running_run_stops_the_worker_and_publishes_nothing(celery_
         snapshot=snapshot, epochs=40, batch_size=32, noise_multiplier=1.0, model_spec={"hidden_sizes": [64]}
     )
     wait_for(lambda: TrainingRun.objects.get(pk=run.pk).progress.get("epoch", 0) >= 1, what="first epoch")
+    # The Celery task state carries the same progress as the run row.
+    from config.celery import app
+
+    state = app.AsyncResult(run.celery_task_id)
+    wait_for(lambda: state.state == "PROGRESS", timeout=30, what="the task's PROGRESS state")
+    assert state.info["run_id"] == run.pk and state.info["epoch"] >= 1 and state.info["epsilon"] > 0
 
     response = ml_client.post(f"/api/v1/training-runs/{run.pk}/cancel/")
 
