@@ -68,15 +68,16 @@ def shard_rows(*, run, shard: int):
         return _shard_rows_from_full_snapshot(run=run, placed=placed)
     names = [f["name"] for f in features]
     raw, labels, subjects = [], [], []
-    for subject_id, record_features, label in (
-        SnapshotMembership.objects.filter(
-            snapshot_id=run.snapshot_id,
-            subject_id__in=SisaAssignment.objects.filter(training_run=run, shard=shard).values("subject_id"),
-        )
-        .order_by("record_id")
-        .values_list("subject_id", "record__features", "record__label")
-        .iterator(chunk_size=data.LOAD_BATCH_SIZE)
-    ):
+    # An explicit id list (not a subquery, not a server-side cursor): PostgreSQL then reads
+    # the shard through the subject index instead of walking the whole snapshot in order.
+    subject_ids = sorted(placed)
+    found: list[tuple] = []
+    for start in range(0, len(subject_ids), 5000):
+        found += SnapshotMembership.objects.filter(
+            snapshot_id=run.snapshot_id, subject_id__in=subject_ids[start : start + 5000]
+        ).values_list("record_id", "subject_id", "record__features", "record__label")
+    found.sort(key=lambda row: row[0])
+    for _, subject_id, record_features, label in found:
         values = [record_features.get(n) for n in names] if isinstance(record_features, dict) else list(record_features or [])
         raw.append(values[: len(names)] + [None] * (len(names) - len(values)))
         labels.append(label)
