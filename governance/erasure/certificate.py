@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 
 from governance.erasure.models import ErasureGround, ErasureRequest, ErasureStep, RefusalGround, RemediationAction
 from governance.models import AuditChainHead, AuditEvent
@@ -110,10 +111,10 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]
         "re-identify anyone."
     ))
     flows.append(t.heading("Recipients notified (Art. 19)"))
-    notified = steps.get("notify_recipients", {})
+    notified_at = parse_datetime(steps.get("notify_recipients", {}).get("notified_at") or "")
     flows.append(t.data_table(
         ["Recipient", "Third country", "Notified at"],
-        [[r["name"], r["third_country"] or "—", notified.get("notified_at", "")] for r in plan["recipients"]],
+        [[r["name"], r["third_country"] or "—", notified_at] for r in plan["recipients"]],
         col_widths=[4, 2, 3], empty="The processing activities involved name no recipients.",
     ))
     flows.append(t.heading("Backups"))
