@@ -234,6 +234,7 @@ def training_run_queue(
     sisa: dict | None = None,
     requested_by: Any = None,
     queue: str | None = None,
+    enqueue: bool = True,
 ) -> TrainingRun:
     """Validate a training request, check it against the dataset's budget, queue it.
 
@@ -379,7 +380,9 @@ def training_run_queue(
             "accountant": accountant, "sisa": sisa, "n_train": n_train, "n_holdout": n_holdout, **ledger_numbers,
         },
     )
-    _enqueue_training(run_id=run.pk, task_id=run.celery_task_id, queue=queue)
+    if enqueue:
+        # enqueue=False is for a caller that runs training_run_execute itself (erasure remediation).
+        _enqueue_training(run_id=run.pk, task_id=run.celery_task_id, queue=queue)
     return run
 
 

@@ -205,6 +205,47 @@ def _delete_records(plan: dict) -> Callable[[ErasureRequest], dict]:
     return work
 
 
+MAX_RETRAIN_ATTEMPTS = 3
+
+
+def _queue_retrain(model: dict) -> Callable[[ErasureRequest], dict]:
+    def work(request: ErasureRequest) -> dict:
+        from governance.erasure import remediation
+        from mlops.models import ModelVersion
+
+        version = ModelVersion.objects.select_related("training_run").get(pk=model["id"])
+        return {"new_training_run": remediation.retrain_queue(model_version=version, erasure_request_id=request.pk)}
+
+    return work
+
+
+def _retrain_run(request_id: int, name: str, model: dict) -> int:
+    """The run retraining ``model``: registered in a step of its own, then trained outside
+    any transaction (a long training must not hold the audit chain's head or a database
+    transaction). A run that failed or was cancelled is registered again, up to a limit."""
+    from governance.erasure import remediation
+    from mlops.models import RunStatus, TrainingRun
+
+    for attempt in range(1, MAX_RETRAIN_ATTEMPTS + 1):
+        step_name = f"{name}_queue" if attempt == 1 else f"{name}_queue_{attempt}"
+        run_id = _run_step(request_id, step_name, _queue_retrain(model))["new_training_run"]
+        status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+        if status not in (RunStatus.FAILED, RunStatus.CANCELLED) or attempt == MAX_RETRAIN_ATTEMPTS:
+            break
+    remediation.retrain_train(run_id=run_id)
+    return run_id
+
+
+def _remediate_model(request_id: int, plan: dict, model: dict) -> dict:
+    name = f"{REMEDIATE_PREFIX}{model['id']}"
+    done = ErasureStep.objects.filter(request_id=request_id, name=name, status=ErasureStepStatus.DONE).first()
+    if done is not None:
+        return done.details
+    if model["remediation"] == RemediationAction.RETRAIN:
+        model = {**model, "retrain_run": _retrain_run(request_id, name, model)}
+    return _run_step(request_id, name, _remediate(plan, model))
+
+
 def _remediate(plan: dict, model: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
         from governance.erasure import remediation
@@ -223,7 +264,9 @@ def _remediate(plan: dict, model: dict) -> Callable[[ErasureRequest], dict]:
                 erased_rows=model["erased_rows"], erasure_request_id=request.pk,
             ))
         elif action == RemediationAction.RETRAIN:
-            result.update(remediation.retrain_from_scratch(model_version=version, erasure_request_id=request.pk))
+            result.update(remediation.retrain_register(
+                model_version=version, run_id=model["retrain_run"], erasure_request_id=request.pk
+            ))
         elif action == RemediationAction.RELY_ON_DP:
             reason = (model["override"] or {}).get("justification", "")
             ModelVersion.objects.filter(pk=version.pk).update(
@@ -363,10 +406,7 @@ def erasure_request_execute(*, request_id: int) -> dict:
     _run_step(request_id, TAINT, _taint(plan))
     amended = _run_step(request_id, AMEND, _amend(plan))
     deleted = _run_step(request_id, DELETE_RECORDS, _delete_records(plan))
-    remediated = [
-        _run_step(request_id, f"{REMEDIATE_PREFIX}{model['id']}", _remediate(plan, model))
-        for model in plan["model_versions"]
-    ]
+    remediated = [_remediate_model(request_id, plan, model) for model in plan["model_versions"]]
     _run_step(request_id, DELETE_ARTIFACTS, _delete_artifacts(plan))
     consent = _run_step(request_id, DELETE_CONSENT, _delete_consent(plan))
     _run_step(request_id, NOTIFY, _notify(plan))

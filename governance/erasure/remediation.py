@@ -296,11 +296,13 @@ def _ledger_charge(*, run, histories: list[list], config) -> float | None:
     return epsilon
 
 
-@transaction.atomic
-def retrain_from_scratch(*, model_version, erasure_request_id: int) -> dict[str, Any]:
-    """Retrain on the amended snapshot with the same configuration, through mlops's services."""
-    from mlops.models import ModelStatus, ModelVersion, RunStatus
-    from mlops.services import training_run_execute, training_run_queue
+def retrain_queue(*, model_version, erasure_request_id: int) -> int:
+    """Register the retraining run (validated and charged like any run); returns its id.
+
+    Not enqueued: the erasure task trains it itself, outside any transaction, so neither the
+    audit chain's head nor a database transaction is held while the model trains.
+    """
+    from mlops.services import training_run_queue
 
     run = model_version.training_run
     new_run = training_run_queue(
@@ -309,12 +311,27 @@ def retrain_from_scratch(*, model_version, erasure_request_id: int) -> dict[str,
         validation_split=run.validation_split, holdout_fraction=run.holdout_fraction,
         target_epsilon=run.target_epsilon, noise_multiplier=run.requested_noise_multiplier,
         target_delta=run.target_delta, max_grad_norm=run.max_grad_norm, accountant=run.accountant,
-        allow_non_private=run.allow_non_private, sisa=run.sisa, requested_by=None,
+        allow_non_private=run.allow_non_private, sisa=run.sisa, requested_by=None, enqueue=False,
     )
-    finished = training_run_execute(run_id=new_run.pk)
+    return new_run.pk
+
+
+def retrain_train(*, run_id: int) -> None:
+    """Train the registered run; idempotent (a finished run is left alone, a half-trained one restarts)."""
+    from mlops.services import training_run_execute
+
+    training_run_execute(run_id=run_id)
+
+
+@transaction.atomic
+def retrain_register(*, model_version, run_id: int, erasure_request_id: int) -> dict[str, Any]:
+    """Let the retrained model supersede the old one once its run has succeeded."""
+    from mlops.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
+
+    finished = TrainingRun.objects.filter(pk=run_id).first()
     if finished is None or finished.status != RunStatus.SUCCEEDED:
         raise ServiceError(
-            f"Retraining run {new_run.pk} did not succeed ({getattr(finished, 'status', 'missing')}): "
+            f"Retraining run {run_id} did not succeed ({getattr(finished, 'status', 'missing')}): "
             f"{getattr(finished, 'error', '')}",
             field="model_version",
         )

@@ -206,3 +206,42 @@ def test_shard_rows_equal_the_shard_of_the_full_snapshot(celery_worker):
         X_full, y_full, slices_full = remediation._shard_rows_from_full_snapshot(run=run, placed=placed)
         assert len(X) == len(placed) > 0
         assert np.array_equal(X, X_full) and np.array_equal(y, y_full) and np.array_equal(slices, slices_full)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retraining_is_registered_then_trained_outside_the_step_and_a_failed_run_is_registered_again(
+    monkeypatch, celery_worker
+):
+    from governance.erasure import remediation
+    from mlops.models import RunStatus, TrainingRun
+
+    carol, ds, snap = _world()
+    version = ModelVersion.objects.get(training_run=h.train(snapshot=snap, name="plain"))
+    request = _verified_request()
+    _start(request)
+
+    real_train = remediation.retrain_train
+    trained_while_chain_free = []
+
+    def failing_train(*, run_id):
+        # Training runs after its registration committed: no transaction is open around it.
+        from django.db import connection
+
+        trained_while_chain_free.append(not connection.in_atomic_block)
+        TrainingRun.objects.filter(pk=run_id).update(status=RunStatus.FAILED, error="simulated failure")
+
+    monkeypatch.setattr(remediation, "retrain_train", failing_train)
+    with pytest.raises(Exception, match="did not succeed"):
+        execution.erasure_request_execute(request_id=request.pk)
+    assert trained_while_chain_free == [True]
+    first_run = ErasureStep.objects.get(request=request, name=f"remediate_model_{version.pk}_queue").details
+
+    monkeypatch.setattr(remediation, "retrain_train", real_train)
+    result = execution.erasure_request_execute(request_id=request.pk)
+    assert result["status"] == ErasureStatus.COMPLETED
+    second = ErasureStep.objects.get(request=request, name=f"remediate_model_{version.pk}_queue_2").details
+    assert second["new_training_run"] != first_run["new_training_run"]
+    remediated = ErasureStep.objects.get(request=request, name=f"remediate_model_{version.pk}").details
+    assert remediated["new_training_run"] == second["new_training_run"]
+    assert TrainingRun.objects.get(pk=second["new_training_run"]).status == RunStatus.SUCCEEDED
+    assert audit_chain_verify().ok
