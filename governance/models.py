@@ -301,12 +301,15 @@ class DataSubject(models.Model):
     removes the only link between the audit chain and the person.
     """
 
-    pseudonym = models.CharField(max_length=64, unique=True)
+    # Unique through a constraint, not unique=True: on PostgreSQL that would add a second
+    # (LIKE) index that no lookup uses and every bulk insert pays for.
+    pseudonym = models.CharField(max_length=64)
     reference = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["pseudonym"], name="unique_subject_pseudonym")]
 
     def __str__(self) -> str:
         return f"subject {self.pseudonym[:12]}…"
@@ -320,9 +323,12 @@ class ConsentAction(models.TextChoices):
 class ConsentEvent(AppendOnlyModel):
     """One act of giving or withdrawing consent (Art. 7). Never updated, never deleted."""
 
-    event_id = models.CharField(max_length=100, unique=True)
-    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="consent_events")
-    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="consent_events")
+    # Indexes are what bulk ingest pays for, so only those a lookup uses: event_id is unique
+    # by constraint (no LIKE index), and the foreign keys are covered by the composite
+    # indexes that start with them.
+    event_id = models.CharField(max_length=100)
+    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="consent_events", db_index=False)
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="consent_events", db_index=False)
     action = models.CharField(max_length=10, choices=ConsentAction.choices)
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
@@ -338,6 +344,7 @@ class ConsentEvent(AppendOnlyModel):
             models.Index(fields=["subject", "purpose", "occurred_at"]),
             models.Index(fields=["purpose", "occurred_at"]),
         ]
+        constraints = [models.UniqueConstraint(fields=["event_id"], name="unique_consent_event_id")]
 
     def __str__(self) -> str:
         return f"{self.action} {self.purpose_id} at {self.occurred_at:%Y-%m-%d %H:%M}"
