@@ -16,6 +16,7 @@ from django.utils.duration import duration_iso_string
 from django.utils.html import format_html, format_html_join
 
 from governance import selectors, services
+from governance.admin_mixins import ReadOnlyAdmin
 from governance.models import (
     ApiKey,
     AuditEvent,
@@ -250,21 +251,8 @@ class ProcessingActivityAdmin(ServiceAdminMixin, admin.ModelAdmin):
             self.save_formset(request, form, formset, change=change)
 
 
-class ReadOnlyLedgerAdmin(admin.ModelAdmin):
-    """Append-only records: viewable, never added, changed or deleted through the admin."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(ConsentEvent)
-class ConsentEventAdmin(ReadOnlyLedgerAdmin):
+class ConsentEventAdmin(ReadOnlyAdmin):
     list_display = ["event_id", "subject_pseudonym", "purpose", "action", "occurred_at", "expires_at", "method"]
     list_filter = ["action", "purpose", "method", "occurred_at"]
     list_select_related = ["subject", "purpose"]
@@ -284,7 +272,7 @@ class ConsentEventAdmin(ReadOnlyLedgerAdmin):
 
 
 @admin.register(DataSubject)
-class DataSubjectAdmin(ReadOnlyLedgerAdmin):
+class DataSubjectAdmin(ReadOnlyAdmin):
     """A person by pseudonym, with their consent history per purpose."""
 
     list_display = ["pseudonym", "reference", "created_at"]
@@ -327,14 +315,14 @@ class DataSubjectAdmin(ReadOnlyLedgerAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyLedgerAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["position", "occurred_at", "actor", "action", "object_type", "object_id"]
     list_filter = ["action", "object_type"]
     search_fields = ["action", "object_id", "actor", "=subject_ref"]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(ReadOnlyLedgerAdmin):
+class ApiKeyAdmin(ReadOnlyAdmin):
     list_display = ["prefix", "user", "name", "created_at", "expires_at", "revoked_at", "last_used_at"]
     list_filter = ["revoked_at"]
     search_fields = ["prefix", "user__username", "name"]

@@ -7,6 +7,7 @@ import math
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from governance.admin_mixins import ReadOnlyAdmin
 from governance.services import ServiceError
 from mlops import selectors, services
 from mlops.models import (
@@ -24,17 +25,6 @@ def _epsilon(value: float | None, non_private: bool = False) -> str:
     if non_private or value is None or not math.isfinite(value):
         return "∞ (non-private)" if non_private else "—"
     return f"{value:.3f}"
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class SisaCheckpointInline(admin.TabularInline):

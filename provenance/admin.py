@@ -16,20 +16,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from governance.admin_mixins import ReadOnlyAdmin
 from governance.roles import AUDITOR, DPO, has_role
 from provenance import selectors
 from provenance.models import Dataset, Snapshot, SnapshotAmendment
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class SubjectLookupForm(forms.Form):
