@@ -72,7 +72,9 @@ def audit_event_record(
     """
     # Round-trip through JSON so the stored details hash the same when read back.
     details = json.loads(audit.canonical_json(details or {}))
-    with transaction.atomic():
+    # No savepoint: the event belongs to the caller's transaction, and thousands of
+    # savepoints in one transaction overflow PostgreSQL's subtransaction cache.
+    with transaction.atomic(savepoint=False):
         head = _lock_chain_head()
         position = head.position + 1
         occurred_at = timezone.now()
