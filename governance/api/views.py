@@ -63,20 +63,17 @@ class WhoAmIView(APIView):
 # --- Governance records --------------------------------------------------------------
 
 
-
 GOVERNANCE_RECORD_ROLES = {"read": READ_ROLES, "write": DPO_ONLY}
 
 
 class _ListCreateRetrieve(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Records that are created through a service and never deleted: consent events and
-    activities refer to them, and the audit chain names them."""
+    activities refer to them, and the audit chain names them. Each subclass defines
+    ``perform_service_create(serializer)``, which calls its service and returns the record."""
 
     role_permissions = GOVERNANCE_RECORD_ROLES
     lookup_field = "code"
     lookup_value_regex = "[^/]+"
-
-    def perform_service_create(self, serializer):
-        raise NotImplementedError
 
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
