@@ -66,6 +66,13 @@ class TrainingRun(models.Model):
     allow_non_private = models.BooleanField(default=False)
     # {"shards": S, "slices": R} for SISA training; null for a single model.
     sisa = models.JSONField(null=True, blank=True)
+    # An unlearning run keeps everyone else where the original run placed them: its
+    # SisaAssignment rows are those of this run (erased people's rows go with them),
+    # so unlearning one person does not copy every placement.
+    sisa_placements_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="The SISA run whose subject-to-shard assignments this run uses.",
+    )
 
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
     # {"epoch": e, "epochs": E, "step": s, "epsilon": ε so far, "shard": k}

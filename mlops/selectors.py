@@ -20,6 +20,11 @@ from provenance.models import Dataset
 DEFAULT_LEDGER_DELTA = 1e-5
 
 
+def sisa_placement_run_id(*, run: TrainingRun) -> int:
+    """The run whose SisaAssignment rows say where ``run`` placed each person."""
+    return run.sisa_placements_from_id or run.pk
+
+
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 

@@ -1,13 +1,14 @@
 """Model remediation after an erasure: retrain from scratch, or unlearn a SISA model's
 affected shards exactly (Bourtoule et al. 2021).
 
-Retraining goes through mlops's own services (``training_run_queue`` then
-``training_run_execute`` in the same process), so the new run is validated, charged to
-the dataset's privacy budget and registered like any other. The Celery task that the
-queue service enqueues on commit finds the run finished and does nothing.
+Retraining goes through mlops's own services (``training_run_queue`` without enqueueing,
+then ``training_run_execute`` outside any transaction), so the new run is validated,
+charged to the dataset's privacy budget and registered like any other.
 
 SISA unlearning reuses the original run's placement of people (its SisaAssignment rows,
-which say exactly who trained in which shard and slice): the shards that held the person
+which say exactly who trained in which shard and slice; the new run points at them through
+``sisa_placements_from`` instead of copying them, and the erased person's rows go with
+their subject row): the shards that held the person
 are retrained from the checkpoint taken before the first slice that contained them, on
 the amended snapshot, with the shard's original noise multiplier and seeds. Every other
 shard keeps its weights. Retraining such a shard from scratch with the same
@@ -22,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -60,9 +61,13 @@ def shard_rows(*, run, shard: int):
     """
     from mlops import data
     from mlops.models import SisaAssignment
+    from mlops.selectors import sisa_placement_run_id
     from provenance.models import SnapshotMembership
 
-    placed = dict(SisaAssignment.objects.filter(training_run=run, shard=shard).values_list("subject_id", "slice"))
+    placed = dict(
+        SisaAssignment.objects.filter(training_run_id=sisa_placement_run_id(run=run), shard=shard)
+        .values_list("subject_id", "slice")
+    )
     features = (run.encoding or {}).get("features")
     if not features:
         return _shard_rows_from_full_snapshot(run=run, placed=placed)
@@ -144,6 +149,7 @@ def sisa_unlearn(
     from mlops import artifacts
     from mlops.engine import accounting, sisa
     from mlops.models import ModelStatus, ModelVersion, RunStatus, SisaCheckpoint, TrainingRun
+    from mlops.selectors import sisa_placement_run_id
 
     old_run = TrainingRun.objects.select_related("snapshot__dataset").get(pk=model_version.training_run_id)
     old_state = artifacts.load_weights(relative=model_version.artifact_path, expected_sha256=model_version.artifact_sha256)
@@ -154,19 +160,14 @@ def sisa_unlearn(
             f.name: getattr(old_run, f.name)
             for f in TrainingRun._meta.concrete_fields
             if f.name not in ("id", "created_at", "started_at", "finished_at", "celery_task_id", "attempts",
+                              "sisa_placements_from",
                               "progress", "epoch_metrics", "status", "error", "requested_by")
         },
         status=RunStatus.RUNNING, started_at=timezone.now(), attempts=1,
+        # Everyone the old run trained on, except the erased person, keeps their place.
+        sisa_placements_from_id=sisa_placement_run_id(run=old_run),
     )
     run_dir = artifacts.run_dir_relative(new_run.pk)
-    # Everyone the old run trained on, except the erased person, keeps their place.
-    with connection.cursor() as cursor:
-        table = old_run.sisa_assignments.model._meta.db_table
-        cursor.execute(
-            f"INSERT INTO {table} (training_run_id, subject_id, shard, slice) "
-            f"SELECT %s, subject_id, shard, slice FROM {table} WHERE training_run_id = %s AND subject_id <> %s",
-            [new_run.pk, old_run.pk, subject_id],
-        )
     history = {k: list(v) for k, v in (old_run.accountant_history or {}).items()}
     state = dict(old_state)
     checkpoints: list[SisaCheckpoint] = []

@@ -92,13 +92,19 @@ def subject_impact_for_erasure(*, subject_id: int, erasure_request: ErasureReque
         .values("id", "name", "snapshot_id", "status", "sisa", "seed")
     )
     run_ids = [r["id"] for r in runs]
-    assignments: dict[int, dict[str, Any]] = {}
-    for run_id, shard, slice_ in SisaAssignment.objects.filter(
-        subject_id=subject_id, training_run_id__in=run_ids
+    # An unlearning run uses the placements of the run it came from (sisa_placements_from).
+    placement_of = {
+        run_id: placed_by or run_id
+        for run_id, placed_by in TrainingRun.objects.filter(pk__in=run_ids).values_list("id", "sisa_placements_from_id")
+    }
+    placed_runs: dict[int, dict[str, Any]] = {}
+    for placement_run_id, shard, slice_ in SisaAssignment.objects.filter(
+        subject_id=subject_id, training_run_id__in=set(placement_of.values())
     ).values_list("training_run_id", "shard", "slice"):
-        entry = assignments.setdefault(run_id, {"shards": set(), "first_slice": {}})
+        entry = placed_runs.setdefault(placement_run_id, {"shards": set(), "first_slice": {}})
         entry["shards"].add(shard)
         entry["first_slice"][shard] = min(slice_, entry["first_slice"].get(shard, slice_))
+    assignments = {run_id: placed_runs[p] for run_id, p in placement_of.items() if p in placed_runs}
     overrides = {}
     if erasure_request is not None and erasure_request.pk:
         overrides = {

@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 
 from governance.erasure import execution, services
+from governance.erasure import selectors as erasure_selectors
 from governance.erasure.models import ErasureReceipt, ErasureStatus, ErasureStep
 from governance.models import AuditEvent, ConsentEvent, DataSubject
 from governance.selectors import audit_chain_verify
@@ -245,3 +246,39 @@ def test_retraining_is_registered_then_trained_outside_the_step_and_a_failed_run
     assert remediated["new_training_run"] == second["new_training_run"]
     assert TrainingRun.objects.get(pk=second["new_training_run"]).status == RunStatus.SUCCEEDED
     assert audit_chain_verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unlearning_twice_keeps_everyone_else_in_the_original_placements_without_copying_them(celery_worker):
+    from mlops.models import SisaAssignment, TrainingRun
+
+    people = h.crowd(60)
+    ds = h.people_dataset(act=h.activity(), people=people, records_per_person=2)
+    original = TrainingRun.objects.get(
+        pk=h.train(snapshot=h.snapshot_of(ds), name="sisa", sisa={"shards": 3, "slices": 2}).pk
+    )
+    placements = dict(original.sisa_assignments.values_list("subject_id", "shard"))
+    first, second = people[0], people[1]
+
+    runs = []
+    for person in (first, second):
+        identifier = f"person-{person.pk}"
+        # Tie the crowd member to an identifier the request can name.
+        from governance.pseudonymisation import pseudonymise
+
+        DataSubject.objects.filter(pk=person.pk).update(pseudonym=pseudonymise(identifier))
+        request = _verified_request(identifier)
+        impact = erasure_selectors.erasure_request_impact(erasure_request=request)
+        live = [m for m in impact["model_versions"] if m["status"] == "active"]
+        assert [m["shards"] for m in live] == [[placements[person.pk]]]
+        _start(request)
+        execution.erasure_request_execute(request_id=request.pk)
+        successor = ModelVersion.objects.get(status="active", name="sisa").training_run
+        runs.append(successor)
+
+    for run in runs:
+        assert run.sisa_placements_from_id == original.pk
+        assert not SisaAssignment.objects.filter(training_run=run).exists()
+    # The erased people's placements went with them; everyone else kept theirs.
+    remaining = dict(original.sisa_assignments.values_list("subject_id", "shard"))
+    assert remaining == {k: v for k, v in placements.items() if k not in (first.pk, second.pk)}
