@@ -58,12 +58,19 @@ def main() -> int:
     only = os.environ.get("BENCH_ONLY", "")
     modules = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py") if only in p.stem)
     results = []
+    failed: list[str] = []
     print(f"benchmarks on {connection.vendor} ({connection.settings_dict['NAME']}), scale {ctx.scale}")
     for name in modules:
         module = importlib.import_module(f"benchmarks.{name}")
         started = time.monotonic()
         print(f"-- {name} ...", flush=True)
-        for result in module.run(ctx):
+        try:
+            module_results = module.run(ctx)
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            failed.append(name)
+            print(f"   FAILED: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        for result in module_results:
             results.append(result)
             verdict = {True: "meets", False: "MISSES", None: ""}[result.meets_target()]
             print(
@@ -78,6 +85,7 @@ def main() -> int:
     payload = {
         "scale": ctx.scale,
         "vendor": ctx.vendor,
+        "failed": failed,
         "results": [
             {k: r.as_dict()[k] for k in ("name", "value", "unit", "baseline", "baseline_value", "ratio", "target")}
             | {"note": r.note}
@@ -89,6 +97,9 @@ def main() -> int:
     for r in results:
         print(f"{r.name:<60} {r.ratio:>8.3f}  {r.target}")
     print(f"wrote {out / 'latest.json'}")
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        return 1
     return 0
 
 
