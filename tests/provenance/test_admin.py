@@ -59,3 +59,15 @@ def test_snapshots_are_read_only_in_the_admin(admin_client_, snapshot):
     assert admin_client_.post(f"/admin/provenance/snapshot/{snapshot.pk}/change/", {"included_count": 0}).status_code == 403
     assert admin_client_.post(f"/admin/provenance/snapshot/{snapshot.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Snapshot.objects.get(pk=snapshot.pk).included_count == 2
+
+
+def test_dataset_page_shows_privacy_budget_spent_against_the_cap(admin_client_, snapshot):
+    from mlops import services as mlops_services
+
+    dataset = snapshot.dataset
+    page = admin_client_.get(f"/admin/provenance/dataset/{dataset.pk}/change/")
+    assert b"no cap set" in page.content
+    mlops_services.privacy_budget_set(dataset=dataset, epsilon_cap=8.0, delta=1e-6, actor="dpo")
+    page = admin_client_.get(f"/admin/provenance/dataset/{dataset.pk}/change/")
+    assert page.status_code == 200
+    assert b"spent \xce\xb5 = 0.000 of a cap of 8 at \xce\xb4 = 1e-06 over 0 run(s)" in page.content
