@@ -67,7 +67,8 @@ def test_dataset_page_shows_privacy_budget_spent_against_the_cap(admin_client_, 
     dataset = snapshot.dataset
     page = admin_client_.get(f"/admin/provenance/dataset/{dataset.pk}/change/")
     assert b"no cap set" in page.content
-    mlops_services.privacy_budget_set(dataset=dataset, epsilon_cap=8.0, delta=1e-6, actor="dpo")
+    dpo = get_user_model().objects.get(username="prov-admin")
+    mlops_services.privacy_budget_set(dataset=dataset, epsilon_cap=8.0, delta=1e-6, actor=dpo)
     page = admin_client_.get(f"/admin/provenance/dataset/{dataset.pk}/change/")
     assert page.status_code == 200
     assert b"spent \xce\xb5 = 0.000 of a cap of 8 at \xce\xb4 = 1e-06 over 0 run(s)" in page.content
