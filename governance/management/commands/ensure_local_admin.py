@@ -31,5 +31,5 @@ class Command(BaseCommand):
             "\nPrivacy Ledger at http://127.0.0.1:8000/\n"
             f"  Admin:   http://127.0.0.1:8000/admin/   user 'admin', password '{password}' (kept in {password_file})\n"
             "  API:     http://127.0.0.1:8000/api/v1/   docs at /api/docs/ (log in to the admin first)\n"
-            "  API key: .venv/bin/python manage.py create_api_key --user pipeline --role ml_engineer\n"
+            "  API key: DEBUG=1 .venv/bin/python manage.py create_api_key --user pipeline --role ml_engineer\n"
         )
