@@ -748,17 +748,28 @@ def training_run_execute(*, run_id: int, on_progress: ProgressCallback | None = 
             metadata={"training_run": str(run.pk), "format": "sisa-ensemble" if run.sisa else "mlp"},
         )
     except _Cancelled:
-        return _abandon(run_id=run_id, status=RunStatus.CANCELLED, reason="cancelled while training")
+        abandoned = _abandon(run_id=run_id, status=RunStatus.CANCELLED, reason="cancelled while training")
+        _emit_openlineage(run_id)
+        return abandoned
     except Exception as exc:
         logger.exception("training run %s failed", run_id)
-        return _abandon(run_id=run_id, status=RunStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        abandoned = _abandon(run_id=run_id, status=RunStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        _emit_openlineage(run_id)
+        return abandoned
     model_version = _finish(run=run, outcome=outcome, relative=relative, digest=digest, progress=reporter.metrics)
     if model_version is not None and run.n_holdout > 0:
         from mlops.tasks import audit_membership_inference
 
         audit_membership_inference.delay_on_commit(model_version.pk)
+    _emit_openlineage(run_id)
     run.refresh_from_db()
     return run
+
+
+def _emit_openlineage(run_id: int) -> None:
+    from mlops.tasks import training_run_openlineage_emit
+
+    training_run_openlineage_emit.delay_on_commit(run_id)
 
 
 @transaction.atomic

@@ -7,9 +7,13 @@ the run and starts clean.
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 from mlops import services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name="mlops.train_model")
@@ -32,3 +36,21 @@ def audit_membership_inference(self, model_version_id: int) -> dict:
 @shared_task(bind=True, name="mlops.fail_stuck_training_runs")
 def fail_stuck_training_runs(self) -> dict:
     return {"failed": services.training_run_fail_stuck()}
+
+
+@shared_task(name="mlops.training_run_openlineage_emit")
+def training_run_openlineage_emit(run_id: int) -> bool:
+    """Send a finished run's OpenLineage events; best effort, like the snapshots' (a lineage
+    backend being down must never fail or undo training)."""
+    from mlops.models import TrainingRun
+    from provenance.lineage_exports import openlineage_emit_training_run
+
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    if run is None:
+        return False
+    try:
+        openlineage_emit_training_run(run=run)
+    except Exception:
+        logger.exception("OpenLineage events for training run %s could not be sent", run_id)
+        return False
+    return True

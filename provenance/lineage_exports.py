@@ -15,6 +15,7 @@ activity (Art. 30 record) is the prov:Plan of the snapshot creation.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from django.apps import apps
@@ -92,6 +93,38 @@ def snapshot_openlineage_events(*, snapshot: Snapshot) -> list[RunEvent]:
 def openlineage_emit_snapshot(*, snapshot: Snapshot) -> None:
     client = openlineage_client()
     for event in snapshot_openlineage_events(snapshot=snapshot):
+        client.emit(event)
+
+
+def training_run_openlineage_run_id(run) -> str:
+    """A stable OpenLineage runId for a training run (the same id for START and its end)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"privacy-ledger/{settings.OPENLINEAGE_NAMESPACE}/training-run/{run.pk}"))
+
+
+def training_run_openlineage_events(*, run) -> list[RunEvent]:
+    """START and the terminal event (COMPLETE, FAIL or ABORT) of a finished training run:
+    the snapshot it read as input, the model version it registered as output."""
+    namespace = settings.OPENLINEAGE_NAMESPACE
+    ol_run = Run(runId=training_run_openlineage_run_id(run))
+    job = Job(namespace=namespace, name=f"training.{run.name or run.pk}")
+    inputs = [InputDataset(namespace=namespace, name=f"snapshots/{run.snapshot_id}")]
+    outputs = [
+        OutputDataset(namespace=namespace, name=f"models/{version.name}/v{version.version}")
+        for version in run.model_versions.all()
+    ]
+    terminal = {"succeeded": RunState.COMPLETE, "failed": RunState.FAIL, "cancelled": RunState.ABORT}.get(run.status)
+    started = (run.started_at or run.created_at).isoformat()
+    events = [RunEvent(eventType=RunState.START, eventTime=started, run=ol_run, job=job,
+                       producer=settings.OPENLINEAGE_PRODUCER, inputs=inputs, outputs=[])]
+    if terminal is not None:
+        events.append(RunEvent(eventType=terminal, eventTime=(run.finished_at or run.created_at).isoformat(), run=ol_run,
+                               job=job, producer=settings.OPENLINEAGE_PRODUCER, inputs=inputs, outputs=outputs))
+    return events
+
+
+def openlineage_emit_training_run(*, run) -> None:
+    client = openlineage_client()
+    for event in training_run_openlineage_events(run=run):
         client.emit(event)
 
 
