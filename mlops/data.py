@@ -77,29 +77,36 @@ def subject_split(
 
 
 def snapshot_tensors(*, snapshot_id: int, schema: dict, classes: list) -> SnapshotTensors:
-    """Load a snapshot's records in batches into a feature matrix and label vector.
+    """Load a snapshot's records in batches into a feature matrix and label vector."""
+    rows = SnapshotMembership.objects.filter(snapshot_id=snapshot_id).order_by("record_id")
+    record_features: list = []
+    labels: list = []
+    subjects: list[int] = []
+    for subject_id, features, label in rows.values_list(
+        "subject_id", "record__features", "record__label"
+    ).iterator(chunk_size=LOAD_BATCH_SIZE):
+        record_features.append(features)
+        labels.append(label)
+        subjects.append(subject_id)
+    X, y, encoding = encode_rows(record_features=record_features, labels=labels, schema=schema, classes=classes)
+    return SnapshotTensors(X=X, y=y, subject_ids=np.asarray(subjects, dtype=np.int64), encoding=encoding)
+
+
+def encode_rows(*, record_features: list, labels: list, schema: dict, classes: list) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Encode records' features and labels as (X, y, encoding); y is -1 for an unknown class.
 
     Features follow the dataset schema's order. Numeric features are scaled only with
     bounds published in the schema ("min"/"max"), never with statistics of the data, which
     would leak outside the DP guarantee. Category features are one-hot encoded over the
-    schema's "categories" when given, else over the sorted distinct values.
+    schema's "categories" when given, else over the sorted distinct values. Passing a run's
+    recorded ``encoding`` as the schema reproduces that run's encoding exactly.
     """
     features = list(schema.get("features") or [])
     names = [f["name"] for f in features]
-    rows = SnapshotMembership.objects.filter(snapshot_id=snapshot_id).order_by("record_id")
-    raw: list[list] = []
-    labels: list = []
-    subjects: list[int] = []
-    for subject_id, record_features, label in rows.values_list(
-        "subject_id", "record__features", "record__label"
-    ).iterator(chunk_size=LOAD_BATCH_SIZE):
-        if isinstance(record_features, dict):
-            raw.append([record_features.get(n) for n in names])
-        else:
-            raw.append(list(record_features or []))
-        labels.append(label)
-        subjects.append(subject_id)
-
+    raw = [
+        [f.get(n) for n in names] if isinstance(f, dict) else list(f or [])
+        for f in record_features
+    ]
     n = len(raw)
     columns: list[np.ndarray] = []
     encoding: dict = {"features": [], "classes": classes}
@@ -131,7 +138,7 @@ def snapshot_tensors(*, snapshot_id: int, schema: dict, classes: list) -> Snapsh
     X = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
     class_index = {_label_key(c)[0]: i for i, c in enumerate(classes)}
     y = np.fromiter((class_index.get(_label_key(v)[0], -1) for v in labels), dtype=np.int64, count=n)
-    return SnapshotTensors(X=X, y=y, subject_ids=np.asarray(subjects, dtype=np.int64), encoding=encoding)
+    return X, y, encoding
 
 
 def n_input_features(schema: dict) -> int:

@@ -71,8 +71,6 @@ def shard_rows(*, run, shard: int):
     features = (run.encoding or {}).get("features")
     if not features:
         return _shard_rows_from_full_snapshot(run=run, placed=placed)
-    names = [f["name"] for f in features]
-    raw, labels, subjects = [], [], []
     # An explicit id list (not a subquery, not a server-side cursor): PostgreSQL then reads
     # the shard through the subject index instead of walking the whole snapshot in order.
     subject_ids = sorted(placed)
@@ -82,32 +80,13 @@ def shard_rows(*, run, shard: int):
             snapshot_id=run.snapshot_id, subject_id__in=subject_ids[start : start + 5000]
         ).values_list("record_id", "subject_id", "record__features", "record__label")
     found.sort(key=lambda row: row[0])
-    for _, subject_id, record_features, label in found:
-        values = [record_features.get(n) for n in names] if isinstance(record_features, dict) else list(record_features or [])
-        raw.append(values[: len(names)] + [None] * (len(names) - len(values)))
-        labels.append(label)
-        subjects.append(subject_id)
-    n = len(raw)
-    columns = []
-    for j, spec in enumerate(features):
-        column = [r[j] for r in raw]
-        if spec.get("type") == "category":
-            lookup = {str(c): i for i, c in enumerate(spec["categories"])}
-            one_hot = np.zeros((n, len(spec["categories"])), dtype=np.float32)
-            for i, v in enumerate(column):
-                code = lookup.get(str(v), -1) if v is not None else -1
-                if code >= 0:
-                    one_hot[i, code] = 1.0
-            columns.append(one_hot)
-        else:
-            values = np.nan_to_num(np.array([np.nan if v is None else float(v) for v in column], dtype=np.float64), nan=0.0)
-            lo, hi = spec.get("min"), spec.get("max")
-            if lo is not None and hi is not None and float(hi) > float(lo):
-                values = (np.clip(values, float(lo), float(hi)) - float(lo)) / (float(hi) - float(lo))
-            columns.append(values.astype(np.float32).reshape(n, 1))
-    X = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
-    class_index = {data._label_key(c)[0]: i for i, c in enumerate(run.encoding["classes"])}
-    y = np.fromiter((class_index.get(data._label_key(v)[0], -1) for v in labels), dtype=np.int64, count=n)
+    subjects = [row[1] for row in found]
+    n = len(found)
+    # The run's recorded encoding, so the shard is encoded exactly as training encoded it.
+    X, y, _ = data.encode_rows(
+        record_features=[row[2] for row in found], labels=[row[3] for row in found],
+        schema={"features": features}, classes=run.encoding["classes"],
+    )
     keep = y >= 0
     slice_of_row = np.fromiter((placed[s] for s in subjects), dtype=np.int64, count=n)
     return X[keep], y[keep], slice_of_row[keep]
