@@ -198,7 +198,9 @@ def data_subject_ensure_many(*, pseudonyms: list[str], chunk_size: int = 20000) 
     """
     from governance.models import DataSubject
 
-    unique = list(dict.fromkeys(pseudonyms))
+    # Sorted: concurrent callers then insert shared keys in the same order, so they queue on
+    # the unique index instead of deadlocking.
+    unique = sorted(set(pseudonyms))
     mapping: dict[str, int] = {}
     with transaction.atomic():
         for start in range(0, len(unique), chunk_size):
@@ -771,7 +773,9 @@ def _consent_rows_insert_postgresql(rows: list[tuple]) -> tuple[int, list[str]]:
         cur.copy_expert("COPY pl_consent_ingest FROM STDIN WITH (FORMAT csv)", buffer)
         cur.execute(
             """INSERT INTO governance_datasubject (pseudonym, reference, created_at)
-               SELECT DISTINCT pseudonym, gen_random_uuid(), now() FROM pl_consent_ingest
+               SELECT pseudonym, gen_random_uuid(), now()
+               FROM (SELECT DISTINCT pseudonym FROM pl_consent_ingest) new_subjects
+               ORDER BY pseudonym
                ON CONFLICT (pseudonym) DO NOTHING"""
         )
         cur.execute(
@@ -781,6 +785,7 @@ def _consent_rows_insert_postgresql(rows: list[tuple]) -> tuple[int, list[str]]:
                    SELECT t.event_id, s.id, t.purpose_id, t.action, t.occurred_at, now(), t.notice_version,
                           t.notice_sha256, t.method, t.evidence, t.expires_at
                    FROM pl_consent_ingest t JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
+                   ORDER BY t.event_id
                    ON CONFLICT (event_id) DO NOTHING
                    RETURNING event_id, action
                )
