@@ -141,11 +141,7 @@ class DataCategoryAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
-            services.audit_event_record(
-                actor=request.user, action="data_category.updated", object_type="data_category", object_id=obj.pk,
-                details={"code": obj.code, "changed": form.changed_data},
-            )
+            services.data_category_update(category=obj, changed=form.changed_data, actor=request.user)
             return
         obj.pk = services.data_category_create(actor=request.user, **form.cleaned_data).pk
 
@@ -161,11 +157,7 @@ class DataSubjectCategoryAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
-            services.audit_event_record(
-                actor=request.user, action="data_subject_category.updated", object_type="data_subject_category",
-                object_id=obj.pk, details={"code": obj.code, "changed": form.changed_data},
-            )
+            services.data_subject_category_update(category=obj, changed=form.changed_data, actor=request.user)
             return
         obj.pk = services.data_subject_category_create(actor=request.user, **form.cleaned_data).pk
 

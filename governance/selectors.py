@@ -90,6 +90,13 @@ def purpose_and_ancestor_ids(*, purpose: Purpose) -> list[int]:
     return list(Purpose.objects.filter(code__in=purpose.ancestor_codes()).values_list("id", flat=True))
 
 
+# The rule's outcome for the latest event per subject; one %s parameter: the moment ``at``.
+_CONSENT_STATE_COLUMNS = """SELECT subject_id,
+               CASE WHEN action = 'withdrawn' THEN 'withdrawn'
+                    WHEN expires_at IS NOT NULL AND expires_at <= %s THEN 'expired'
+                    ELSE 'valid' END AS state"""
+
+
 def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
     """SQL yielding (subject_id, state) for every subject with a consent event bearing on
     ``purpose`` at time ``at``; subjects absent from the result have no consent.
@@ -108,10 +115,7 @@ def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
         # DISTINCT ON keeps the first row per subject from one sort, without numbering
         # every row as the window function does: same answer, less work on large ledgers.
         sql = f"""
-            SELECT subject_id,
-                   CASE WHEN action = 'withdrawn' THEN 'withdrawn'
-                        WHEN expires_at IS NOT NULL AND expires_at <= %s THEN 'expired'
-                        ELSE 'valid' END AS state
+            {_CONSENT_STATE_COLUMNS}
             FROM (
                 SELECT DISTINCT ON (subject_id) subject_id, action, expires_at
                 FROM governance_consentevent
@@ -121,10 +125,7 @@ def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
         """
         return sql, [at, *ids, at]
     sql = f"""
-        SELECT subject_id,
-               CASE WHEN action = 'withdrawn' THEN 'withdrawn'
-                    WHEN expires_at IS NOT NULL AND expires_at <= %s THEN 'expired'
-                    ELSE 'valid' END AS state
+        {_CONSENT_STATE_COLUMNS}
         FROM (
             SELECT subject_id, action, expires_at,
                    ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY occurred_at DESC, id DESC) AS rn

@@ -382,6 +382,27 @@ def data_subject_category_create(
     return category
 
 
+def _category_update(*, category, changed: list[str], entity: str, actor: Any):
+    category.save()
+    audit_event_record(
+        actor=actor, action=f"{entity}.updated", object_type=entity, object_id=category.pk,
+        details={"code": category.code, "changed": changed},
+    )
+    return category
+
+
+@transaction.atomic
+def data_category_update(*, category, changed: list[str], actor: Any = None):
+    """Save a data category the DPO edited (its code stays), recording which fields changed."""
+    return _category_update(category=category, changed=changed, entity="data_category", actor=actor)
+
+
+@transaction.atomic
+def data_subject_category_update(*, category, changed: list[str], actor: Any = None):
+    """Save a data-subject category the DPO edited (its code stays), recording which fields changed."""
+    return _category_update(category=category, changed=changed, entity="data_subject_category", actor=actor)
+
+
 # --- Processing activities (Art. 30(1)) ------------------------------------------------
 
 PROCESSING_ACTIVITY_FIELDS = [

@@ -83,3 +83,19 @@ def test_admin_cannot_delete_records_others_depend_on(admin_client):
     category = DataCategory.objects.get(code="health")
     assert admin_client.post(f"/admin/governance/datacategory/{category.pk}/delete/", {"post": "yes"}).status_code == 403
     assert DataCategory.objects.filter(pk=category.pk).exists()
+
+
+def test_editing_a_data_category_in_the_admin_is_saved_and_audited(admin_client):
+    from governance.models import AuditEvent, DataCategory
+
+    category = DataCategory.objects.get(code="health")
+    response = admin_client.post(
+        f"/admin/governance/datacategory/{category.pk}/change/",
+        {"name": "Health data (clinical)", "description": "Diagnoses, lab results.",
+         "special_category": "health", "criminal_offence_data": ""},
+    )
+    assert response.status_code == 302, response.content
+    category.refresh_from_db()
+    assert category.name == "Health data (clinical)" and category.code == "health"
+    event = AuditEvent.objects.filter(action="data_category.updated").latest("position")
+    assert event.details == {"code": "health", "changed": ["name", "description"]}
