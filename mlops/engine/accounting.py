@@ -19,6 +19,7 @@ from opacus.accountants import create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.rdp import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from scipy import special
 
 RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
 _ORDERS_ARRAY = np.asarray(RDP_ORDERS, dtype=np.float64)
@@ -191,7 +192,7 @@ def _noise_multiplier_for_plan_rdp(
         window = orders[lo : hi + 1]
         total = 0
         for q, steps in plan:
-            total = total + rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(window))
+            total = total + compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=window.tolist())
         eps = total - (log_delta + np.log(window)) / (window - 1) + np.log((window - 1) / window)
         if np.isnan(eps).all():
             return math.inf, lo
@@ -239,9 +240,96 @@ def epsilon_of_history(*, history: Sequence[Sequence[float]], delta: float, acco
 
 @functools.lru_cache(maxsize=1024)
 def _per_step_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
-    curve = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS))
+    curve = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS)
     curve.flags.writeable = False  # shared by the cache
     return curve
+
+
+def compute_rdp(*, q: float, noise_multiplier: float, steps: int, orders: Sequence[float]) -> np.ndarray:
+    """Opacus's ``rdp_analysis.compute_rdp``, bit for bit, several times faster.
+
+    Opacus's series for log(A_α) calls the SciPy ufuncs ``binom`` and ``log_ndtr`` once per
+    term on Python scalars, and those calls are nearly all of its cost: a run's 151 orders
+    take tens of milliseconds, paid again for every new sample rate (every SISA stage, every
+    unlearning). Here each ufunc is applied once to an array of terms. A ufunc computes an
+    array element with the same C function as a scalar, and the arguments are formed with
+    the same IEEE operations, so every term, and so every sum, is the one Opacus gets
+    (``test_compute_rdp_is_bit_identical_to_opacus`` checks it over a grid of q and σ).
+    The terms are summed in Opacus's order with Opacus's own log-space helpers.
+    """
+    return np.array([_compute_rdp(float(q), float(noise_multiplier), float(alpha)) for alpha in orders]) * steps
+
+
+def _compute_rdp(q: float, sigma: float, alpha: float) -> float:
+    if q == 0:
+        return 0
+    if sigma == 0:
+        return np.inf
+    if q == 1.0:
+        return alpha / (2 * sigma**2)
+    if np.isinf(alpha):
+        return np.inf
+    if alpha.is_integer():
+        return _log_a_int_alpha(q, sigma, int(alpha)) / (alpha - 1)
+    return _log_a_frac_alpha(q, sigma, alpha) / (alpha - 1)
+
+
+def _log_a_int_alpha(q: float, sigma: float, alpha: int) -> float:
+    index = np.arange(alpha + 1, dtype=np.float64)
+    log_coef = np.array([math.log(c) for c in special.binom(alpha, index).tolist()])
+    terms = log_coef + index * math.log(q) + (alpha - index) * math.log(1 - q) + (index * index - index) / (
+        2 * (sigma**2)
+    )
+    log_a = -np.inf
+    for term in terms.tolist():
+        log_a = _log_add(log_a, term)
+    return float(log_a)
+
+
+_TERMS_PER_CHUNK = 64
+
+
+def _log_a_frac_alpha(q: float, sigma: float, alpha: float) -> float:
+    log_a0, log_a1 = -np.inf, -np.inf
+    z0 = sigma**2 * math.log(1 / q - 1) + 0.5
+    denominator = math.sqrt(2) * sigma
+    log_q, log_1q, two_var = math.log(q), math.log(1 - q), 2 * (sigma**2)
+    log_half, log_two = math.log(0.5), math.log(2)
+    first = 0
+    while True:
+        # A chunk of terms i = first, first + 1, …: every operation is Opacus's, in
+        # Opacus's order, on whole arrays (exact IEEE arithmetic either way); the
+        # transcendental calls stay math.log and the same ufuncs, element by element.
+        i = np.arange(first, first + _TERMS_PER_CHUNK, dtype=np.float64)
+        j = alpha - i
+        coefs = special.binom(alpha, i)
+        log_coef = np.array([math.log(abs(c)) for c in coefs.tolist()])
+        log_e0 = log_half + (log_two + special.log_ndtr(-((i - z0) / denominator) * 2**0.5))
+        log_e1 = log_half + (log_two + special.log_ndtr(-((z0 - j) / denominator) * 2**0.5))
+        log_s0 = log_coef + i * log_q + j * log_1q + (i * i - i) / two_var + log_e0
+        log_s1 = log_coef + j * log_q + i * log_1q + (j * j - j) / two_var + log_e1
+        small = np.maximum(log_s0, log_s1) < -30
+        last = int(np.argmax(small)) if small.any() else _TERMS_PER_CHUNK - 1
+        for positive, s0, s1 in zip(
+            (coefs[: last + 1] > 0).tolist(), log_s0[: last + 1].tolist(), log_s1[: last + 1].tolist(), strict=True
+        ):
+            if positive:
+                log_a0 = _log_add(log_a0, s0)
+                log_a1 = _log_add(log_a1, s1)
+            else:
+                log_a0 = rdp_analysis._log_sub(log_a0, s0)
+                log_a1 = rdp_analysis._log_sub(log_a1, s1)
+        if small.any():
+            return _log_add(log_a0, log_a1)
+        first += _TERMS_PER_CHUNK
+
+
+def _log_add(logx: float, logy: float) -> float:
+    # rdp_analysis._log_add, inlined for speed: the same operations in the same order.
+    a, b = (logx, logy) if logx <= logy else (logy, logx)
+    if a == -math.inf:
+        return b
+    return math.log1p(math.exp(a - b)) + b
 
 
 def _check_accountant(accountant: str) -> None:
