@@ -47,6 +47,19 @@ def save_weights(*, relative: str, state_dict: dict[str, torch.Tensor], metadata
     return sha256_of(path)
 
 
+def link_or_copy(*, source: str, target: str) -> None:
+    """Give ``target`` the content of ``source``: a hard link when the file system allows
+    (instant, and deleting either name leaves the other intact), else a copy."""
+    source_path, target_path = absolute(source), absolute(target)
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    if target_path.exists():  # a redelivered unlearning re-creates its run folder's files
+        target_path.unlink()
+    try:
+        os.link(source_path, target_path)
+    except OSError:
+        shutil.copyfile(source_path, target_path)
+
+
 def load_weights(*, relative: str, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Load weights, refusing a file whose hash no longer matches the registry."""
     path = absolute(relative)

@@ -126,8 +126,8 @@ def encode_rows(*, record_features: list, labels: list, schema: dict, classes: l
             columns.append(one_hot)
             encoding["features"].append({"name": spec["name"], "type": "category", "categories": list(categories)})
         else:
-            values = np.array([np.nan if v is None else float(v) for v in column], dtype=np.float64)
-            values = np.nan_to_num(values, nan=0.0)
+            # NumPy's float conversion is float() element by element, None → NaN, in C.
+            values = np.nan_to_num(np.asarray(column, dtype=np.float64), nan=0.0)
             entry: dict = {"name": spec["name"], "type": kind}
             lo, hi = spec.get("min"), spec.get("max")
             if lo is not None and hi is not None and float(hi) > float(lo):

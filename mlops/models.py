@@ -157,8 +157,11 @@ class ModelVersion(models.Model):
 class SisaAssignment(models.Model):
     """Which shard and slice a person's records fell in (Bourtoule et al. 2021)."""
 
-    training_run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="sisa_assignments")
-    subject = models.ForeignKey(DataSubject, on_delete=models.CASCADE, related_name="+")
+    # Covered by unique_sisa_run_subject and the subject index below.
+    training_run = models.ForeignKey(
+        TrainingRun, on_delete=models.CASCADE, related_name="sisa_assignments", db_index=False
+    )
+    subject = models.ForeignKey(DataSubject, on_delete=models.CASCADE, related_name="+", db_index=False)
     shard = models.PositiveIntegerField()
     slice = models.PositiveIntegerField()
 

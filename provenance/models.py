@@ -77,8 +77,10 @@ class Dataset(models.Model):
 class DataRecord(models.Model):
     """One training example of one person; never holds a raw identifier."""
 
-    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="records")
-    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="records")
+    # No single-column FK indexes: the composite indexes below lead with these columns,
+    # and a duplicate index only slows every ingest and erasure down.
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="records", db_index=False)
+    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="records", db_index=False)
     features = models.JSONField()
     label = models.JSONField(null=True)
     content_hash = models.CharField(max_length=64)
@@ -122,13 +124,16 @@ class Snapshot(ImmutableModel):
 
 
 class SnapshotMembership(ImmutableModel):
-    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="members")
+    # snapshot is served by unique_snapshot_record, subject by the (subject, snapshot)
+    # index, which also answers "this person's rows in this snapshot" (SISA unlearning)
+    # with one index probe each, whether or not the planner has statistics yet.
+    snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="members", db_index=False)
     record = models.ForeignKey(DataRecord, on_delete=models.PROTECT, related_name="+")
-    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="+")
+    subject = models.ForeignKey(DataSubject, on_delete=models.PROTECT, related_name="+", db_index=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["snapshot", "record"], name="unique_snapshot_record")]
-        indexes = [models.Index(fields=["subject"])]
+        indexes = [models.Index(fields=["subject", "snapshot"])]
 
 
 class AmendmentReason(models.TextChoices):

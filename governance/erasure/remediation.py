@@ -18,7 +18,7 @@ stage) alone.
 
 from __future__ import annotations
 
-import shutil
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -62,34 +62,52 @@ def shard_rows(*, run, shard: int):
     from mlops import data
     from mlops.models import SisaAssignment
     from mlops.selectors import sisa_placement_run_id
-    from provenance.models import SnapshotMembership
 
-    placed = dict(
-        SisaAssignment.objects.filter(training_run_id=sisa_placement_run_id(run=run), shard=shard)
-        .values_list("subject_id", "slice")
-    )
     features = (run.encoding or {}).get("features")
     if not features:
+        placed = dict(
+            SisaAssignment.objects.filter(training_run_id=sisa_placement_run_id(run=run), shard=shard)
+            .values_list("subject_id", "slice")
+        )
         return _shard_rows_from_full_snapshot(run=run, placed=placed)
-    # An explicit id list (not a subquery, not a server-side cursor): PostgreSQL then reads
-    # the shard through the subject index instead of walking the whole snapshot in order.
-    subject_ids = sorted(placed)
-    found: list[tuple] = []
-    for start in range(0, len(subject_ids), 5000):
-        found += SnapshotMembership.objects.filter(
-            snapshot_id=run.snapshot_id, subject_id__in=subject_ids[start : start + 5000]
-        ).values_list("record_id", "subject_id", "record__features", "record__label")
-    found.sort(key=lambda row: row[0])
-    subjects = [row[1] for row in found]
-    n = len(found)
-    # The run's recorded encoding, so the shard is encoded exactly as training encoded it.
+    slices, feature_texts, label_texts = _shard_record_texts(
+        placement_run_id=sisa_placement_run_id(run=run), snapshot_id=run.snapshot_id, shard=shard
+    )
+    # One C-speed parse of the whole shard instead of a JSON decode per row and column:
+    # this read is most of an unlearning's cost outside training.
     X, y, _ = data.encode_rows(
-        record_features=[row[2] for row in found], labels=[row[3] for row in found],
+        record_features=json.loads("[" + ",".join(feature_texts) + "]"),
+        labels=json.loads("[" + ",".join(label_texts) + "]"),
         schema={"features": features}, classes=run.encoding["classes"],
     )
     keep = y >= 0
-    slice_of_row = np.fromiter((placed[s] for s in subjects), dtype=np.int64, count=n)
+    slice_of_row = np.asarray(slices, dtype=np.int64)
     return X[keep], y[keep], slice_of_row[keep]
+
+
+def _shard_record_texts(*, placement_run_id: int, snapshot_id: int, shard: int) -> tuple[list, list, list]:
+    """(slice, features JSON, label JSON) of every snapshot row of the shard's people, in
+    record order, the order ``snapshot_tensors`` reads a snapshot in."""
+    from django.db import connection
+
+    from mlops.models import SisaAssignment
+    from provenance.models import DataRecord, SnapshotMembership
+
+    sql = f"""
+        SELECT a.slice, CAST(r.features AS TEXT), COALESCE(CAST(r.label AS TEXT), 'null')
+        FROM {SisaAssignment._meta.db_table} a
+        JOIN {SnapshotMembership._meta.db_table} m ON m.subject_id = a.subject_id AND m.snapshot_id = %s
+        JOIN {DataRecord._meta.db_table} r ON r.id = m.record_id
+        WHERE a.training_run_id = %s AND a.shard = %s
+        ORDER BY m.record_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [snapshot_id, placement_run_id, shard])
+        rows = cursor.fetchall()
+    if not rows:
+        return [], [], []
+    slices, feature_texts, label_texts = zip(*rows, strict=True)
+    return list(slices), list(feature_texts), list(label_texts)
 
 
 def _shard_rows_from_full_snapshot(*, run, placed: dict[int, int]):
@@ -105,16 +123,6 @@ def _shard_rows_from_full_snapshot(*, run, placed: dict[int, int]):
         (placed[s] for s in tensors.subject_ids[rows].tolist()), dtype=np.int64, count=int(rows.sum())
     )
     return tensors.X[rows], tensors.y[rows], slice_of_row
-
-
-def _copy_into(run_dir: str, source_relative: str, name: str) -> tuple[str, str]:
-    from mlops import artifacts
-
-    target = f"{run_dir}/{name}"
-    path = artifacts.absolute(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifacts.absolute(source_relative), path)
-    return target, artifacts.sha256_of(path)
 
 
 @transaction.atomic
@@ -160,9 +168,13 @@ def sisa_unlearn(
         keep_until = slices if first is None else first  # checkpoints before this slice are clean
         for slice_ in range(keep_until):
             old = old_checkpoints[(shard, slice_)]
-            relative, digest = _copy_into(run_dir, old.artifact_path, f"shard-{shard}-slice-{slice_}.safetensors")
+            # A clean checkpoint carries over unchanged, with its recorded hash: a file
+            # altered since would fail the hash check when it is loaded.
+            relative = f"{run_dir}/shard-{shard}-slice-{slice_}.safetensors"
+            artifacts.link_or_copy(source=old.artifact_path, target=relative)
             checkpoints.append(SisaCheckpoint(
-                training_run=new_run, shard=shard, slice=slice_, artifact_path=relative, artifact_sha256=digest,
+                training_run=new_run, shard=shard, slice=slice_, artifact_path=relative,
+                artifact_sha256=old.artifact_sha256,
                 n_records=old.n_records, epsilon=old.epsilon,
             ))
         if first is None:
