@@ -251,77 +251,98 @@ def compute_rdp(*, q: float, noise_multiplier: float, steps: int, orders: Sequen
     Opacus's series for log(A_α) calls the SciPy ufuncs ``binom`` and ``log_ndtr`` once per
     term on Python scalars, and those calls are nearly all of its cost: a run's 151 orders
     take tens of milliseconds, paid again for every new sample rate (every SISA stage, every
-    unlearning). Here each ufunc is applied once to an array of terms. A ufunc computes an
-    array element with the same C function as a scalar, and the arguments are formed with
-    the same IEEE operations, so every term, and so every sum, is the one Opacus gets
-    (``test_compute_rdp_is_bit_identical_to_opacus`` checks it over a grid of q and σ).
-    The terms are summed in Opacus's order with Opacus's own log-space helpers.
+    unlearning). Here each ufunc is applied once to a (orders × terms) array. A ufunc
+    computes an array element with the same C function as a scalar, the arguments are
+    formed with the same IEEE operations in the same order, and the transcendental calls
+    stay ``math.log``; so every term is the one Opacus gets, and the terms are summed one
+    by one in Opacus's order (``test_compute_rdp_is_bit_identical_to_opacus`` checks it
+    over a grid of q and σ).
     """
-    return np.array([_compute_rdp(float(q), float(noise_multiplier), float(alpha)) for alpha in orders]) * steps
-
-
-def _compute_rdp(q: float, sigma: float, alpha: float) -> float:
+    q, sigma = float(q), float(noise_multiplier)
+    alphas = [float(a) for a in orders]
     if q == 0:
-        return 0
+        return np.array([0 for _ in alphas]) * steps
     if sigma == 0:
-        return np.inf
+        return np.array([np.inf for _ in alphas]) * steps
     if q == 1.0:
-        return alpha / (2 * sigma**2)
-    if np.isinf(alpha):
-        return np.inf
-    if alpha.is_integer():
-        return _log_a_int_alpha(q, sigma, int(alpha)) / (alpha - 1)
-    return _log_a_frac_alpha(q, sigma, alpha) / (alpha - 1)
+        return np.array([a / (2 * sigma**2) for a in alphas]) * steps
+    log_a: dict[float, float] = {}
+    integer = sorted({a for a in alphas if math.isfinite(a) and a.is_integer()})
+    fractional = sorted({a for a in alphas if math.isfinite(a) and not a.is_integer()})
+    if integer:
+        log_a.update(zip(integer, _log_a_int_alphas(q, sigma, integer), strict=True))
+    if fractional:
+        log_a.update(zip(fractional, _log_a_frac_alphas(q, sigma, fractional), strict=True))
+    return np.array([log_a[a] / (a - 1) if math.isfinite(a) else np.inf for a in alphas]) * steps
 
 
-def _log_a_int_alpha(q: float, sigma: float, alpha: int) -> float:
-    index = np.arange(alpha + 1, dtype=np.float64)
-    log_coef = np.array([math.log(c) for c in special.binom(alpha, index).tolist()])
-    terms = log_coef + index * math.log(q) + (alpha - index) * math.log(1 - q) + (index * index - index) / (
-        2 * (sigma**2)
-    )
-    log_a = -np.inf
-    for term in terms.tolist():
-        log_a = _log_add(log_a, term)
-    return float(log_a)
+def _log_a_int_alphas(q: float, sigma: float, alphas: list[float]) -> list[float]:
+    """Opacus's _compute_log_a_for_int_alpha for every integer order at once."""
+    width = int(max(alphas)) + 1
+    alpha = np.asarray(alphas)[:, None]
+    i = np.arange(width, dtype=np.float64)[None, :]
+    valid = np.broadcast_to(i <= alpha, (len(alphas), width))
+    coefs = special.binom(alpha, i)
+    log_coef = np.zeros_like(coefs)
+    log_coef[valid] = [math.log(c) for c in coefs[valid].tolist()]
+    terms = log_coef + i * math.log(q) + (alpha - i) * math.log(1 - q) + (i * i - i) / (2 * (sigma**2))
+    results = []
+    for row, count in zip(terms.tolist(), [int(a) + 1 for a in alphas], strict=True):
+        total = -np.inf
+        for term in row[:count]:
+            total = _log_add(total, term)
+        results.append(float(total))
+    return results
 
 
 _TERMS_PER_CHUNK = 64
 
 
-def _log_a_frac_alpha(q: float, sigma: float, alpha: float) -> float:
-    log_a0, log_a1 = -np.inf, -np.inf
+def _log_a_frac_alphas(q: float, sigma: float, alphas: list[float]) -> list[float]:
+    """Opacus's _compute_log_a_for_frac_alpha for every fractional order at once: each
+    order's series runs until its first term below e^-30, in chunks of terms."""
     z0 = sigma**2 * math.log(1 / q - 1) + 0.5
     denominator = math.sqrt(2) * sigma
     log_q, log_1q, two_var = math.log(q), math.log(1 - q), 2 * (sigma**2)
     log_half, log_two = math.log(0.5), math.log(2)
+    state = {k: [-np.inf, -np.inf] for k in range(len(alphas))}  # log_a0, log_a1 of unfinished orders
+    results: list[float] = [0.0] * len(alphas)
     first = 0
-    while True:
-        # A chunk of terms i = first, first + 1, …: every operation is Opacus's, in
-        # Opacus's order, on whole arrays (exact IEEE arithmetic either way); the
-        # transcendental calls stay math.log and the same ufuncs, element by element.
-        i = np.arange(first, first + _TERMS_PER_CHUNK, dtype=np.float64)
+    while state:
+        pending = sorted(state)
+        alpha = np.asarray([alphas[k] for k in pending])[:, None]
+        i = np.arange(first, first + _TERMS_PER_CHUNK, dtype=np.float64)[None, :]
         j = alpha - i
         coefs = special.binom(alpha, i)
-        log_coef = np.array([math.log(abs(c)) for c in coefs.tolist()])
+        log_coef = np.array([math.log(abs(c)) for c in coefs.ravel().tolist()]).reshape(coefs.shape)
         log_e0 = log_half + (log_two + special.log_ndtr(-((i - z0) / denominator) * 2**0.5))
         log_e1 = log_half + (log_two + special.log_ndtr(-((z0 - j) / denominator) * 2**0.5))
         log_s0 = log_coef + i * log_q + j * log_1q + (i * i - i) / two_var + log_e0
         log_s1 = log_coef + j * log_q + i * log_1q + (j * j - j) / two_var + log_e1
         small = np.maximum(log_s0, log_s1) < -30
-        last = int(np.argmax(small)) if small.any() else _TERMS_PER_CHUNK - 1
-        for positive, s0, s1 in zip(
-            (coefs[: last + 1] > 0).tolist(), log_s0[: last + 1].tolist(), log_s1[: last + 1].tolist(), strict=True
-        ):
-            if positive:
-                log_a0 = _log_add(log_a0, s0)
-                log_a1 = _log_add(log_a1, s1)
+        ends = np.where(small.any(axis=1), small.argmax(axis=1), _TERMS_PER_CHUNK - 1).tolist()
+        finished = small.any(axis=1).tolist()
+        positive = (coefs > 0).tolist()
+        s0_rows, s1_rows = log_s0.tolist(), log_s1.tolist()
+        for row, k in enumerate(pending):
+            log_a0, log_a1 = state[k]
+            for sign, s0, s1 in zip(
+                positive[row][: ends[row] + 1], s0_rows[row][: ends[row] + 1], s1_rows[row][: ends[row] + 1],
+                strict=True,
+            ):
+                if sign:
+                    log_a0 = _log_add(log_a0, s0)
+                    log_a1 = _log_add(log_a1, s1)
+                else:
+                    log_a0 = rdp_analysis._log_sub(log_a0, s0)
+                    log_a1 = rdp_analysis._log_sub(log_a1, s1)
+            if finished[row]:
+                results[k] = _log_add(log_a0, log_a1)
+                del state[k]
             else:
-                log_a0 = rdp_analysis._log_sub(log_a0, s0)
-                log_a1 = rdp_analysis._log_sub(log_a1, s1)
-        if small.any():
-            return _log_add(log_a0, log_a1)
+                state[k] = [log_a0, log_a1]
         first += _TERMS_PER_CHUNK
+    return results
 
 
 def _log_add(logx: float, logy: float) -> float:

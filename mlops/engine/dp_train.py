@@ -23,10 +23,11 @@ the same batch). Any other module with parameters falls back to Opacus's
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy
@@ -417,7 +418,7 @@ def train(
     noise_multiplier = resolve_noise_multiplier(config=config, n_train=n)
     prefix = [list(h) for h in (history_prefix or [])]
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _intra_op_threads(TRAINING_THREADS):
         torch.manual_seed(config.seed)
         model = build_model(n_features=n_features, n_classes=n_classes, config=config)
         model = ModuleValidator.fix(model)
@@ -479,6 +480,24 @@ def train(
         accountant=config.accountant,
         per_epoch_seconds=seconds,
     )
+
+
+# Training runs single-threaded: the models are small MLPs whose every operation costs
+# less than waking a second thread (a step is ~25% faster on one), a reduction's order —
+# and so the last bits of the weights — must not depend on how many cores the machine
+# has (SISA unlearning is checked bit-identical to retraining from scratch, possibly on
+# another worker), and throughput comes from more Celery workers, one run each.
+TRAINING_THREADS = 1
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _epsilon(history: list[list[float]], config: TrainConfig) -> float:
