@@ -138,6 +138,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     if DATABASES["default"]["NAME"] not in ("", ":memory:"):
         # A fresh clone has no var/ yet: SQLite creates the file, not its folder.
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # No JIT: the statements here are short, and one whose estimate is off (a table not yet
+    # analysed after a bulk load) otherwise spends a quarter of a second compiling itself.
+    pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    pg_options["options"] = f"{pg_options.get('options', '')} -c jit=off".strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

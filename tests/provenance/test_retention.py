@@ -80,3 +80,20 @@ def test_the_periodic_task_runs_the_purge_on_a_worker(celery_worker):
     event = AuditEvent.objects.get(action="dataset.retention_purged")
     _check_purged(dataset, snapshot, old, untouched, event.details)
     assert event.actor == "celery-beat"
+
+
+@pytest.mark.django_db
+def test_an_amendment_counts_a_person_as_removed_only_when_none_of_their_rows_remain():
+    act = activity(lawful_basis="contract")
+    dataset = services.dataset_create(name=f"partial {time.time()}", owner="ml", processing_activity=act, schema=SCHEMA)
+    services.dataset_records_ingest(
+        dataset=dataset, rows=[row("twice", age=30), row("twice", age=31), row("other")], actor="test"
+    )
+    snapshot = services.snapshot_create(dataset=dataset, purpose=purpose(CODE))
+    first, second = DataRecord.objects.filter(dataset=dataset, features__age__in=[30, 31]).order_by("id")
+
+    (one,) = services.snapshot_records_remove(records=DataRecord.objects.filter(pk=first.pk), reason="retention")
+    assert (one.records_removed, one.subjects_removed) == (1, 0)  # their other row is still in the snapshot
+    (two,) = services.snapshot_records_remove(records=DataRecord.objects.filter(pk=second.pk), reason="retention")
+    assert (two.records_removed, two.subjects_removed) == (1, 1)
+    assert two.previous_root == one.new_root != snapshot.merkle_root
