@@ -139,7 +139,7 @@ class ErasureRequestAdmin(admin.ModelAdmin):
     def _certificate_response(self, obj):
         path_ = Path(settings.REPORT_ROOT) / obj.certificate_path
         return FileResponse(open(path_, "rb"), content_type="application/pdf", as_attachment=True,  # noqa: SIM115
-                            filename=f"erasure-certificate-{obj.pk}.pdf")
+                            filename=Path(obj.certificate_path).name)
 
     def _each(self, request, queryset, fn, verb: str) -> None:
         done = 0
@@ -182,7 +182,10 @@ class ErasureRequestAdmin(admin.ModelAdmin):
             return None
         obj = queryset.first()
         if not obj.certificate_path:
-            self.message_user(request, "No certificate yet: it is produced when execution completes.", messages.ERROR)
+            self.message_user(
+                request, "No answer document yet: the certificate comes with completion, the refusal notice with "
+                "rejection.", messages.ERROR,
+            )
             return None
         return self._certificate_response(obj)
 

@@ -266,16 +266,24 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         )
         return Response(RemediationOverrideSerializer(override).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY}, summary="The erasure certificate (PDF)")
+    @extend_schema(
+        responses={(200, "application/pdf"): OpenApiTypes.BINARY},
+        summary="The written answer (PDF): the erasure certificate, or the Art. 12(4) notice of refusal",
+        description="A completed request's certificate of erasure; for a rejected request, the notice of refusal "
+                    "with the Art. 17(3) exemption, the reasons and the rights to complain and to a judicial remedy.",
+    )
     @action(detail=True, methods=["get"])
     def certificate(self, request, pk=None):
         obj = self.get_object()
         if not obj.certificate_path:
-            raise NotFound("No certificate yet: it is produced when the execution completes.")
+            raise NotFound(
+                "No answer document yet: the certificate is produced when the execution completes, "
+                "the notice of refusal when the request is rejected."
+            )
         path = Path(settings.REPORT_ROOT) / obj.certificate_path
         if not path.exists():
             raise NotFound("The certificate file is missing from the report storage.")
         return FileResponse(
             open(path, "rb"), content_type="application/pdf", as_attachment=True,  # noqa: SIM115 (FileResponse closes it)
-            filename=f"erasure-certificate-{obj.pk}.pdf",
+            filename=Path(obj.certificate_path).name,
         )

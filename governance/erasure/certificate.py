@@ -144,3 +144,48 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]
     digest = t.render_pdf(path, flows, title=f"Certificate of erasure — request {request.pk}",
                           subject="GDPR Art. 17 erasure certificate")
     return relative, digest
+
+
+def refusal_notice_relative_path(request: ErasureRequest) -> str:
+    return f"erasure/erasure-refusal-notice-{request.pk}.pdf"
+
+
+def refusal_notice_write(*, request: ErasureRequest) -> tuple[str, str]:
+    """The written answer to a refused request (Art. 12(4)): the reasons for not acting,
+    the Art. 17(3) exemption relied on, and the rights to complain and to a judicial remedy.
+    Returns (path relative to REPORT_ROOT, SHA-256)."""
+    from governance.reports import toolkit as t
+
+    relative = refusal_notice_relative_path(request)
+    flows = t.title_block(
+        "Notice of refusal of an erasure request",
+        subtitle="GDPR Art. 12(4) — reasons for not taking action; Art. 17(3) exemption",
+        facts=[
+            ("Erasure request", request.pk),
+            ("Data subject reference", request.subject_ref or "— (no data held)"),
+            ("Ground invoked by the person", ErasureGround(request.ground).label),
+            ("Received", request.received_at),
+            ("Answer due", request.extended_due_at or request.due_at),
+            ("Refused", request.rejected_at),
+            ("Exemption relied on", RefusalGround(request.refusal_ground).label),
+        ],
+    )
+    flows.append(t.heading("Why your personal data is not erased"))
+    flows.append(t.paragraph(request.refusal_justification))
+    flows.append(t.heading("Notice"))
+    flows.append(t.paragraph(request.refusal_notice))
+    flows.append(t.heading("Audit chain"))
+    events = list(
+        AuditEvent.objects.filter(object_type="erasure_request", object_id=str(request.pk))
+        .order_by("position").values_list("position", "action", "hash")
+    )
+    flows.append(t.data_table(
+        ["Position", "Event", "Hash"], [[p, a, h] for p, a, h in events], col_widths=[1, 3, 6],
+    ))
+    flows.append(t.paragraph(
+        "The SHA-256 of this notice is recorded in the next audit event ('erasure.refusal_notice_issued')."
+    ))
+    path = Path(settings.REPORT_ROOT) / relative
+    digest = t.render_pdf(path, flows, title=f"Notice of refusal — erasure request {request.pk}",
+                          subject="GDPR Art. 12(4) notice of refusal")
+    return relative, digest

@@ -291,6 +291,18 @@ def erasure_request_reject(
         subject_ref=request.subject_ref,
         details={"refusal_ground": ground, "justification": request.refusal_justification},
     )
+    # The written answer the person is owed within the deadline (Art. 12(4)): a one-page
+    # PDF, small enough to write here rather than in a task. It is served where a completed
+    # request serves its certificate, and its hash goes to the audit chain.
+    from governance.erasure.certificate import refusal_notice_write
+
+    request.certificate_path, request.certificate_sha256 = refusal_notice_write(request=request)
+    request.save(update_fields=["certificate_path", "certificate_sha256", "updated_at"])
+    audit_event_record(
+        actor=actor, action="erasure.refusal_notice_issued", object_type="erasure_request", object_id=request.pk,
+        subject_ref=request.subject_ref,
+        details={"sha256": request.certificate_sha256, "path": request.certificate_path},
+    )
     return request
 
 

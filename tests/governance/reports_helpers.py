@@ -4,11 +4,13 @@ run, a model version and its membership-inference audit, and a privacy budget.""
 
 from __future__ import annotations
 
+import io
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.utils import timezone
+from pypdf import PdfReader
 
 from governance import services as gov_services
 from governance.models import (
@@ -37,6 +39,12 @@ class World:
     model_version: object
     n_subjects: int
     n_records: int
+
+
+def pdf_text(content: bytes) -> str:
+    reader = PdfReader(io.BytesIO(content))
+    # Table cells wrap; collapse whitespace so phrases are found whole.
+    return " ".join(" ".join(page.extract_text() for page in reader.pages).split())
 
 
 def make_activity(name: str | None = None) -> tuple[ProcessingActivity, Purpose]:

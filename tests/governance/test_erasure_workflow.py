@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from governance.erasure.models import ErasureRequest, ErasureStatus
 from governance.models import AuditEvent, ConsentEvent
 from governance.pseudonymisation import pseudonymise
 from tests.governance import erasure_helpers as h
+from tests.governance.reports_helpers import pdf_text
 
 URL = "/api/v1/erasure-requests/"
 ALICE = "Alice@Example.org"
@@ -185,6 +187,18 @@ def test_reject_requires_a_17_3_ground_and_justification_and_carries_the_12_4_no
     notice = body["refusal_notice"]
     assert "supervisory authority" in notice and "judicial remedy" in notice and "2025/118" in notice
     assert dpo_client.post(f"{URL}{created['id']}/execute/", {}, format="json").status_code == 409
+    # The written answer: a PDF notice of refusal, its hash in the audit chain.
+    assert body["certificate_available"] is True
+    pdf = dpo_client.get(f"{URL}{created['id']}/certificate/")
+    assert pdf.status_code == 200 and pdf["Content-Type"] == "application/pdf"
+    content = b"".join(pdf.streaming_content)
+    assert f"erasure-refusal-notice-{created['id']}.pdf" in pdf["Content-Disposition"]
+    text = pdf_text(content)
+    assert "Notice of refusal" in text and "2025/118" in text and "supervisory authority" in text
+    assert "Art. 17(3)(e)" in text
+    issued = AuditEvent.objects.get(action="erasure.refusal_notice_issued", object_id=str(created["id"]))
+    assert issued.details["sha256"] == hashlib.sha256(content).hexdigest() == body["certificate_sha256"]
+    assert ALICE not in text and ALICE.lower() not in text
     # A rejected request no longer blocks a new one for the same person.
     assert _create(dpo_client).status_code == 201
 

@@ -11,20 +11,13 @@ import time
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from pypdf import PdfReader
 
 from governance.dpia.models import ReportJob
 from governance.models import AuditEvent
 from governance.reports import selectors as report_selectors
 from governance.reports.ropa import ropa_report_render
 from mlops.reports.model_lineage import model_lineage_report_data, model_lineage_report_render
-from tests.governance.reports_helpers import AUC, EPSILON, TPR_1PCT, complete_payload, make_world
-
-
-def pdf_text(content: bytes) -> str:
-    reader = PdfReader(io.BytesIO(content))
-    # Table cells wrap; collapse whitespace so phrases are found whole.
-    return " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+from tests.governance.reports_helpers import AUC, EPSILON, TPR_1PCT, complete_payload, make_world, pdf_text
 
 
 def _signed_dpia(client, world) -> dict:
