@@ -83,30 +83,35 @@ def bench_ingest(ctx: BenchContext) -> Result:
         start = time.perf_counter()
         cur.copy_expert(f"COPY bench_consent_indexed ({', '.join(columns)}) FROM STDIN", buffer)
         indexed_seconds = time.perf_counter() - start
-    constrained_seconds = _copy_with_ledger_constraints(buffer.getvalue().splitlines(keepends=True), columns)
+    lines = buffer.getvalue().splitlines(keepends=True)
+    indexed_committed_seconds = _copy_with_ledger_constraints(lines, columns, foreign_keys=False)
+    constrained_seconds = _copy_with_ledger_constraints(lines, columns, foreign_keys=True)
     return Result(
         name=f"consent ingest through the service ({n} events, batches of {BATCH})",
         value=n / service_seconds, unit="events/s", baseline="COPY of the same rows into a bare table",
         baseline_value=n / copy_seconds, target="ratio >= 0.3",
         note=(f"service {service_seconds:.2f} s, COPY {copy_seconds:.2f} s; COPY into a table with the ledger's "
-              f"indexes {n / indexed_seconds:.0f} rows/s; with its indexes and foreign keys, committed per batch of "
-              f"{BATCH} like the service, {n / constrained_seconds:.0f} rows/s (ratio {copy_seconds / constrained_seconds:.2f})"),
+              f"indexes {n / indexed_seconds:.0f} rows/s; into a logged table committed per batch of {BATCH} like "
+              f"the service: with the indexes {n / indexed_committed_seconds:.0f} rows/s (ratio "
+              f"{copy_seconds / indexed_committed_seconds:.2f}), with the indexes and the two foreign keys "
+              f"{n / constrained_seconds:.0f} rows/s (ratio {copy_seconds / constrained_seconds:.2f})"),
     )
 
 
-def _copy_with_ledger_constraints(lines: list[str], columns: list[str]) -> float:
+def _copy_with_ledger_constraints(lines: list[str], columns: list[str], *, foreign_keys: bool) -> float:
     """Seconds to COPY ``lines`` into a logged table shaped like the ledger, with its
-    indexes, unique constraint and foreign keys, one committed transaction per batch: what
-    PostgreSQL itself needs to store the rows with the ledger's integrity guarantees, before
-    any validation, pseudonymisation or idempotency work of the service."""
+    indexes and unique constraint (and its foreign keys), one committed transaction per
+    batch: what PostgreSQL itself needs to store the rows with the ledger's integrity
+    guarantees, before any validation, pseudonymisation or idempotency work of the service."""
     name = f"bench_consent_constrained_{uuid.uuid4().hex[:8]}"
     with connection.cursor() as cur:
         cur.execute(f"CREATE TABLE {name} (LIKE governance_consentevent INCLUDING INDEXES)")
-        cur.execute(
-            f"""ALTER TABLE {name}
-                ADD FOREIGN KEY (subject_id) REFERENCES governance_datasubject (id) DEFERRABLE INITIALLY DEFERRED,
-                ADD FOREIGN KEY (purpose_id) REFERENCES governance_purpose (id) DEFERRABLE INITIALLY DEFERRED"""
-        )
+        if foreign_keys:
+            cur.execute(
+                f"""ALTER TABLE {name}
+                    ADD FOREIGN KEY (subject_id) REFERENCES governance_datasubject (id) DEFERRABLE INITIALLY DEFERRED,
+                    ADD FOREIGN KEY (purpose_id) REFERENCES governance_purpose (id) DEFERRABLE INITIALLY DEFERRED"""
+            )
     try:
         start = time.perf_counter()
         for offset in range(0, len(lines), BATCH):

@@ -27,6 +27,17 @@ ACTION_WORDS = {
 }
 
 
+def _audit_events_table(request: ErasureRequest):
+    """The request's audit events with their chain positions and hashes."""
+    from governance.reports import toolkit as t
+
+    events = AuditEvent.objects.filter(object_type="erasure_request", object_id=str(request.pk)).order_by("position")
+    return t.data_table(
+        ["Position", "Event", "Hash"], [list(row) for row in events.values_list("position", "action", "hash")],
+        col_widths=[1, 3, 6],
+    )
+
+
 def certificate_relative_path(request: ErasureRequest) -> str:
     return f"erasure/erasure-certificate-{request.pk}.pdf"
 
@@ -128,13 +139,7 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]
         "complaint with a supervisory authority (Art. 77) and to an effective judicial remedy (Art. 79)."
     ))
     flows.append(t.heading("Audit chain"))
-    events = list(
-        AuditEvent.objects.filter(object_type="erasure_request", object_id=str(request.pk))
-        .order_by("position").values_list("position", "action", "hash")
-    )
-    flows.append(t.data_table(
-        ["Position", "Event", "Hash"], [[p, a, h] for p, a, h in events], col_widths=[1, 3, 6],
-    ))
+    flows.append(_audit_events_table(request))
     head = AuditChainHead.objects.filter(pk=1).values_list("position", "hash").first() or (0, "")
     flows.append(t.paragraph(
         f"Chain head when this certificate was written: position {head[0]}, hash {head[1]}. The certificate's own "
@@ -175,13 +180,7 @@ def refusal_notice_write(*, request: ErasureRequest) -> tuple[str, str]:
     flows.append(t.heading("Notice"))
     flows.append(t.paragraph(request.refusal_notice))
     flows.append(t.heading("Audit chain"))
-    events = list(
-        AuditEvent.objects.filter(object_type="erasure_request", object_id=str(request.pk))
-        .order_by("position").values_list("position", "action", "hash")
-    )
-    flows.append(t.data_table(
-        ["Position", "Event", "Hash"], [[p, a, h] for p, a, h in events], col_widths=[1, 3, 6],
-    ))
+    flows.append(_audit_events_table(request))
     flows.append(t.paragraph(
         "The SHA-256 of this notice is recorded in the next audit event ('erasure.refusal_notice_issued')."
     ))
