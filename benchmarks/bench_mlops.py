@@ -98,6 +98,15 @@ def _bench_celery_path(ctx: BenchContext) -> list[Result]:
                        baseline="direct training_run_execute", baseline_value=float("nan"), target="ratio <= 1.05",
                        note=f"skipped: no Redis at {BROKER} ({exc})")]
     app.conf.update(broker_url=BROKER, task_always_eager=False, result_backend=BROKER)
+    # An earlier benchmark in this process may have opened the connection pool while no broker
+    # was configured, i.e. on Celery's default amqp://localhost (a RabbitMQ runs on some
+    # machines): tasks would then vanish there. Start the pools and the backend afresh.
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
     settings.CELERY_EMBEDDED = False  # the queue service must not think tasks run in-process
     snapshot = _snapshot(ctx.n(20000, 2000), 10, seed=11)
     # Ten epochs (a few seconds): the task path's cost is a fixed overhead per run (publish,
