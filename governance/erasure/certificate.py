@@ -175,9 +175,8 @@ def refusal_notice_write(*, request: ErasureRequest) -> tuple[str, str]:
             ("Exemption relied on", RefusalGround(request.refusal_ground).label),
         ],
     )
-    flows.append(t.heading("Why your personal data is not erased"))
-    flows.append(t.paragraph(request.refusal_justification))
-    flows.append(t.heading("Notice"))
+    # The notice itself carries the exemption, the justification and the rights.
+    flows.append(t.heading("Our answer"))
     flows.append(t.paragraph(request.refusal_notice))
     flows.append(t.heading("Audit chain"))
     flows.append(_audit_events_table(request))

@@ -1,4 +1,5 @@
-"""Right to erasure (Art. 17): three people erased, one of them from a SISA model.
+"""Right to erasure (Art. 17): three people erased, one of them from a SISA model; a fourth
+request refused under Art. 17(3)(e), with its written notice of refusal.
 
 Uses the snapshot and the SISA model of the earlier steps when they are shared
 (``ctx.shared["snapshot"]``, ``ctx.shared["sisa_model_version"]``); otherwise trains a
@@ -104,6 +105,21 @@ def _erase(ctx: DemoContext, identifier: str, label: str) -> ErasureRequest:
     return request
 
 
+def _refuse(ctx: DemoContext, identifier: str) -> ErasureRequest:
+    """A request the DPO refuses under Art. 17(3)(e): the person gets a written notice."""
+    dpo = ctx.shared.get("user_dpo") or "demo"
+    request = services.erasure_request_receive(identifier=identifier, ground="17_1_a", channel="letter", actor=dpo)
+    services.erasure_request_verify(erasure_request=request, method="signed letter", actor=dpo)
+    request = services.erasure_request_reject(
+        erasure_request=request, refusal_ground="17_3_e", actor=dpo,
+        justification="The records are evidence in a pending legal claim (case DEMO-2025/118) and are kept "
+                      "for that claim only, until it is settled.",
+    )
+    ctx.fact("erasure refused (Art. 17(3)(e))", f"request {request.pk}: notice of refusal written (Art. 12(4))")
+    ctx.artifact(f"notice of refusal {request.pk}", Path(settings.REPORT_ROOT) / request.certificate_path)
+    return request
+
+
 def run(ctx: DemoContext) -> None:
     from governance.models import DataSubject
     from mlops.models import ModelVersion, SisaAssignment
@@ -137,6 +153,9 @@ def run(ctx: DemoContext) -> None:
     ctx.shared["erasure_request"] = _erase(ctx, sisa_person, "person in the SISA model")
     _erase(ctx, second, "person with data outside any model")
     _erase(ctx, third, "unknown person")
+    kept = next((by_subject[s] for s in sorted(by_subject) if by_subject[s] not in (sisa_person, second)), None)
+    if kept is not None:
+        _refuse(ctx, kept)
     new = ModelVersion.objects.filter(supersedes=sisa_version).first()
     if new is not None:
         shards = new.metrics.get("retrained_shards", {})
