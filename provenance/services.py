@@ -526,7 +526,7 @@ def snapshot_records_remove(
         raise ServiceError(f"Unknown amendment reason {reason!r}.", field="reason")
     with transaction.atomic():
         if connection.vendor == "postgresql":
-            removed = _memberships_delete_postgresql(record_ids=list(records.values_list("id", flat=True)))
+            removed = _memberships_delete_postgresql(records=records)
         else:
             removed = _memberships_delete_generic(records=records)
         affected = sorted(removed)
@@ -551,7 +551,28 @@ def snapshot_records_remove(
         return SnapshotAmendment.objects.bulk_create(amendments)
 
 
-def _memberships_delete_postgresql(*, record_ids: list[int]) -> dict[int, tuple[int, int]]:
+_REMOVAL_CHUNK = 50_000
+
+
+def _memberships_delete_postgresql(*, records: QuerySet[DataRecord]) -> dict[int, tuple[int, int]]:
+    """Delete the memberships of ``records`` in chunks of record ids (a retention purge may
+    remove millions); {snapshot: (rows removed, people removed)}. Summing over chunks is
+    exact: a later chunk sees the earlier chunks' deletions, so a person whose rows span
+    chunks counts as removed once, in the chunk that removes their last row."""
+    totals: dict[int, tuple[int, int]] = {}
+    ids = records.order_by("id").values_list("id", flat=True)
+    last = 0
+    while True:
+        chunk = list(ids.filter(id__gt=last)[:_REMOVAL_CHUNK])
+        if not chunk:
+            return totals
+        last = chunk[-1]
+        for snapshot_id, (n, people) in _memberships_delete_chunk(record_ids=chunk).items():
+            before = totals.get(snapshot_id, (0, 0))
+            totals[snapshot_id] = (before[0] + n, before[1] + people)
+
+
+def _memberships_delete_chunk(*, record_ids: list[int]) -> dict[int, tuple[int, int]]:
     """Delete the memberships of ``record_ids``; {snapshot: (rows removed, people removed)}.
 
     One statement driven by the id list (an index probe per record), so its plan does not

@@ -97,3 +97,19 @@ def test_an_amendment_counts_a_person_as_removed_only_when_none_of_their_rows_re
     (two,) = services.snapshot_records_remove(records=DataRecord.objects.filter(pk=second.pk), reason="retention")
     assert (two.records_removed, two.subjects_removed) == (1, 1)
     assert two.previous_root == one.new_root != snapshot.merkle_root
+
+
+@pytest.mark.django_db
+def test_removal_in_chunks_counts_a_person_whose_rows_span_chunks_once(monkeypatch):
+    monkeypatch.setattr(services, "_REMOVAL_CHUNK", 1)  # PostgreSQL path: one record id per statement
+    act = activity(lawful_basis="contract")
+    dataset = services.dataset_create(name=f"chunks {time.time()}", owner="ml", processing_activity=act, schema=SCHEMA)
+    services.dataset_records_ingest(
+        dataset=dataset, rows=[row("twice", age=30), row("twice", age=31), row("other")], actor="test"
+    )
+    snapshot = services.snapshot_create(dataset=dataset, purpose=purpose(CODE))
+    twice = DataRecord.objects.filter(dataset=dataset, features__age__in=[30, 31])
+
+    (amendment,) = services.snapshot_records_remove(records=twice, reason="retention")
+    assert (amendment.records_removed, amendment.subjects_removed) == (2, 1)
+    assert SnapshotMembership.objects.filter(snapshot=snapshot).count() == 1
