@@ -60,7 +60,8 @@ def test_killed_worker_mid_erasure_recovers_to_one_consistent_result(celery_work
     versions = []
     for k in range(3):
         run = mlops_services.training_run_queue(
-            snapshot=snap, name=f"killed-{k}", epochs=6, batch_size=16, noise_multiplier=1.0, seed=k,
+            # Enough epochs that retraining the three models outlasts the 0.2 s poll below.
+            snapshot=snap, name=f"killed-{k}", epochs=20, batch_size=16, noise_multiplier=1.0, seed=k,
             model_spec={"hidden_sizes": [32]}, validation_split=0.0, holdout_fraction=0.0,
         )
         assert wait_for_run(run.pk).status == "succeeded"  # trained by the fixture's worker

@@ -80,7 +80,9 @@ def test_killed_worker_leads_to_a_clean_retry():
     second = None
     try:
         run = services.training_run_queue(
-            snapshot=snapshot, name="killed-worker", epochs=6, batch_size=32, noise_multiplier=1.0,
+            # Long enough that shard 1 is still training when shard 0's checkpoints appear
+            # (a 0.2 s poll), on a fast machine too.
+            snapshot=snapshot, name="killed-worker", epochs=60, batch_size=32, noise_multiplier=1.0,
             sisa={"shards": 2, "slices": 2}, model_spec={"hidden_sizes": [64]}, queue=QUEUE,
         )
         # Kill it while training, after shard 0 left its checkpoints on disk.

@@ -28,12 +28,17 @@ def test_a_run_that_fails_while_training_is_failed_with_the_reason():
     assert AuditEvent.objects.filter(action="training_run.failed", object_id=str(run.pk)).exists()
 
 
+EPOCHS = 250
+
+
 @pytest.mark.skipif(settings.CELERY_EMBEDDED, reason="in embedded mode the task runs inside the request, before a cancel")
 @pytest.mark.django_db(transaction=True)
 def test_cancelling_a_running_run_stops_the_worker_and_publishes_nothing(celery_worker, ml_client):
     snapshot = make_snapshot(n=1500, d=10)
+    # Far more epochs than the test lets run (about 5 s of training): the cancel must land
+    # while the run is still training, however fast the machine.
     run = services.training_run_queue(
-        snapshot=snapshot, epochs=40, batch_size=32, noise_multiplier=1.0, model_spec={"hidden_sizes": [64]}
+        snapshot=snapshot, epochs=EPOCHS, batch_size=32, noise_multiplier=1.0, model_spec={"hidden_sizes": [64]}
     )
     wait_for(lambda: TrainingRun.objects.get(pk=run.pk).progress.get("epoch", 0) >= 1, what="first epoch")
     # The Celery task state carries the same progress as the run row.
@@ -50,7 +55,7 @@ def test_cancelling_a_running_run_stops_the_worker_and_publishes_nothing(celery_
     wait_for(lambda: AuditEvent.objects.filter(action="training_run.cancelled", object_id=str(run.pk), actor="system")
              .exists(), timeout=120, what="the worker to abandon the run")
     run.refresh_from_db()
-    assert run.status == RunStatus.CANCELLED and run.progress["epoch"] < 40
+    assert run.status == RunStatus.CANCELLED and run.progress["epoch"] < EPOCHS
     assert not ModelVersion.objects.filter(training_run=run).exists()
     assert artifacts.run_files(run.pk) == []
     assert run.ledger_entry.state == LedgerState.RELEASED
