@@ -287,9 +287,9 @@ class Trainer:
             self._input_sq_norms = torch.linalg.vector_norm(X, dim=1).square_()
             self._clipper = LinearClipper(list(model))
             self.params = self._clipper.parameters
-        # Plain SGD's step on CPU is `p.add_(grad, alpha=-lr)` per parameter
-        # (torch.optim.sgd._single_tensor_sgd); doing exactly that here skips the optimiser's
-        # per-step bookkeeping, a tenth of a small model's step.
+        # Plain SGD's step on CPU is `p.add_(grad, alpha=-lr)` per parameter with a gradient
+        # (torch.optim.sgd._single_tensor_sgd); doing exactly that here, on the private and
+        # the non-private path alike, skips the optimiser's per-step bookkeeping.
         self._sgd_lr = -float(config.learning_rate) if config.optimizer == "sgd" else None
 
     def _sample_index(self) -> torch.Tensor:
@@ -323,7 +323,7 @@ class Trainer:
             return torch.zeros(())
         loss = F.cross_entropy(self.model(xb), yb, reduction="sum")
         (loss / len(xb)).backward()
-        self.optimizer.step()
+        self._optimizer_step(self.model.parameters())
         return loss.detach()
 
     def _step_linear(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -340,13 +340,17 @@ class Trainer:
         for p, grad in zip(self.params, grads, strict=True):
             # normal(mean=grad) draws N(0, std²) exactly as normal(0, std, shape) does and adds grad.
             p.grad = torch.normal(grad, std, generator=self.generator).mul_(scale)
+        self._optimizer_step(self.params)
+        return loss
+
+    def _optimizer_step(self, params) -> None:
         if self._sgd_lr is None:
             self.optimizer.step()
-        else:
-            with torch.no_grad():
-                for p in self.params:
+            return
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
                     p.add_(p.grad, alpha=self._sgd_lr)
-        return loss
 
     def _step_opacus(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
