@@ -8,19 +8,30 @@ the run and starts clean.
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 from celery import shared_task
 
 from mlops import services
 
 logger = logging.getLogger(__name__)
+PROGRESS_STATE_INTERVAL = 0.5  # seconds
 
 
 @shared_task(bind=True, name="mlops.train_model")
 def train_model(self, run_id: int) -> dict:
+    last_sent = [-math.inf]
+
     def report(meta: dict) -> None:
         # In eager mode there is no result backend to report to; the run row has it all.
-        if not self.request.called_directly and not self.request.is_eager:
+        if self.request.called_directly or self.request.is_eager:
+            return
+        # The run row gets every epoch; the task state, a round trip to the result backend,
+        # at most twice a second, so short epochs do not pay for their own progress reports.
+        now = time.monotonic()
+        if now - last_sent[0] >= PROGRESS_STATE_INTERVAL:
+            last_sent[0] = now
             self.update_state(state="PROGRESS", meta=meta)
 
     run = services.training_run_execute(run_id=run_id, on_progress=report)
