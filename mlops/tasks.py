@@ -21,17 +21,18 @@ PROGRESS_STATE_INTERVAL = 0.5  # seconds
 
 @shared_task(bind=True, name="mlops.train_model")
 def train_model(self, run_id: int) -> dict:
-    last_sent = [-math.inf]
+    last_sent = -math.inf
 
     def report(meta: dict) -> None:
+        nonlocal last_sent
         # In eager mode there is no result backend to report to; the run row has it all.
         if self.request.called_directly or self.request.is_eager:
             return
         # The run row gets every epoch; the task state, a round trip to the result backend,
         # at most twice a second, so short epochs do not pay for their own progress reports.
         now = time.monotonic()
-        if now - last_sent[0] >= PROGRESS_STATE_INTERVAL:
-            last_sent[0] = now
+        if now - last_sent >= PROGRESS_STATE_INTERVAL:
+            last_sent = now
             self.update_state(state="PROGRESS", meta=meta)
 
     run = services.training_run_execute(run_id=run_id, on_progress=report)
