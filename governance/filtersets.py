@@ -15,6 +15,7 @@ from governance.models import (
     Purpose,
     PurposeCompatibility,
 )
+from governance.moments import UTCIsoDateTimeFilter
 
 
 def _code_or_descendants(queryset, field: str, code: str):
@@ -93,10 +94,10 @@ class ConsentEventFilterSet(django_filters.FilterSet):
     purpose = django_filters.CharFilter(field_name="purpose__code", help_text="Exact purpose code.")
     purpose_under = django_filters.CharFilter(method="filter_purpose_under", help_text="Code and its descendants.")
     action = django_filters.ChoiceFilter(choices=ConsentAction.choices)
-    occurred_after = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    occurred_before = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
-    recorded_after = django_filters.IsoDateTimeFilter(field_name="recorded_at", lookup_expr="gte")
-    recorded_before = django_filters.IsoDateTimeFilter(field_name="recorded_at", lookup_expr="lt")
+    occurred_after = UTCIsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    occurred_before = UTCIsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    recorded_after = UTCIsoDateTimeFilter(field_name="recorded_at", lookup_expr="gte")
+    recorded_before = UTCIsoDateTimeFilter(field_name="recorded_at", lookup_expr="lt")
     subject = django_filters.CharFilter(field_name="subject__pseudonym", help_text="The subject's pseudonym.")
 
     class Meta:

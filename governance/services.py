@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from governance import audit
 from governance.models import ApiKey, AuditChainHead, AuditEvent
+from governance.moments import moment_parse
 from governance.roles import ALL_ROLES
 
 
@@ -31,6 +32,15 @@ class ServiceError(Exception):
 
 class ServiceConflict(ServiceError):
     """A request refused because of the current state of a record: answered as 409."""
+
+
+def moment_for_field(value: Any, *, field: str, require_timezone: bool = True) -> datetime:
+    """A client's date-time in UTC (see governance.moments), or a 400 naming ``field``."""
+    try:
+        return moment_parse(value, require_timezone=require_timezone)
+    except ValueError as exc:
+        reason = str(exc)
+        raise ServiceError(reason[0].upper() + reason[1:], field=field) from None
 
 
 SYSTEM_ACTOR = "system"
@@ -631,25 +641,10 @@ def _notice_sha256(text: str) -> str:
 
 
 def _parse_moment(value: Any, field: str) -> datetime:
-    from django.utils.dateparse import parse_datetime
-
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            try:
-                moment = parse_datetime(value.strip())
-            except ValueError:
-                moment = None
-        if moment is None:
-            raise ValueError(f"{field}: not an ISO 8601 date-time, e.g. 2025-03-01T10:15:00Z.")
-    else:
-        raise ValueError(f"{field}: expected an ISO 8601 date-time string.")
-    if timezone.is_naive(moment):
-        raise ValueError(f"{field}: the time must carry a time zone (e.g. Z or +01:00).")
-    return moment
+    try:
+        return moment_parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
 
 
 def _text(event: dict, key: str, *, required: bool, max_length: int) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import django_filters
 
+from governance.moments import UTCIsoDateTimeFilter
 from mlops.models import ModelVersion, TrainingRun
 
 
 class TrainingRunFilterSet(django_filters.FilterSet):
     dataset = django_filters.NumberFilter(field_name="snapshot__dataset_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
 
     class Meta:
         model = TrainingRun

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import django_filters
 
+from governance.moments import UTCIsoDateTimeFilter
 from provenance.models import Dataset, Snapshot
 
 
@@ -16,8 +17,8 @@ class DatasetFilterSet(django_filters.FilterSet):
 
 class SnapshotFilterSet(django_filters.FilterSet):
     purpose = django_filters.CharFilter(field_name="purpose__code")
-    taken_after = django_filters.IsoDateTimeFilter(field_name="taken_for", lookup_expr="gte")
-    taken_before = django_filters.IsoDateTimeFilter(field_name="taken_for", lookup_expr="lt")
+    taken_after = UTCIsoDateTimeFilter(field_name="taken_for", lookup_expr="gte")
+    taken_before = UTCIsoDateTimeFilter(field_name="taken_for", lookup_expr="lt")
 
     class Meta:
         model = Snapshot

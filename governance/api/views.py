@@ -1,7 +1,6 @@
 from dataclasses import asdict
 
 import django_filters
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -19,14 +18,15 @@ from governance.models import (
     Purpose,
     PurposeCompatibility,
 )
+from governance.moments import UTCIsoDateTimeFilter
 from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY, READ_ROLES
 from governance.pseudonymisation import pseudonymise_many
 from governance.roles import roles_of
 
 
 class AuditEventFilterSet(django_filters.FilterSet):
-    occurred_after = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    occurred_before = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    occurred_after = UTCIsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
+    occurred_before = UTCIsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = AuditEvent
@@ -301,11 +301,9 @@ class ConsentStatusView(APIView):
             raise services.ServiceError(f"Unknown purpose code {code!r}.", field="purpose")
         at = None
         if data.get("at") not in (None, ""):
-            at = parse_datetime(data["at"]) if isinstance(data["at"], str) else None
-            if at is None:
+            if not isinstance(data["at"], str):
                 raise services.ServiceError("Not an ISO 8601 date-time, e.g. 2025-09-01T00:00:00Z.", field="at")
-            if at.tzinfo is None:
-                raise services.ServiceError("The time must carry a time zone (e.g. Z).", field="at")
+            at = services.moment_for_field(data["at"], field="at")
         subjects = data.get("subjects")
         if not isinstance(subjects, list):
             raise services.ServiceError("A list of external identifiers is required.", field="subjects")

@@ -28,7 +28,7 @@ from governance.erasure.models import (
     RefusalGround,
     RemediationAction,
 )
-from governance.services import ServiceConflict, ServiceError, audit_event_record
+from governance.services import ServiceConflict, ServiceError, audit_event_record, moment_for_field
 
 NO_DATA_HELD_ANSWER = (
     "We hold no personal data relating to the identifier given, so there is nothing to erase. "
@@ -60,17 +60,7 @@ def _choice(value: Any, choices, field: str, label: str) -> str:
 
 
 def _moment(value: Any, field: str) -> datetime:
-    if isinstance(value, str):
-        from django.utils.dateparse import parse_datetime
-
-        parsed = parse_datetime(value)
-        if parsed is None:
-            raise ServiceError(f"{value!r} is not an ISO 8601 date-time.", field=field)
-        value = parsed
-    if not isinstance(value, datetime):
-        raise ServiceError("An ISO 8601 date-time is required.", field=field)
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value)
+    value = moment_for_field(value, field=field, require_timezone=False)
     if value > timezone.now() + timedelta(minutes=5):
         raise ServiceError("This moment is in the future.", field=field)
     return value

@@ -9,11 +9,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import MethodNotAllowed, NotFound
-from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.exceptions import MethodNotAllowed, NotFound, ParseError
+from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from governance.api.parsers import StorableJSONParser, unstorable_reason
 from governance.permissions import DPO_AND_AUDITOR, DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
 from provenance import lineage_exports, selectors, services
 from provenance.api import serializers
@@ -28,7 +29,14 @@ class CSVTextParser(BaseParser):
 
     def parse(self, stream, media_type=None, parser_context=None) -> str:
         encoding = (parser_context or {}).get("encoding", "utf-8")
-        return stream.read().decode(encoding)
+        try:
+            text = stream.read().decode(encoding)
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise ParseError(f"The CSV body is not valid {encoding} text: {exc}.") from None
+        reason = unstorable_reason(text)
+        if reason:
+            raise ParseError(f"The CSV body {reason}.")
+        return text
 
 
 RECORDS_EXAMPLE = [
@@ -82,7 +90,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
         description="Upload up to 100,000 records as a JSON list or a CSV body; every row is validated "
         "first and either all are stored or none (400 names the row and field).",
     )
-    @action(detail=True, methods=["post"], parser_classes=[JSONParser, CSVTextParser])
+    @action(detail=True, methods=["post"], parser_classes=[StorableJSONParser, CSVTextParser])
     def records(self, request, pk=None):
         dataset = self.get_object()
         if isinstance(request.data, str):

@@ -1,0 +1,148 @@
+"""Input that once reached the database and came back as a server error (found by fuzzing the
+OpenAPI schema): every such request is now a 400 naming the field, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from governance.api.parsers import first_unstorable
+from governance.models import AuditEvent, ConsentEvent, DataSubject
+from governance.moments import moment_parse
+from provenance import services as provenance_services
+from provenance.models import DataRecord
+from tests.governance.consent_helpers import at, consent_activity, event
+from tests.provenance.helpers import SCHEMA, activity
+
+CLINICAL = "ml.training.clinical_risk"
+
+
+def _written():
+    return ConsentEvent.objects.count(), DataSubject.objects.count(), AuditEvent.objects.count()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-03-01T10:15:00Z", datetime(2025, 3, 1, 10, 15, tzinfo=UTC)),
+        # PostgreSQL stores offsets up to ±15:59 only; converted to UTC it never sees this one.
+        ("2025-03-01T10:15:00+18:38", datetime(2025, 2, 28, 15, 37, tzinfo=UTC)),
+        (" 2025-03-01 10:15:00+01:00 ", datetime(2025, 3, 1, 9, 15, tzinfo=UTC)),
+    ],
+)
+def test_moments_are_converted_to_utc(text, expected):
+    moment = moment_parse(text)
+    assert moment == expected
+    assert moment.utcoffset().total_seconds() == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("2024-01-01T12:99:00Z", "minute must be in 0..59"),
+        ("0001-01-01T00:30:00+01:00", "out of range"),
+        ("9999-12-31T23:30:00-01:00", "out of range"),
+        ("2024-01-01T12:00:00", "time zone"),
+        ("yesterday", "ISO 8601"),
+        (1700000000, "ISO 8601"),
+    ],
+)
+def test_impossible_moments_are_refused_with_the_reason(value, reason):
+    with pytest.raises(ValueError, match=reason):
+        moment_parse(value)
+
+
+def test_the_first_unstorable_string_is_named_by_its_json_path():
+    assert first_unstorable({"events": [{"subject": "ok"}, {"subject": "a\x00b"}]}) == (
+        "events[1].subject", "contains a NUL character (\\u0000), which cannot be stored",
+    )
+    assert first_unstorable(["ok", "\udaf0"])[0] == "[1]"
+    assert first_unstorable({"ok": ["fine", {"x": 1}]}) is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"purpose": "ml\\u0000x", "subjects": ["a"]}', "purpose"),
+        ('{"purpose": "ml.training", "subjects": ["a", "b\\udaf0"]}', "subjects[1]"),
+    ],
+)
+def test_consent_status_refuses_strings_the_database_cannot_hold(dpo_client, body, field):
+    response = dpo_client.post("/api/v1/consent-status/", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert field in response.json(), response.json()
+
+
+@pytest.mark.django_db
+def test_consent_ingest_refuses_a_nul_character_and_writes_nothing(dpo_client):
+    consent_activity()
+    batch = [event("a@x.org", CLINICAL, "given", at(0)), event("b\x00@x.org", CLINICAL, "given", at(1))]
+    before = _written()
+    response = dpo_client.post("/api/v1/consent-events/", json.dumps(batch), content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert "[1].subject" in response.json(), response.json()
+    assert _written() == before
+
+
+@pytest.mark.django_db
+def test_consent_ingest_stores_a_far_offset_in_utc(dpo_client):
+    consent_activity()
+    payload = event("far@x.org", CLINICAL, "given", at(0), event_id="far-offset")
+    payload["occurred_at"] = "2025-01-01T09:00:00+18:38"
+    response = dpo_client.post("/api/v1/consent-events/", payload, format="json")
+    assert response.status_code == 201, response.content
+    assert ConsentEvent.objects.get(event_id="far-offset").occurred_at == datetime(2024, 12, 31, 14, 22, tzinfo=UTC)
+
+
+@pytest.mark.django_db
+def test_consent_ingest_refuses_a_moment_before_year_one_in_utc(dpo_client):
+    consent_activity()
+    payload = event("early@x.org", CLINICAL, "given", at(0))
+    payload["occurred_at"] = "0001-01-01T00:00:00+01:00"
+    before = _written()
+    response = dpo_client.post("/api/v1/consent-events/", payload, format="json")
+    assert response.status_code == 400, response.content
+    assert "events[0].occurred_at" in response.json(), response.json()
+    assert _written() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        ("/api/v1/consent-events/?occurred_before=0632-08-19T12:06:29%2B18:38", None),
+        ("/api/v1/consent-events/?occurred_after=0001-01-01T00:00:00%2B01:00", "occurred_after"),
+        ("/api/v1/consent-events/?recorded_before=2024-13-01T00:00:00Z", "recorded_before"),
+        ("/api/v1/audit-events/?occurred_after=0001-01-01T00:00:00%2B01:00", "occurred_after"),
+        ("/api/v1/snapshots/?taken_after=9999-12-31T23:59:59-01:00", "taken_after"),
+        ("/api/v1/training-runs/?created_after=2024-01-01T25:00:00Z", "created_after"),
+    ],
+)
+def test_date_filters_take_any_offset_and_refuse_impossible_moments(dpo_client, url, field):
+    response = dpo_client.get(url)
+    if field is None:
+        assert response.status_code == 200, response.content
+    else:
+        assert response.status_code == 400, response.content
+        assert field in response.json(), response.json()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"subject,age,smoker,label\n\xff\xfe,30,false,1\n", "not valid utf-8"),
+        (b"subject,age,smoker,label\na\x00b@x.org,30,false,1\n", "NUL"),
+    ],
+)
+def test_record_upload_refuses_csv_the_database_cannot_hold(ml_client, body, reason):
+    dataset = provenance_services.dataset_create(
+        name="bad csv", owner="ml", processing_activity=activity(), schema=SCHEMA
+    )
+    response = ml_client.post(f"/api/v1/datasets/{dataset.pk}/records/", body, content_type="text/csv")
+    assert response.status_code == 400, response.content
+    assert reason in response.json()["detail"]
+    assert not DataRecord.objects.filter(dataset=dataset).exists()
