@@ -106,6 +106,16 @@ class TransferSerializer(serializers.Serializer):
     safeguard = serializers.CharField(help_text="Art. 46 safeguard or Art. 45 adequacy decision.")
 
 
+def _require_whole(items: list[dict], field: str, keys: tuple[str, ...]) -> list[dict]:
+    # PATCH makes a nested serializer's fields optional as well, yet a list item replaces the
+    # stored list whole, so each item must still carry every required key.
+    for index, item in enumerate(items):
+        for key in keys:
+            if key not in item:
+                raise serializers.ValidationError(f"{field}[{index}].{key}: this field is required.")
+    return items
+
+
 class ProcessingActivitySerializer(serializers.ModelSerializer):
     """One Art. 30(1) record. Article-specific rules are checked by the service."""
 
@@ -145,12 +155,19 @@ class ProcessingActivitySerializer(serializers.ModelSerializer):
 
     def validate_retention(self, rules):
         seen = set()
+        _require_whole(rules, "retention", ("data_category", "retention"))
         for index, rule in enumerate(rules):
             code = rule["data_category"].code
             if code in seen:
                 raise serializers.ValidationError(f"retention[{index}]: {code!r} appears twice.")
             seen.add(code)
         return rules
+
+    def validate_recipients(self, recipients):
+        return _require_whole(recipients, "recipients", ("name",))
+
+    def validate_third_country_transfers(self, transfers):
+        return _require_whole(transfers, "third_country_transfers", ("country", "safeguard"))
 
     def to_service_kwargs(self) -> dict:
         data = dict(self.validated_data)

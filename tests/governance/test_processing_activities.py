@@ -164,3 +164,23 @@ def test_default_taxonomy_flags_special_and_criminal_categories(ml_client):
     assert [c["code"] for c in criminal] == ["criminal_offences"]
     child = ml_client.get("/api/v1/data-subject-categories/child/").json()
     assert child["vulnerable"] is True
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"retention": [{"data_category": "health"}]}, "retention[0].retention"),
+        ({"retention": [{"retention": "P30D"}]}, "retention[0].data_category"),
+        ({"recipients": [{"third_country": "US"}]}, "recipients[0].name"),
+        ({"third_country_transfers": [{"country": "US"}]}, "third_country_transfers[0].safeguard"),
+    ],
+)
+def test_patch_refuses_a_list_item_missing_a_required_key(dpo_client, patch, field):
+    # Found by fuzzing: PATCH made the nested keys optional, and a half rule was a server error.
+    activity_id = dpo_client.post(URL, activity_payload(), format="json").json()["id"]
+    before = list(ProcessingActivity.objects.filter(pk=activity_id).values())
+    response = dpo_client.patch(f"{URL}{activity_id}/", patch, format="json")
+    assert response.status_code == 400, response.content
+    assert field in str(response.json()), response.json()
+    assert list(ProcessingActivity.objects.filter(pk=activity_id).values()) == before
