@@ -146,3 +146,33 @@ def test_record_upload_refuses_csv_the_database_cannot_hold(ml_client, body, rea
     assert response.status_code == 400, response.content
     assert reason in response.json()["detail"]
     assert not DataRecord.objects.filter(dataset=dataset).exists()
+
+
+@pytest.mark.django_db
+def test_pages_are_bounded_so_no_query_string_overflows_the_database(dpo_client):
+    consent_activity()
+    for query, expected_limit in (("limit=9223372036854775808", 1000), ("limit=5&offset=9223372036854775808", 5)):
+        response = dpo_client.get(f"/api/v1/processing-activities/?{query}")
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert len(body["results"]) <= expected_limit
+    assert dpo_client.get("/api/v1/processing-activities/?offset=9223372036854775808").json()["results"] == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/v1/models/0.5/lineage/", "/api/v1/no-such-thing/", "/api/v2/"])
+def test_a_path_no_endpoint_matches_is_a_json_404(dpo_client, path):
+    response = dpo_client.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert "No endpoint at" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_a_missing_trailing_slash_is_redirected_for_get_and_explained_otherwise(dpo_client):
+    response = dpo_client.get("/api/v1/datasets?limit=1")
+    assert response.status_code == 301
+    assert response["Location"] == "/api/v1/datasets/?limit=1"
+    refused = dpo_client.post("/api/v1/datasets", {}, format="json")
+    assert refused.status_code == 404
+    assert "/api/v1/datasets/ (with a trailing slash)" in refused.json()["detail"]
