@@ -13,8 +13,9 @@ import uuid
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
@@ -38,7 +39,19 @@ schema.app = get_wsgi_application()
 
 
 @pytest.fixture
-def fuzz_world(db) -> tuple[str, dict[str, int]]:
+def _test_transaction_kept_open():
+    # The WSGI handler closes the database connection after each request, as it should in
+    # production; here that connection holds the test's transaction. Django's test client
+    # disconnects the same handler for the same reason.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def fuzz_world(db, _test_transaction_kept_open) -> tuple[str, dict[str, int]]:
     """A DPO's API key, and real ids for each collection whose path takes one."""
     user = governance_services.user_ensure_with_role(username="fuzz_dpo", role=DPO)
     _, key = governance_services.api_key_create(user=user, name="fuzz")
