@@ -20,11 +20,17 @@ from django.utils.dateparse import parse_datetime
 EXAMPLE = "2025-03-01T10:15:00Z"
 
 
-def moment_parse(value: Any, *, require_timezone: bool = True) -> datetime:
+# The earliest moment a governance record may carry. A consent given or a request received
+# before it is a typing error (0025 for 2025), never history this system could hold.
+EARLIEST_RECORDED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def moment_parse(value: Any, *, require_timezone: bool = True, earliest: datetime | None = None) -> datetime:
     """``value`` (an ISO 8601 string or an aware datetime) as an aware datetime in UTC.
 
     Raises ValueError with a reason a client can act on; callers add the field's name.
-    A naive moment is refused when ``require_timezone``, else read in the configured TIME_ZONE.
+    A naive moment is refused when ``require_timezone``, else read in the configured TIME_ZONE;
+    one before ``earliest`` is refused (filters pass none: any bound is a fair question).
     """
     if isinstance(value, datetime):
         moment = value
@@ -46,9 +52,12 @@ def moment_parse(value: Any, *, require_timezone: bool = True) -> datetime:
             raise ValueError("the time must carry a time zone (e.g. Z or +01:00).")
         moment = timezone.make_aware(moment)
     try:
-        return moment.astimezone(UTC)
+        moment = moment.astimezone(UTC)
     except OverflowError:
         raise ValueError("out of range: years 1 to 9999 in UTC.") from None
+    if earliest is not None and moment < earliest:
+        raise ValueError(f"before {earliest:%Y-%m-%d}, which no record here can be; check the year.")
+    return moment
 
 
 class UTCIsoDateTimeField(forms.DateTimeField):

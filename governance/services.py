@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from governance import audit
 from governance.models import ApiKey, AuditChainHead, AuditEvent
-from governance.moments import moment_parse
+from governance.moments import EARLIEST_RECORDED, moment_parse
 from governance.roles import ALL_ROLES
 
 
@@ -34,10 +34,12 @@ class ServiceConflict(ServiceError):
     """A request refused because of the current state of a record: answered as 409."""
 
 
-def moment_for_field(value: Any, *, field: str, require_timezone: bool = True) -> datetime:
-    """A client's date-time in UTC (see governance.moments), or a 400 naming ``field``."""
+def moment_for_field(value: Any, *, field: str, require_timezone: bool = True, recorded: bool = True) -> datetime:
+    """A client's date-time in UTC (see governance.moments), or a 400 naming ``field``.
+
+    ``recorded``: the moment goes into a governance record, so it may not precede 1970."""
     try:
-        return moment_parse(value, require_timezone=require_timezone)
+        return moment_parse(value, require_timezone=require_timezone, earliest=EARLIEST_RECORDED if recorded else None)
     except ValueError as exc:
         reason = str(exc)
         raise ServiceError(reason[0].upper() + reason[1:], field=field) from None
@@ -642,7 +644,7 @@ def _notice_sha256(text: str) -> str:
 
 def _parse_moment(value: Any, field: str) -> datetime:
     try:
-        return moment_parse(value)
+        return moment_parse(value, earliest=EARLIEST_RECORDED)
     except ValueError as exc:
         raise ValueError(f"{field}: {exc}") from None
 

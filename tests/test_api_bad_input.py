@@ -176,3 +176,28 @@ def test_a_missing_trailing_slash_is_redirected_for_get_and_explained_otherwise(
     refused = dpo_client.post("/api/v1/datasets", {}, format="json")
     assert refused.status_code == 404
     assert "/api/v1/datasets/ (with a trailing slash)" in refused.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_a_consent_with_a_mistyped_year_is_refused_but_a_status_question_about_the_past_is_answered(dpo_client):
+    consent_activity()
+    payload = event("typo@x.org", CLINICAL, "given", at(0))
+    payload["occurred_at"] = "0025-03-01T10:00:00Z"
+    before = _written()
+    response = dpo_client.post("/api/v1/consent-events/", payload, format="json")
+    assert response.status_code == 400, response.content
+    assert "check the year" in response.json()["events[0].occurred_at"][0]
+    assert _written() == before
+    status = dpo_client.post("/api/v1/consent-status/", {"purpose": CLINICAL, "at": "1500-01-01T00:00:00Z",
+                                                         "subjects": ["typo@x.org"]}, format="json")
+    assert status.status_code == 200, status.content
+    assert status.json()["counts"]["no_consent"] == 1
+
+
+@pytest.mark.django_db
+def test_a_dpia_naming_a_model_id_beyond_the_database_integer_is_a_400(dpo_client):
+    act = consent_activity()
+    response = dpo_client.post("/api/v1/dpias/", {"processing_activity": act.pk, "model_version_ids": [2**63]},
+                               format="json")
+    assert response.status_code == 400, response.content
+    assert "model_version_ids" in response.json(), response.json()

@@ -41,7 +41,7 @@ class WhoAmISerializer(serializers.Serializer):
 
 
 class PurposeSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
     code = serializers.CharField(max_length=200, help_text="Dotted code; the parent (code minus last segment) must exist.")
 
     class Meta:

@@ -303,7 +303,7 @@ class ConsentStatusView(APIView):
         if data.get("at") not in (None, ""):
             if not isinstance(data["at"], str):
                 raise services.ServiceError("Not an ISO 8601 date-time, e.g. 2025-09-01T00:00:00Z.", field="at")
-            at = services.moment_for_field(data["at"], field="at")
+            at = services.moment_for_field(data["at"], field="at", recorded=False)
         subjects = data.get("subjects")
         if not isinstance(subjects, list):
             raise services.ServiceError("A list of external identifiers is required.", field="subjects")

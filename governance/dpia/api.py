@@ -59,7 +59,7 @@ class DpiaSerializer(serializers.ModelSerializer):
     screening = ScreeningAnswerSerializer(many=True, read_only=True)
     risks = DpiaRiskSerializer(many=True, read_only=True)
     model_version_ids = serializers.PrimaryKeyRelatedField(source="model_versions", many=True, read_only=True)
-    signed_by = serializers.StringRelatedField()
+    signed_by = serializers.StringRelatedField(allow_null=True)
     effective_required = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -76,7 +76,9 @@ class DpiaSerializer(serializers.ModelSerializer):
 
 class DpiaContentSerializer(serializers.Serializer):
     title = serializers.CharField(max_length=200, required=False)
-    model_version_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
+    # Bounded by the database's bigint, so an id no row can have is a 400, not an overflow.
+    model_version_ids = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+                                              required=False)
     models_used_for_decisions = serializers.BooleanField(required=False)
     systematic_description = serializers.CharField(required=False, allow_blank=True)
     necessity_and_proportionality = serializers.CharField(required=False, allow_blank=True)
@@ -115,7 +117,7 @@ class RiskInputSerializer(serializers.Serializer):
 
 
 class ReportJobSerializer(serializers.ModelSerializer):
-    requested_by = serializers.StringRelatedField()
+    requested_by = serializers.StringRelatedField(allow_null=True)
     download_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -131,7 +133,7 @@ class ReportJobSerializer(serializers.ModelSerializer):
 
 class ReportRequestSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=ReportKind.choices)
-    object_id = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    object_id = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**63 - 1)
 
 
 def _pdf_response(job: ReportJob, *, filename: str) -> FileResponse:

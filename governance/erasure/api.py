@@ -62,7 +62,7 @@ class RemediationOverrideSerializer(serializers.ModelSerializer):
 
 
 class ErasureRequestSerializer(serializers.ModelSerializer):
-    verified_by = serializers.StringRelatedField()
+    verified_by = serializers.StringRelatedField(allow_null=True)
     effective_due_at = serializers.DateField(read_only=True)
     days_left = serializers.SerializerMethodField()
     overdue = serializers.SerializerMethodField()

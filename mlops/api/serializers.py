@@ -69,7 +69,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     dataset = serializers.IntegerField(source="snapshot.dataset_id", read_only=True)
     planned_epsilon = FiniteFloatField(read_only=True)
     epsilon = FiniteFloatField(read_only=True)
-    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None)
+    requested_by = serializers.CharField(source="requested_by.username", read_only=True, default=None, allow_null=True)
     non_private = serializers.BooleanField(source="allow_non_private", read_only=True)
     model_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
 

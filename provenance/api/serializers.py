@@ -13,7 +13,7 @@ class DatasetSerializer(serializers.ModelSerializer):
         help_text='{"features": [{"name": "age", "type": "int"}, ...], "label": {"name": "outcome", "type": "bool"}}; '
         "types: float, int, bool, category (with optional 'categories'). Direct identifiers are refused (Art. 5(1)(c))."
     )
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     record_count = serializers.IntegerField(read_only=True)
 
     class Meta:
@@ -51,7 +51,7 @@ class SnapshotAmendmentSerializer(serializers.ModelSerializer):
 
 class SnapshotSerializer(serializers.ModelSerializer):
     purpose = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     current_merkle_root = serializers.SerializerMethodField(help_text="Root of the current membership, after amendments.")
     amendments = SnapshotAmendmentSerializer(many=True, read_only=True)
 

@@ -226,7 +226,7 @@ class SnapshotViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         doc = lineage_exports.snapshot_prov_document(snapshot=snapshot)
         return _download(lineage_exports.prov_json(doc), f"snapshot-{snapshot.pk}.prov.json")
 
-    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT})
+    @extend_schema(responses={(200, "application/json"): {"type": "array", "items": {"type": "object"}}})
     @action(detail=True, methods=["get"])
     def openlineage(self, request, pk=None):
         """The OpenLineage START and COMPLETE run events of the snapshot's creation."""

@@ -107,6 +107,7 @@ def test_second_request_while_one_is_open_is_409_and_changes_nothing(dpo_client,
         ({"received_at": "2024-01-01T12:99:00Z"}, "received_at"),  # well formed, impossible (found by fuzzing)
         ({"received_at": "0001-01-01T00:30:00+01:00"}, "received_at"),  # before year 1 in UTC
         ({"received_at": 20240101}, "received_at"),
+        ({"received_at": "0004-01-01T01:00:01Z"}, "received_at"),  # a mistyped year
     ],
 )
 def test_bad_input_is_400_naming_the_field(dpo_client, alice, overrides, field):
