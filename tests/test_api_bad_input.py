@@ -98,14 +98,18 @@ def test_consent_ingest_stores_a_far_offset_in_utc(dpo_client):
 
 
 @pytest.mark.django_db
-def test_consent_ingest_refuses_a_moment_before_year_one_in_utc(dpo_client):
+@pytest.mark.parametrize(
+    ("occurred_at", "reason"),
+    [("0001-01-01T00:00:00+01:00", "out of range"), ("0025-03-01T10:00:00Z", "check the year")],
+)
+def test_consent_ingest_refuses_impossible_and_mistyped_years(dpo_client, occurred_at, reason):
     consent_activity()
     payload = event("early@x.org", CLINICAL, "given", at(0))
-    payload["occurred_at"] = "0001-01-01T00:00:00+01:00"
+    payload["occurred_at"] = occurred_at
     before = _written()
     response = dpo_client.post("/api/v1/consent-events/", payload, format="json")
     assert response.status_code == 400, response.content
-    assert "events[0].occurred_at" in response.json(), response.json()
+    assert reason in response.json()["events[0].occurred_at"][0], response.json()
     assert _written() == before
 
 
@@ -179,15 +183,8 @@ def test_a_missing_trailing_slash_is_redirected_for_get_and_explained_otherwise(
 
 
 @pytest.mark.django_db
-def test_a_consent_with_a_mistyped_year_is_refused_but_a_status_question_about_the_past_is_answered(dpo_client):
+def test_a_status_question_about_the_distant_past_is_answered(dpo_client):
     consent_activity()
-    payload = event("typo@x.org", CLINICAL, "given", at(0))
-    payload["occurred_at"] = "0025-03-01T10:00:00Z"
-    before = _written()
-    response = dpo_client.post("/api/v1/consent-events/", payload, format="json")
-    assert response.status_code == 400, response.content
-    assert "check the year" in response.json()["events[0].occurred_at"][0]
-    assert _written() == before
     status = dpo_client.post("/api/v1/consent-status/", {"purpose": CLINICAL, "at": "1500-01-01T00:00:00Z",
                                                          "subjects": ["typo@x.org"]}, format="json")
     assert status.status_code == 200, status.content
