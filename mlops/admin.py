@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.utils.html import format_html
 
 from governance.admin_mixins import ReadOnlyAdmin
@@ -83,7 +84,11 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         return super().changelist_view(request, extra_context=extra)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra = {"auto_refresh": self._auto_refresh(TrainingRun.objects.filter(pk=object_id)), **(extra_context or {})}
+        # get_object turns an id that is not a number into "no such run" (Django's own 404 page
+        # follows); filtering on the raw id would be a server error.
+        run = self.get_object(request, unquote(object_id))
+        refresh = run is not None and self._auto_refresh(TrainingRun.objects.filter(pk=run.pk))
+        extra = {"auto_refresh": refresh, **(extra_context or {})}
         return super().change_view(request, object_id, form_url, extra_context=extra)
 
     @admin.action(description="Cancel the selected runs")
