@@ -1,5 +1,5 @@
 """Every operation of the OpenAPI schema, fuzzed (Schemathesis): no input is a server error,
-and every successful answer has the shape the schema documents.
+every status is documented, and every answer has the shape the schema documents.
 
 The schema is generated in-process and the requests go through the WSGI application, as a DPO
 (the role that reaches the most code). Path ids are pointed at real objects, so the fuzzed bodies
@@ -20,7 +20,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 from governance import services as governance_services
 from governance.dpia import services as dpia_services
@@ -102,9 +102,9 @@ def test_no_input_is_a_server_error(case, fuzz_world):
         transaction.savepoint_rollback(savepoint)
     reproduce = f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r}"
     assert response.status_code < 500, f"{reproduce} -> {response.status_code}: {response.text[:500]}"
-    if response.status_code < 300:
-        # What a client generated from the schema relies on: the answer has the documented shape.
-        case.validate_response(response, checks=[response_schema_conformance])
+    # What a client generated from the schema relies on: every status it can receive is
+    # documented, and every answer, errors included, has the documented shape.
+    case.validate_response(response, checks=[status_code_conformance, response_schema_conformance])
     if 400 <= response.status_code < 500:
         content_type = (response.headers.get("content-type") or [""])[0]
         assert content_type.startswith("application/json"), f"{reproduce} -> {content_type}"

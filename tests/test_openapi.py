@@ -38,3 +38,23 @@ def test_schema_and_docs_need_authentication(client, dpo_client):
     assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
     assert assets, "the page loads no scripts or stylesheets"
     assert all(asset.startswith("/") and not asset.startswith("//") for asset in assets), assets
+
+
+def test_every_operation_documents_its_error_answers():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    assert schema["components"]["schemas"]["Error"]["type"] == "object"
+    operations = [(path, method, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
+    assert len(operations) > 50
+    for path, method, op in operations:
+        responses = op["responses"]
+        for code in ("401", "403"):
+            assert responses[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (
+                method, path, code)
+        if "{" in path:
+            assert "404" in responses, (method, path)
+        if op.get("requestBody"):
+            assert "400" in responses, (method, path)
+        if method != "get":
+            assert "409" in responses, (method, path)

@@ -76,7 +76,10 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         """Everything upstream: training run, snapshot, datasets, processing activities."""
         return Response(selectors.model_lineage(model_version=self.get_object()))
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(responses={
+        (200, "application/octet-stream"): OpenApiTypes.BINARY,
+        409: OpenApiResponse(description="The weights are missing or do not match their recorded SHA-256."),
+    })
     @action(detail=True, methods=["get"])
     def artifact(self, request, pk=None):
         """The weights as a safetensors file; refused (409) if the file no longer matches its hash."""
