@@ -60,6 +60,12 @@ def moment_parse(value: Any, *, require_timezone: bool = True, earliest: datetim
     return moment
 
 
+def reason_as_sentence(exc: ValueError) -> str:
+    """A moment_parse reason as a message of its own (callers that prefix the field keep it lower-case)."""
+    reason = str(exc)
+    return reason[:1].upper() + reason[1:]
+
+
 class UTCIsoDateTimeField(forms.DateTimeField):
     """A filter's date-time: ISO 8601, converted to UTC, with a 400 for impossible values."""
 
@@ -69,7 +75,7 @@ class UTCIsoDateTimeField(forms.DateTimeField):
         try:
             return moment_parse(value, require_timezone=False)
         except ValueError as exc:
-            raise forms.ValidationError(str(exc)[0].upper() + str(exc)[1:], code="invalid") from None
+            raise forms.ValidationError(reason_as_sentence(exc), code="invalid") from None
 
 
 class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):

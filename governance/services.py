@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from governance import audit
 from governance.models import ApiKey, AuditChainHead, AuditEvent
-from governance.moments import EARLIEST_RECORDED, moment_parse
+from governance.moments import EARLIEST_RECORDED, moment_parse, reason_as_sentence
 from governance.roles import ALL_ROLES
 
 
@@ -41,8 +41,7 @@ def moment_for_field(value: Any, *, field: str, require_timezone: bool = True, r
     try:
         return moment_parse(value, require_timezone=require_timezone, earliest=EARLIEST_RECORDED if recorded else None)
     except ValueError as exc:
-        reason = str(exc)
-        raise ServiceError(reason[0].upper() + reason[1:], field=field) from None
+        raise ServiceError(reason_as_sentence(exc), field=field) from None
 
 
 SYSTEM_ACTOR = "system"
