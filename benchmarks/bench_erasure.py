@@ -26,8 +26,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from benchmarks.harness import BenchContext, Result
-from governance.erasure import execution, remediation, services
-from governance.erasure.models import ErasureRequest, ErasureStep
 from governance.models import DataSubject, ProcessingActivity, Purpose
 from governance.pseudonymisation import pseudonymise_many
 from mlops import services as mlops_services
@@ -35,6 +33,8 @@ from mlops.engine import sisa
 from mlops.models import ModelVersion, SisaAssignment
 from provenance import services as prov
 from provenance.models import AmendmentReason, DataRecord, Dataset, SnapshotMembership
+from rights import execution, remediation, services
+from rights.models import ErasureRequest, ErasureStep
 
 D = 8
 PEOPLE_PER_SLICE = 3

@@ -17,12 +17,12 @@ from pathlib import Path
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from assessments.reports.dpia import dpia_report_render
 
+from assessments import services
 from benchmarks.harness import BenchContext, Result
 from governance import services as gov_services
-from governance.dpia import services
 from governance.models import DataCategory, ProcessingActivity, ProcessingActivityDataCategory, Purpose
-from governance.reports.dpia import dpia_report_render
 from governance.reports.selectors import dpia_report_data
 
 

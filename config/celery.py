@@ -14,5 +14,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("privacy_ledger")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-# Sub-domains of the governance app keep their tasks beside their services.
-app.autodiscover_tasks(lambda: ["governance.erasure", "governance.dpia", "governance.reports"])
+# Report jobs keep their task beside their machinery in governance/reports/.
+app.autodiscover_tasks(lambda: ["governance.reports"])

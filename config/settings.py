@@ -95,6 +95,8 @@ INSTALLED_APPS = [
     "governance",
     "provenance",
     "mlops",
+    "rights",
+    "assessments",
 ]
 
 MIDDLEWARE = [
@@ -295,6 +297,16 @@ ERASURE_BACKUP_STATEMENT = os.environ.get(
     "(never restored into live systems without re-applying this erasure) and overwritten within 35 days.",
 )
 ERASURE_CERTIFICATE_ROOT = REPORT_ROOT / "erasure"
+CELERY_BEAT_SCHEDULE.update(
+    {
+        # Consent withdrawals open their erasure requests after the commit; this catches up
+        # on any whose receiver did not run.
+        "open-erasure-requests-for-withdrawals": {
+            "task": "rights.open_erasure_requests_for_withdrawals",
+            "schedule": timedelta(minutes=env_int("ERASURE_WITHDRAWAL_SWEEP_MINUTES", 15)),
+        }
+    }
+)
 
 # --- provenance ---
 PROVENANCE_MAX_ROWS_PER_REQUEST = env_int("PROVENANCE_MAX_ROWS_PER_REQUEST", 100_000)
@@ -347,9 +359,9 @@ DPIA_LARGE_SCALE_SUBJECTS = env_int("DPIA_LARGE_SCALE_SUBJECTS", 10000)
 # Inherent and residual risk share one scale each: one enum name per scale in the OpenAPI schema.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {
-        "LikelihoodEnum": "governance.dpia.models.Likelihood",
-        "SeverityEnum": "governance.dpia.models.Severity",
-        "RiskLevelEnum": "governance.dpia.models.RiskLevel",
+        "LikelihoodEnum": "assessments.models.Likelihood",
+        "SeverityEnum": "assessments.models.Severity",
+        "RiskLevelEnum": "assessments.models.RiskLevel",
     }
 )
 
@@ -359,6 +371,6 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {
         "ConsentActionEnum": "governance.models.ConsentAction",
-        "RemediationActionEnum": "governance.erasure.models.RemediationAction",
+        "RemediationActionEnum": "rights.models.RemediationAction",
     }
 )

@@ -8,8 +8,8 @@ api_v1 = [
     path("", include("governance.api.urls")),
     path("", include("provenance.api.urls")),
     path("", include("mlops.api.urls")),
-    path("", include("governance.erasure.api_urls")),
-    path("", include("governance.dpia.api_urls")),
+    path("", include("rights.api_urls")),
+    path("", include("assessments.api_urls")),
 ]
 
 urlpatterns = [

@@ -10,6 +10,8 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.http import FileResponse, Http404
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_duration
 from django.utils.duration import duration_iso_string
@@ -27,8 +29,11 @@ from governance.models import (
     ProcessingActivity,
     Purpose,
     PurposeCompatibility,
+    ReportJob,
+    ReportStatus,
 )
 from governance.pseudonymisation import pseudonymise
+from governance.reports import jobs
 
 
 def _pseudonymised_search(queryset, search_term: str, field: str):
@@ -327,5 +332,40 @@ class ApiKeyAdmin(ReadOnlyAdmin):
             services.api_key_revoke(api_key=api_key, actor=request.user)
             revoked += 1
         self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)
-from governance.dpia.admin import *  # noqa: E402,F401,F403
-from governance.erasure.admin import *  # noqa: E402,F401,F403
+
+
+@admin.register(ReportJob)
+class ReportJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "kind", "object_id", "status", "requested_by", "created_at", "finished_at", "download"]
+    list_filter = ["kind", "status"]
+    readonly_fields = [
+        "kind", "object_id", "status", "requested_by", "file_path", "sha256", "size_bytes", "error", "created_at",
+        "started_at", "finished_at", "download",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="File")
+    def download(self, obj: ReportJob) -> str:
+        if obj.status != ReportStatus.SUCCEEDED:
+            return "—"
+        return format_html('<a href="{}">download PDF</a>', reverse("admin:governance_reportjob_download", args=[obj.pk]))
+
+    def get_urls(self):
+        return [
+            path("<int:job_id>/download/", self.admin_site.admin_view(self.download_view), name="governance_reportjob_download"),
+            *super().get_urls(),
+        ]
+
+    def download_view(self, request, job_id: int):
+        job = ReportJob.objects.filter(pk=job_id, status=ReportStatus.SUCCEEDED).first()
+        if job is None or not self.has_view_permission(request, job):
+            raise Http404("No finished report with this id.")
+        file_path = jobs.report_file_path(job)
+        if not file_path.is_file():
+            raise Http404("The report file is missing.")
+        return FileResponse(open(file_path, "rb"), content_type="application/pdf", as_attachment=True, filename=file_path.name)  # noqa: SIM115

@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class GovernanceConfig(AppConfig):
     name = "governance"
     verbose_name = "Governance (GDPR records, consent, audit)"
+
+    def ready(self) -> None:
+        from governance.models import ReportKind
+        from governance.reports.jobs import report_kind_register
+        from governance.reports.ropa import ropa_report_render
+
+        report_kind_register(kind=ReportKind.ROPA, build=ropa_report_render, about=None)

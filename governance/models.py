@@ -353,5 +353,41 @@ class ConsentEvent(AppendOnlyModel):
     def __str__(self) -> str:
         return f"{self.action} {self.purpose_id} at {self.occurred_at:%Y-%m-%d %H:%M}"
 
-from governance.dpia.models import *  # noqa: E402,F401,F403
-from governance.erasure.models import *  # noqa: E402,F401,F403
+
+class ReportKind(models.TextChoices):
+    DPIA = "dpia", "DPIA report (Art. 35)"
+    ROPA = "ropa", "Record of processing activities (Art. 30)"
+    MODEL_LINEAGE = "model-lineage", "Model lineage report"
+    ERASURE_CERTIFICATE = "erasure-certificate", "Erasure certificate (Art. 17)"
+
+
+class ReportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class ReportJob(models.Model):
+    """A request for a PDF report and, once produced, its file and SHA-256."""
+
+    kind = models.CharField(max_length=30, choices=ReportKind.choices)
+    object_id = models.BigIntegerField(null=True, blank=True, help_text="Empty for the record of processing.")
+    status = models.CharField(max_length=10, choices=ReportStatus.choices, default=ReportStatus.QUEUED, db_index=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    file_path = models.CharField(max_length=500, blank=True, help_text="Relative to settings.REPORT_ROOT.")
+    sha256 = models.CharField(max_length=64, blank=True)
+    size_bytes = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["kind", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} report {self.pk} ({self.status})"

@@ -928,13 +928,12 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
             if related:
                 erasure_activities.append(activity_name)
                 flagged += sum(withdrawn_codes[c] for c in related)
-    erasure_requests_opened = 0
     if erasure_activities and new_withdrawal_ids:
-        from governance.erasure.services import erasure_requests_open_for_withdrawals
+        # Requests are opened after the commit by the rights app's receiver: a batch of
+        # withdrawals never fails (or waits) because opening a request raced another batch.
+        from governance.signals import consent_withdrawn, send_on_commit
 
-        erasure_requests_opened = erasure_requests_open_for_withdrawals(
-            consent_event_ids=new_withdrawal_ids, actor=actor
-        )
+        send_on_commit(consent_withdrawn, consent_event_ids=list(new_withdrawal_ids), actor=actor)
     subject_ref = None
     distinct_pseudonyms = {r[1] for r in row_list}
     if len(distinct_pseudonyms) == 1:
@@ -952,11 +951,9 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
             "purposes": sorted({c[2] for c in cleaned}),
             "withdrawals_under_erasure_on_withdrawal": flagged,
             "erasure_activities": sorted(set(erasure_activities)),
-            "erasure_requests_opened": erasure_requests_opened,
         },
     )
     result = {"created": created, "already_present": already_present}
     if flagged:
         result["withdrawals_under_erasure_on_withdrawal"] = flagged
-        result["erasure_requests_opened"] = erasure_requests_opened
     return result

@@ -22,11 +22,11 @@ from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
+from assessments import services as dpia_services
 from governance import services as governance_services
-from governance.dpia import services as dpia_services
-from governance.erasure import services as erasure_services
 from governance.roles import DPO
-from tests.governance.erasure_helpers import activity, dataset_with_records, snapshot_of, subject_for
+from rights import services as erasure_services
+from tests.rights.helpers import activity, dataset_with_records, snapshot_of, subject_for
 
 EXAMPLES = 6
 

@@ -220,9 +220,10 @@ class ConsentEventInputSerializer(serializers.Serializer):
 class ConsentIngestResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     already_present = serializers.IntegerField()
-    withdrawals_under_erasure_on_withdrawal = serializers.IntegerField(required=False)
-    erasure_requests_opened = serializers.IntegerField(
-        required=False, help_text="Art. 17(1)(b) requests opened for new withdrawals under an activity that erases."
+    withdrawals_under_erasure_on_withdrawal = serializers.IntegerField(
+        required=False,
+        help_text="New withdrawals under an activity that erases on withdrawal: an Art. 17(1)(b) erasure request "
+        "is opened for each person once the batch is committed (see GET /api/v1/erasure-requests/).",
     )
 
 

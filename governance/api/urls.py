@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from governance.api import views
+from governance.api import reports, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -12,8 +12,10 @@ router.register("data-categories", views.DataCategoryViewSet, basename="data-cat
 router.register("data-subject-categories", views.DataSubjectCategoryViewSet, basename="data-subject-category")
 router.register("processing-activities", views.ProcessingActivityViewSet, basename="processing-activity")
 router.register("consent-events", views.ConsentEventViewSet, basename="consent-event")
+router.register("reports", reports.ReportJobViewSet, basename="report-job")
 
 urlpatterns = [
+    path("reports/ropa.csv", reports.RopaCsvView.as_view(), name="ropa-csv"),
     path("whoami/", views.WhoAmIView.as_view(), name="whoami"),
     path("consent-status/", views.ConsentStatusView.as_view(), name="consent-status"),
     *router.urls,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from governance.dpia.services import report_job_run
+from governance.reports.jobs import report_job_run
 
 
 @shared_task(name="governance.reports.generate_report")

@@ -12,11 +12,11 @@ import pytest
 from django.utils import timezone
 from pypdf import PdfReader
 
-from governance.dpia.models import Dpia, DpiaStatus
-from governance.erasure import execution
+from assessments.models import Dpia, DpiaStatus
 from governance.models import AuditEvent
 from mlops.models import ModelVersion
-from tests.governance import erasure_helpers as h
+from rights import execution
+from tests.rights import helpers as h
 
 DAVE = "dave@example.org"
 
@@ -55,8 +55,8 @@ def test_erasure_taint_sends_signed_dpia_to_review_and_report_shows_it(celery_wo
     )
     assert dpo.post(f"/api/v1/dpias/{dpia['id']}/sign/").status_code == 200
 
-    from governance.erasure import services as erasure_services
-    from governance.erasure.models import ErasureRequest, ErasureStatus
+    from rights import services as erasure_services
+    from rights.models import ErasureRequest, ErasureStatus
 
     request = erasure_services.erasure_request_receive(identifier=DAVE, ground="17_1_a")
     erasure_services.erasure_request_verify(erasure_request=request, method="signed letter")

@@ -10,16 +10,16 @@ import torch
 from django.db import connection
 from django.utils import timezone
 
-from governance.erasure import remediation
-from governance.erasure.models import ErasureRequest
 from governance.models import ConsentEvent
 from governance.pseudonymisation import normalise_identifier, pseudonymise
 from governance.selectors import audit_chain_verify
 from mlops import artifacts
 from mlops.engine import sisa
 from mlops.models import ModelVersion, SisaAssignment, TrainingRun
-from tests.governance import erasure_helpers as h
+from rights import remediation
+from rights.models import ErasureRequest
 from tests.mlops.helpers import wait_for
+from tests.rights import helpers as h
 
 URL = "/api/v1/erasure-requests/"
 DANA = "Dana.Person@Example.org"

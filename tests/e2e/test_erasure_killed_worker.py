@@ -15,14 +15,14 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from governance.erasure import services
-from governance.erasure.models import ErasureRequest, ErasureStep
 from governance.models import AuditEvent
 from governance.selectors import audit_chain_verify
 from mlops import services as mlops_services
 from mlops.models import ModelVersion, TrainingRun
-from tests.governance import erasure_helpers as h
+from rights import services
+from rights.models import ErasureRequest, ErasureStep
 from tests.mlops.helpers import wait_for, wait_for_run
+from tests.rights import helpers as h
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 QUEUE = "erasure-killed-worker-test"
@@ -52,7 +52,7 @@ def _start_worker() -> subprocess.Popen:
 @pytest.mark.skipif(settings.CELERY_EMBEDDED, reason="needs a broker and a separate worker process to kill")
 @pytest.mark.django_db(transaction=True)
 def test_killed_worker_mid_erasure_recovers_to_one_consistent_result(celery_worker, dpo_client):
-    from governance.erasure.tasks import execute_erasure_request
+    from rights.tasks import execute_erasure_request
 
     erin = h.subject_for(ERIN)
     act = h.activity()

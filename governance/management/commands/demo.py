@@ -18,8 +18,8 @@ STEPS = (
     "governance.demo",
     "provenance.demo",
     "mlops.demo",
-    "governance.erasure.demo",
-    "governance.reports.demo",
+    "rights.demo",
+    "assessments.demo",
 )
 
 

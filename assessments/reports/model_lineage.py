@@ -1,0 +1,229 @@
+"""The model lineage report: a model card for auditors.
+
+A model version's full upstream (processing activities, ancestor datasets, the snapshot
+with its Merkle roots and amendments), its DP guarantee, its membership-inference
+results and its remediation history, read in a fixed number of queries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.db import connection
+from django.db.models import Count
+
+from assessments.reports.evidence import model_versions_evidence, model_versions_prefetch, privacy_budgets
+from governance.reports import toolkit as tk
+
+
+def _ancestor_depths(dataset_id: int) -> dict[int, int]:
+    """Every dataset upstream of ``dataset_id`` with its distance, in one recursive query."""
+    from provenance.models import Dataset
+
+    through = Dataset.parents.through._meta.db_table
+    sql = (
+        f"WITH RECURSIVE up(id, depth) AS ("
+        f" SELECT to_dataset_id, 1 FROM {through} WHERE from_dataset_id = %s"
+        f" UNION SELECT p.to_dataset_id, up.depth + 1 FROM {through} p JOIN up ON p.from_dataset_id = up.id"
+        f" WHERE up.depth < 50)"
+        f" SELECT id, MIN(depth) FROM up GROUP BY id"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, [dataset_id])
+        return {row[0]: row[1] for row in cur.fetchall()}
+
+
+def model_lineage_report_data(*, model_version_id: int) -> dict[str, Any]:
+    from assessments.models import Dpia
+    from governance.models import AuditEvent
+    from mlops.models import ModelVersion, PrivacyLedgerEntry
+    from provenance.models import Dataset, SnapshotAmendment
+
+    mv = model_versions_prefetch(
+        ModelVersion.objects.select_related(
+            "training_run__snapshot__dataset__processing_activity", "training_run__snapshot__purpose",
+            "training_run__snapshot__compatibility",
+        )
+    ).get(pk=model_version_id)
+    run = mv.training_run
+    snapshot = run.snapshot
+    depths = _ancestor_depths(snapshot.dataset_id)
+    datasets = {
+        d.pk: d
+        for d in Dataset.objects.filter(pk__in=[snapshot.dataset_id, *depths])
+        .select_related("processing_activity")
+        .annotate(n_records=Count("records", distinct=True), n_subjects=Count("records__subject", distinct=True))
+    }
+    amendments = list(SnapshotAmendment.objects.filter(snapshot_id=snapshot.pk).order_by("created_at", "id"))
+    history = list(ModelVersion.objects.filter(name=mv.name).order_by("version").values(
+        "pk", "version", "status", "status_reason", "epsilon", "created_at", "supersedes_id"
+    ))
+    ledger = PrivacyLedgerEntry.objects.filter(training_run_id=run.pk).values("state", "epsilon", "delta", "non_private").first()
+    events = list(
+        AuditEvent.objects.filter(object_type="model_version", object_id=str(mv.pk)).order_by("position").values(
+            "position", "occurred_at", "actor", "action", "details"
+        )
+    )
+    overrides: list[dict] = []
+    try:
+        override_model = apps.get_model("rights", "ErasureRemediationOverride")
+    except LookupError:
+        override_model = None
+    if override_model is not None:
+        overrides = list(
+            override_model.objects.filter(model_version_id=mv.pk).order_by("decided_at").values(
+                "request_id", "action", "justification", "decided_at"
+            )
+        )
+    dpias = list(Dpia.objects.filter(model_versions=mv).order_by("processing_activity_id", "version").values(
+        "pk", "title", "version", "status", "signed_at", "review_date"
+    ))
+    return {
+        "model": model_versions_evidence([mv])[0],
+        "model_version": mv,
+        "run": run,
+        "snapshot": snapshot,
+        "dataset": datasets[snapshot.dataset_id],
+        "ancestors": sorted(((depths[i], datasets[i]) for i in depths if i in datasets), key=lambda t: (t[0], t[1].name)),
+        "amendments": amendments,
+        "history": history,
+        "ledger": ledger,
+        "budgets": privacy_budgets(dataset_ids=[snapshot.dataset_id]),
+        "events": events,
+        "overrides": overrides,
+        "dpias": dpias,
+    }
+
+
+def model_lineage_flowables(data: dict[str, Any]) -> list:
+    m, mv, run, snap, ds = data["model"], data["model_version"], data["run"], data["snapshot"], data["dataset"]
+    flows = tk.title_block(
+        "Model lineage report",
+        subtitle=f"{m['label']}: a model card for auditors",
+        facts=[
+            ("Model version", f"{m['label']} (#{mv.pk})"),
+            ("Status", m["status"] + (f": {m['status_reason']}" if m["status_reason"] else "")),
+            ("Registered", mv.created_at),
+            ("Artifact SHA-256", mv.artifact_sha256),
+            ("Training run", f"#{run.pk}, {run.get_status_display()}, finished {tk.text(run.finished_at)}"),
+        ],
+    )
+    flows.append(tk.heading("1. Upstream lineage"))
+    rows = [[0, ds.name, ds.processing_activity.name, ds.n_records, ds.n_subjects, "training dataset"]]
+    rows += [[depth, d.name, d.processing_activity.name, d.n_records, d.n_subjects, f"ancestor (generation {depth})"] for depth, d in data["ancestors"]]
+    flows.append(tk.data_table(["Depth", "Dataset", "Processing activity", "Records", "Data subjects", "Role"], rows, col_widths=[0.7, 3, 3, 1.2, 1.3, 2]))
+    flows.append(tk.heading("2. Snapshot and Merkle roots", level=2))
+    flows.append(
+        tk.key_value_table(
+            [
+                ("Snapshot", f"#{snap.pk} of {ds.name}"),
+                ("Purpose", f"{snap.purpose.code} ({snap.purpose.name})"),
+                ("Lawful basis relied on", snap.lawful_basis),
+                ("Art. 6(4) compatibility", f"#{snap.compatibility_id}" if snap.compatibility_id else "not needed (own purpose)"),
+                ("Consent and retention state as of", snap.taken_for),
+                ("Included", f"{snap.included_count} records of {snap.included_subjects} data subjects"),
+                ("Excluded", ", ".join(f"{k}: {v}" for k, v in sorted((snap.excluded_counts or {}).items())) or "none"),
+                ("Merkle root at creation", snap.merkle_root),
+            ]
+        )
+    )
+    flows.append(
+        tk.data_table(
+            ["Amendment", "Reason", "Records removed", "Subjects removed", "Root before", "Root after"],
+            [[a.created_at, a.get_reason_display(), a.records_removed, a.subjects_removed, a.previous_root[:16] + "…", a.new_root[:16] + "…"] for a in data["amendments"]],
+            empty="No amendment: the snapshot is as created.",
+        )
+    )
+    flows.append(tk.heading("3. Differential-privacy guarantee"))
+    ledger = data["ledger"] or {}
+    flows.append(
+        tk.key_value_table(
+            [
+                ("Guarantee", "none: trained without differential privacy (ε = ∞)" if m["epsilon"] is None else f"(ε = {m['epsilon']:.3f}, δ = {m['delta']:.0e})-DP"),
+                ("Accountant", m["accountant"]),
+                ("Clipping norm (max grad norm)", m["max_grad_norm"]),
+                ("Noise multiplier σ", m["noise_multiplier"]),
+                ("Sampling rate", m["sample_rate"]),
+                ("Steps / epochs", f"{tk.text(m['steps'])} / {m['epochs']}"),
+                ("Training subjects", m["n_train"]),
+                ("SISA ensemble", m["is_sisa"]),
+                ("Ledger entry", f"{ledger.get('state', 'none')}, ε {tk.text(ledger.get('epsilon'))}"),
+            ]
+        )
+    )
+    budgets = data["budgets"]
+    if budgets:
+        b = budgets[0]
+        flows.append(tk.note(f"Dataset budget: ε cap {tk.text(b['epsilon_cap'])} at δ {tk.text(b['delta'])}, spent {tk.text('∞' if b['epsilon_spent'] == float('inf') else round(b['epsilon_spent'], 3))} over {b['spent_runs']} run(s){' (EXCEEDED)' if b['exceeded'] else ''}."))
+    flows.append(tk.heading("4. Membership-inference audit"))
+    mia = m["mia"]
+    if mia:
+        flows.append(
+            tk.key_value_table(
+                [
+                    ("Attack", "loss-threshold (Yeom et al. 2018)"),
+                    ("AUC", f"{mia['auc']:.3f}"),
+                    ("Advantage (max TPR − FPR)", f"{mia['advantage']:.3f}"),
+                    ("TPR at 1% FPR", f"{mia['tpr_at_1pct_fpr']:.3f}"),
+                    ("TPR at 0.1% FPR", f"{mia['tpr_at_01pct_fpr']:.3f}"),
+                    ("Members / non-members", f"{mia['n_members']} / {mia['n_nonmembers']}"),
+                    ("Audited", mia["created_at"]),
+                ]
+            )
+        )
+    else:
+        flows.append(tk.note("No membership-inference audit recorded for this model version."))
+    flows.append(
+        tk.side_by_side(
+            tk.line_chart([(m["label"], m["epsilon_per_epoch"])], title="ε spent per epoch", x_label="epoch", y_label="ε"),
+            tk.roc_curve([(m["label"], mia["roc"] if mia else [])]),
+        )
+    )
+    metrics = {k: v for k, v in sorted(m["metrics"].items()) if isinstance(v, int | float | str)}
+    if metrics:
+        flows.append(tk.heading("Utility metrics", level=2))
+        flows.append(tk.key_value_table(list(metrics.items())))
+    flows.append(tk.heading("5. Remediation history"))
+    flows.append(
+        tk.data_table(
+            ["Version", "Status", "Reason", "ε", "Registered", "Supersedes"],
+            [
+                [f"v{h['version']}" + (" (this)" if h["pk"] == mv.pk else ""), h["status"], h["status_reason"],
+                 "∞" if h["epsilon"] is None else f"{h['epsilon']:.3f}", h["created_at"], h["supersedes_id"] and f"#{h['supersedes_id']}"]
+                for h in data["history"]
+            ],
+            col_widths=[1.2, 1.2, 4, 0.8, 2, 1],
+        )
+    )
+    flows.append(
+        tk.data_table(
+            ["Erasure request", "Remediation decided", "Justification", "Decided at"],
+            [[f"#{o['request_id']}", o["action"], o["justification"], o["decided_at"]] for o in data["overrides"]],
+            empty="No erasure remediation decision concerns this model version.",
+        )
+    )
+    flows.append(tk.heading("Audit events", level=2))
+    flows.append(
+        tk.data_table(
+            ["#", "When", "Actor", "Action"],
+            [[e["position"], e["occurred_at"], e["actor"], e["action"]] for e in data["events"]],
+            col_widths=[0.8, 2.5, 2, 4],
+        )
+    )
+    flows.append(tk.heading("DPIAs covering this model", level=2))
+    flows.append(
+        tk.data_table(
+            ["DPIA", "Version", "Status", "Signed", "Review date"],
+            [[d["title"], d["version"], d["status"], d["signed_at"], d["review_date"]] for d in data["dpias"]],
+            empty="No DPIA covers this model version.",
+        )
+    )
+    return flows
+
+
+def model_lineage_report_render(*, object_id: Any, path: Path) -> str:
+    """Render the model card of model version ``object_id``; returns the PDF's SHA-256."""
+    data = model_lineage_report_data(model_version_id=int(object_id))
+    return tk.render_pdf(path, model_lineage_flowables(data), title=f"Model lineage: {data['model']['label']}")

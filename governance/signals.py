@@ -1,0 +1,32 @@
+"""Named signals governance sends upward, always after the commit of what they announce.
+
+A lower layer never imports a higher one: an app above (rights, assessments) that must
+react to something here connects a receiver to one of these signals in its ``ready``.
+Each is sent from ``transaction.on_commit``, so a receiver never sees (or acts on) work
+that is later rolled back, and a receiver's failure never undoes the sender's write.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.dispatch import Signal
+
+# Consent withdrawals were committed to the ledger.
+# kwargs: consent_event_ids (list[str], the new withdrawal events), actor
+consent_withdrawn = Signal()
+
+
+def send_on_commit(signal: Signal, **kwargs) -> None:
+    """Send ``signal`` once the current transaction commits; receivers' errors are logged
+    by ``send_robust`` rather than raised into the committed sender."""
+    transaction.on_commit(lambda: _send(signal, kwargs))
+
+
+def _send(signal: Signal, kwargs: dict) -> None:
+    import logging
+
+    for receiver, response in signal.send_robust(sender=None, **kwargs):
+        if isinstance(response, Exception):
+            logging.getLogger(__name__).error(
+                "receiver %r of a governance signal failed: %r", receiver, response, exc_info=response
+            )

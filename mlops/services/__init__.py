@@ -1,0 +1,38 @@
+"""Services that write MLOps records, one module per concept (as Zulip split its actions):
+
+- ``queueing``: validate a training request, plan its privacy cost, reserve it, queue it;
+- ``execution``: train a queued run outside any transaction, register its model, settle;
+- ``budget``: the privacy-budget ledger (caps, reservations, settlement);
+- ``registry``: the model registry: one version numbering per model name under one lock,
+  taint, supersede, retire;
+- ``remediation``: retraining and SISA unlearning of a model lineage after people's data
+  were removed, serialised per lineage and coalesced;
+- ``audits``: membership-inference audits.
+
+Keyword-only, atomic where a write must be all-or-nothing, audited; a call in the wrong
+state is refused, so a redelivered task is harmless. Callers import from here.
+"""
+
+from mlops.services.audits import membership_inference_audit_run, model_version_load
+from mlops.services.budget import privacy_budget_set
+from mlops.services.config import _schema_for, _train_config
+from mlops.services.execution import (
+    ProgressCallback,
+    training_run_cancel,
+    training_run_execute,
+    training_run_fail_stuck,
+)
+from mlops.services.queueing import training_run_queue
+
+__all__ = [
+    "ProgressCallback",
+    "_schema_for",
+    "_train_config",
+    "membership_inference_audit_run",
+    "model_version_load",
+    "privacy_budget_set",
+    "training_run_cancel",
+    "training_run_execute",
+    "training_run_fail_stuck",
+    "training_run_queue",
+]

@@ -1,0 +1,102 @@
+"""Privacy audits of model versions: loading a version's models, membership inference.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+
+from governance.services import ServiceConflict, audit_event_record
+from mlops import artifacts, data
+from mlops.models import (
+    MembershipInferenceAudit,
+    ModelVersion,
+)
+from mlops.services.config import _train_config
+from mlops.services.execution import _split_tensors
+
+logger = logging.getLogger(__name__)
+
+
+
+def model_version_load(*, model_version: ModelVersion):
+    """The model(s) of a version, built from the registry's weights (hash checked)."""
+    from mlops.engine.models import build_model
+
+    run = model_version.training_run
+    state = artifacts.load_weights(relative=model_version.artifact_path, expected_sha256=model_version.artifact_sha256)
+    config = _train_config(run)
+    n_features = sum(
+        len(f["categories"]) if f.get("type") == "category" else 1 for f in run.encoding.get("features", [])
+    )
+    if not run.sisa:
+        model = build_model(n_features=n_features, n_classes=run.n_classes, config=config)
+        model.load_state_dict(state)
+        return [model]
+    models = []
+    for shard in range(run.sisa["shards"]):
+        prefix = f"shard{shard}."
+        model = build_model(n_features=n_features, n_classes=run.n_classes, config=config)
+        model.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+        models.append(model)
+    return models
+
+
+def _per_example_losses(models: list, X, y: np.ndarray) -> np.ndarray:
+    import torch
+
+    from mlops.engine import sisa
+
+    with torch.no_grad():
+        for m in models:
+            m.eval()
+        proba = sisa.ensemble_predict_proba(models=models, X=X).numpy()
+    return -np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0))
+
+
+@transaction.atomic
+def membership_inference_audit_run(*, model_version_id: int, max_examples: int | None = None) -> MembershipInferenceAudit:
+    """Loss-threshold membership inference (Yeom et al. 2018) against a model version.
+
+    Members are the run's training records, non-members the records of the persons held
+    out of training for this purpose. Idempotent: one audit per model version.
+    """
+    import torch
+
+    from mlops.engine import mia
+
+    version = ModelVersion.objects.select_related("training_run__snapshot__dataset").get(pk=model_version_id)
+    existing = version.membership_inference_audits.first()
+    if existing is not None:
+        return existing
+    run = version.training_run
+    limit = max_examples or settings.MLOPS_MIA_MAX_EXAMPLES
+    tensors, split, labelled = _split_tensors(run)
+    members = np.nonzero(labelled & (split == data.SPLIT_TRAIN))[0]
+    nonmembers = np.nonzero(labelled & (split == data.SPLIT_HOLDOUT))[0]
+    if len(nonmembers) == 0:
+        raise ServiceConflict(f"Training run {run.pk} held out no one: there are no non-members to audit against.")
+    rng = np.random.default_rng(run.seed)
+    if len(members) > limit:
+        members = np.sort(rng.choice(members, size=limit, replace=False))
+    if len(nonmembers) > limit:
+        nonmembers = np.sort(rng.choice(nonmembers, size=limit, replace=False))
+    models = model_version_load(model_version=version)
+    member_losses = _per_example_losses(models, torch.from_numpy(tensors.X[members]), tensors.y[members])
+    nonmember_losses = _per_example_losses(models, torch.from_numpy(tensors.X[nonmembers]), tensors.y[nonmembers])
+    result = mia.loss_threshold_attack(member_losses=member_losses, nonmember_losses=nonmember_losses)
+    audit = MembershipInferenceAudit.objects.create(
+        model_version=version, auc=result.auc, advantage=result.advantage,
+        tpr_at_1pct_fpr=result.tpr_at_1pct_fpr, tpr_at_01pct_fpr=result.tpr_at_01pct_fpr,
+        n_members=result.n_members, n_nonmembers=result.n_nonmembers, roc=result.roc,
+    )
+    audit_event_record(
+        actor=None, action="membership_inference_audit.completed", object_type="model_version", object_id=version.pk,
+        details={"audit": audit.pk, "auc": result.auc, "advantage": result.advantage,
+                 "tpr_at_1pct_fpr": result.tpr_at_1pct_fpr, "n_members": result.n_members,
+                 "n_nonmembers": result.n_nonmembers},
+    )
+    return audit

@@ -1,0 +1,249 @@
+"""Queueing training runs: validated, planned and reserved against the dataset's budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+from django.db import transaction
+
+from governance.models import Purpose
+from governance.services import ServiceError, audit_event_record
+from mlops import data
+from mlops.engine.spec import ACCOUNTANTS, TASKS, TrainConfig
+from mlops.models import (
+    TrainingRun,
+)
+from mlops.services.budget import _ledger_reserve
+from mlops.services.config import (
+    MAX_SISA_SHARDS,
+    MAX_SISA_SLICES,
+    MODEL_SPEC_KEYS,
+    _check_number,
+    _default_delta,
+    _engine_error,
+    _plan_single,
+    _plan_sisa,
+)
+from provenance.models import Dataset, Snapshot
+
+logger = logging.getLogger(__name__)
+
+
+
+def _resolve_snapshot(*, snapshot: Snapshot | int | None, dataset: Dataset | int | None, purpose, requested_by) -> Snapshot:
+    if snapshot is not None:
+        if isinstance(snapshot, Snapshot):
+            return snapshot
+        found = Snapshot.objects.select_related("dataset").filter(pk=snapshot).first()
+        if found is None:
+            raise ServiceError(f"Snapshot {snapshot} does not exist.", field="snapshot")
+        return found
+    if dataset is None:
+        raise ServiceError("Give a snapshot, or a dataset and a purpose to take one now.", field="snapshot")
+    if not isinstance(dataset, Dataset):
+        found_dataset = Dataset.objects.filter(pk=dataset).first()
+        if found_dataset is None:
+            raise ServiceError(f"Dataset {dataset} does not exist.", field="dataset")
+        dataset = found_dataset
+    if purpose is None:
+        raise ServiceError("A purpose is required to take a snapshot of the dataset.", field="purpose")
+    if not isinstance(purpose, Purpose):
+        found_purpose = Purpose.objects.filter(code=purpose).first()
+        if found_purpose is None:
+            raise ServiceError(f"Unknown purpose {purpose!r}.", field="purpose")
+        purpose = found_purpose
+    try:
+        from provenance.services import snapshot_create
+    except ImportError:
+        raise ServiceError("Snapshots cannot be taken here yet; give an existing snapshot.", field="snapshot")
+    return snapshot_create(dataset=dataset, purpose=purpose, requested_by=requested_by)
+
+
+@transaction.atomic
+def training_run_queue(
+    *,
+    snapshot: Snapshot | int | None = None,
+    dataset: Dataset | int | None = None,
+    purpose: Purpose | str | None = None,
+    name: str = "",
+    task: str = "binary",
+    model_spec: dict | None = None,
+    optimizer: str = "sgd",
+    learning_rate: float = 0.1,
+    epochs: int = 5,
+    batch_size: int = 256,
+    seed: int = 0,
+    validation_split: float = 0.1,
+    holdout_fraction: float = 0.2,
+    target_epsilon: float | None = None,
+    noise_multiplier: float | None = None,
+    target_delta: float | None = None,
+    max_grad_norm: float = 1.0,
+    accountant: str = "rdp",
+    allow_non_private: bool = False,
+    sisa: dict | None = None,
+    requested_by: Any = None,
+    queue: str | None = None,
+    enqueue: bool = True,
+) -> TrainingRun:
+    """Validate a training request, check it against the dataset's budget, queue it.
+
+    Refuses (400, naming the field) what cannot train or would not give the promised
+    guarantee, and (409, with cap, spent, reserved and planned ε) what would exceed the
+    dataset's privacy budget. Nothing is written when it refuses. ``queue`` routes the
+    task to a dedicated Celery queue (e.g. workers with more memory).
+    """
+    if task not in TASKS:
+        raise ServiceError(f"task: must be one of {', '.join(TASKS)}", field="task")
+    if accountant not in ACCOUNTANTS:
+        raise ServiceError(f"accountant: must be one of {', '.join(ACCOUNTANTS)}", field="accountant")
+    spec = dict(model_spec or {})
+    unknown = sorted(set(spec) - MODEL_SPEC_KEYS)
+    if unknown:
+        raise ServiceError(f"model_spec: unknown option {unknown[0]!r}", field="model_spec")
+    _check_number(validation_split, "validation_split", low=0.0, high=0.5)
+    _check_number(holdout_fraction, "holdout_fraction", low=0.0, high=0.5)
+    if target_epsilon is not None:
+        _check_number(target_epsilon, "target_epsilon", low=0.0, low_inclusive=False)
+    if noise_multiplier is not None:
+        _check_number(noise_multiplier, "noise_multiplier", low=0.0, low_inclusive=False)
+    _check_number(max_grad_norm, "max_grad_norm", low=0.0, low_inclusive=False)
+    if allow_non_private and (target_epsilon is not None or noise_multiplier is not None):
+        raise ServiceError(
+            "target_epsilon: non-private training takes no target_epsilon or noise_multiplier", field="target_epsilon"
+        )
+    if sisa is not None:
+        if not isinstance(sisa, dict) or set(sisa) != {"shards", "slices"}:
+            raise ServiceError('sisa: must be {"shards": S, "slices": R}', field="sisa")
+        for key, limit in (("shards", MAX_SISA_SHARDS), ("slices", MAX_SISA_SLICES)):
+            value = sisa[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ServiceError(f"sisa: {key} must be an integer from 1 to {limit}", field="sisa")
+
+    snap = _resolve_snapshot(snapshot=snapshot, dataset=dataset, purpose=purpose, requested_by=requested_by)
+    labels = data.snapshot_labels(snapshot_id=snap.pk)
+    if not labels.labels:
+        raise ServiceError(f"Snapshot {snap.pk} has no records: nothing to train on.", field="snapshot")
+    classes = data.label_classes(labels.labels)
+    if len(classes) < 2:
+        raise ServiceError(
+            f"Snapshot {snap.pk} has {len(classes)} class(es) only; classification needs at least two.",
+            field="snapshot",
+        )
+    if task == "binary" and len(classes) != 2:
+        raise ServiceError(f"task: binary classification needs two classes, the snapshot has {len(classes)}", field="task")
+    labelled = np.array([v is not None for v in labels.labels])
+    split = data.subject_split(
+        subject_ids=labels.subject_ids, seed=seed if isinstance(seed, int) else 0,
+        validation_split=validation_split, holdout_fraction=holdout_fraction,
+    )
+    train_mask = labelled & (split == data.SPLIT_TRAIN)
+    n_train = int(train_mask.sum())
+    n_validation = int((labelled & (split == data.SPLIT_VALIDATION)).sum())
+    n_holdout = int((labelled & (split == data.SPLIT_HOLDOUT)).sum())
+    if n_train == 0:
+        raise ServiceError("No records are left for training after the validation and hold-out split.", field="snapshot")
+
+    shard_slice_sizes: list[list[int]] = []
+    if sisa is not None:
+        from mlops.engine import sisa as engine_sisa
+
+        train_subjects = labels.subject_ids[train_mask]
+        unique_subjects, counts = np.unique(train_subjects, return_counts=True)
+        assignment = engine_sisa.assign_shards(
+            subject_ids=[int(s) for s in unique_subjects], shards=sisa["shards"], slices=sisa["slices"], seed=seed
+        )
+        sizes = np.zeros((sisa["shards"], sisa["slices"]), dtype=np.int64)
+        for subject_id, count in zip(unique_subjects.tolist(), counts.tolist(), strict=True):
+            shard, slice_ = assignment[subject_id]
+            sizes[shard, slice_] += count
+        shard_slice_sizes = sizes.tolist()
+        smallest = int(sizes.sum(axis=1).min())
+        if smallest == 0:
+            raise ServiceError("sisa: a shard would receive no records; use fewer shards", field="sisa")
+
+    if target_delta is None:
+        target_delta = _default_delta(n_train)
+    config_values = {
+        "task": task, "hidden_sizes": spec.get("hidden_sizes", [64]), "activation": spec.get("activation", "relu"),
+        "dropout": spec.get("dropout", 0.0), "optimizer": optimizer, "learning_rate": learning_rate,
+        "epochs": epochs, "batch_size": batch_size, "seed": seed, "max_grad_norm": max_grad_norm,
+        "noise_multiplier": noise_multiplier, "target_epsilon": target_epsilon, "target_delta": target_delta,
+        "accountant": accountant, "private": not allow_non_private,
+    }
+    try:
+        config = TrainConfig.from_dict(config_values)
+        # Each SISA shard is its own DP release, so δ < 1/N must hold for the smallest shard.
+        config.validate(min(sum(s) for s in shard_slice_sizes) if shard_slice_sizes else n_train)
+        from mlops.engine.models import build_model
+
+        build_model(n_features=max(1, data.n_input_features(snap.dataset.schema)), n_classes=len(classes), config=config)
+        if shard_slice_sizes:
+            plan = _plan_sisa(config=config, shard_slice_sizes=shard_slice_sizes)
+        else:
+            plan = _plan_single(config=config, n_train=n_train)
+    except ValueError as exc:
+        raise _engine_error(exc)
+
+    run = TrainingRun.objects.create(
+        name=name or snap.dataset.name,
+        snapshot=snap,
+        task=task,
+        model_spec={"hidden_sizes": list(config.hidden_sizes), "activation": config.activation, "dropout": config.dropout},
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        validation_split=validation_split,
+        holdout_fraction=holdout_fraction,
+        target_epsilon=target_epsilon,
+        requested_noise_multiplier=noise_multiplier,
+        target_delta=target_delta,
+        max_grad_norm=max_grad_norm,
+        accountant=accountant,
+        allow_non_private=allow_non_private,
+        sisa=sisa,
+        requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+        celery_task_id=str(uuid.uuid4()),
+        n_train=n_train,
+        n_validation=n_validation,
+        n_holdout=n_holdout,
+        n_classes=len(classes),
+        planned_epsilon=plan.epsilon,
+        noise_multiplier=plan.noise_multiplier,
+        shard_noise_multipliers=plan.shard_noise_multipliers,
+        sample_rate=plan.sample_rate,
+        steps=plan.steps,
+        delta=target_delta,
+        encoding={"classes": classes},
+    )
+    ledger_numbers = _ledger_reserve(run=run, dataset_id=snap.dataset_id, plan=plan)
+    audit_event_record(
+        actor=requested_by,
+        action="training_run.queued",
+        object_type="training_run",
+        object_id=run.pk,
+        details={
+            "snapshot": snap.pk, "dataset": snap.dataset_id, "private": not allow_non_private,
+            "planned_epsilon": plan.epsilon, "delta": target_delta, "noise_multiplier": plan.noise_multiplier,
+            "accountant": accountant, "sisa": sisa, "n_train": n_train, "n_holdout": n_holdout, **ledger_numbers,
+        },
+    )
+    if enqueue:
+        # enqueue=False is for a caller that runs training_run_execute itself (erasure remediation).
+        _enqueue_training(run_id=run.pk, task_id=run.celery_task_id, queue=queue)
+    return run
+
+
+def _enqueue_training(*, run_id: int, task_id: str, queue: str | None) -> None:
+    from mlops.tasks import train_model
+
+    options: dict[str, Any] = {"task_id": task_id}
+    if queue:
+        options["queue"] = queue
+    transaction.on_commit(lambda: train_model.apply_async(args=[run_id], **options))

@@ -1,0 +1,289 @@
+"""REST API of the erasure workflow: /api/v1/erasure-requests/.
+
+Creating, verifying, executing, extending, rejecting and overriding a remediation are
+for the DPO; the DPO and the auditor read. No response carries an identifier or a
+pseudonym: a person appears only as ``subject_ref``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import django_filters
+from django.conf import settings
+from django.db.models import Q
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+
+from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY
+from governance.services import ServiceError
+from rights import selectors, services
+from rights.models import (
+    OPEN_STATUSES,
+    ErasureChannel,
+    ErasureGround,
+    ErasureRegime,
+    ErasureRemediationOverride,
+    ErasureRequest,
+    ErasureStatus,
+    ErasureStep,
+    RecipientNotification,
+    RefusalGround,
+    RemediationAction,
+)
+
+# --- Serializers ---------------------------------------------------------------------
+
+
+class ErasureStepSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ErasureStep
+        fields = ["name", "status", "attempts", "started_at", "finished_at", "details", "error"]
+
+
+class RecipientNotificationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RecipientNotification
+        fields = ["recipient", "third_country", "processing_activity_id", "notified_at"]
+
+
+class RemediationOverrideSerializer(serializers.ModelSerializer):
+    model_version = serializers.IntegerField(source="model_version_id")
+    decided_by = serializers.StringRelatedField()
+
+    class Meta:
+        model = ErasureRemediationOverride
+        fields = ["model_version", "action", "justification", "decided_by", "decided_at"]
+
+
+class ErasureRequestSerializer(serializers.ModelSerializer):
+    verified_by = serializers.StringRelatedField(allow_null=True)
+    effective_due_at = serializers.DateField(read_only=True)
+    days_left = serializers.SerializerMethodField()
+    overdue = serializers.SerializerMethodField()
+    data_held = serializers.BooleanField(source="data_held_at_receipt", read_only=True)
+    steps = ErasureStepSerializer(many=True, read_only=True)
+    recipient_notifications = RecipientNotificationSerializer(many=True, read_only=True)
+    remediation_overrides = RemediationOverrideSerializer(many=True, read_only=True)
+    certificate_available = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ErasureRequest
+        fields = [
+            "id", "subject_ref", "data_held", "channel", "received_at", "regime", "ground", "purpose", "status",
+            "due_at", "extended_due_at", "effective_due_at", "days_left", "overdue", "extension_reasons",
+            "extended_at", "subject_informed_of_extension_at", "verified_at", "verified_by", "verification_method",
+            "refusal_ground", "refusal_justification", "refusal_notice", "rejected_at", "execution_started_at",
+            "completed_at", "outcome", "certificate_available", "certificate_sha256", "remediation_overrides",
+            "steps", "recipient_notifications", "created_at",
+        ]
+
+    def get_days_left(self, obj: ErasureRequest) -> int | None:
+        if not obj.is_open:
+            return None
+        return (obj.effective_due_at - selectors.today()).days
+
+    def get_overdue(self, obj: ErasureRequest) -> bool:
+        return selectors.erasure_request_is_overdue(erasure_request=obj)
+
+    def get_certificate_available(self, obj: ErasureRequest) -> bool:
+        return bool(obj.certificate_path)
+
+
+class ErasureRequestCreateSerializer(serializers.Serializer):
+    subject = serializers.CharField(help_text="The person's external identifier (e-mail, customer number); pseudonymised on arrival, never stored.")
+    ground = serializers.ChoiceField(choices=ErasureGround.choices)
+    received_at = serializers.DateTimeField(required=False, help_text="Defaults to now.")
+    channel = serializers.ChoiceField(choices=ErasureChannel.choices, required=False, default=ErasureChannel.API)
+    regime = serializers.ChoiceField(choices=ErasureRegime.choices, required=False, default=ErasureRegime.EU)
+
+
+class VerifySerializer(serializers.Serializer):
+    method = serializers.CharField(required=False, allow_blank=True, help_text="How the identity was verified.")
+
+
+class ExtendSerializer(serializers.Serializer):
+    reasons = serializers.CharField()
+    subject_informed_at = serializers.DateTimeField()
+
+
+class RejectSerializer(serializers.Serializer):
+    refusal_ground = serializers.ChoiceField(choices=RefusalGround.choices)
+    justification = serializers.CharField()
+
+
+class OverrideSerializer(serializers.Serializer):
+    model_version = serializers.IntegerField()
+    action = serializers.ChoiceField(choices=RemediationAction.choices)
+    justification = serializers.CharField()
+
+
+class ImpactSerializer(serializers.Serializer):
+    data_held = serializers.BooleanField()
+    executed = serializers.BooleanField()
+    datasets = serializers.ListField(child=serializers.DictField())
+    snapshots = serializers.ListField(child=serializers.DictField())
+    training_runs = serializers.ListField(child=serializers.DictField())
+    model_versions = serializers.ListField(child=serializers.DictField())
+    consent_events = serializers.IntegerField()
+    totals = serializers.DictField(child=serializers.IntegerField())
+
+
+# --- Filters and views ----------------------------------------------------------------
+
+
+class ErasureRequestFilterSet(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=ErasureStatus.choices)
+    overdue = django_filters.BooleanFilter(method="filter_overdue", help_text="Open and past the (extended) deadline.")
+    regime = django_filters.ChoiceFilter(choices=ErasureRegime.choices)
+    ground = django_filters.ChoiceFilter(choices=ErasureGround.choices)
+
+    class Meta:
+        model = ErasureRequest
+        fields = ["status", "regime", "ground"]
+
+    def filter_overdue(self, queryset, name, value):
+        overdue = Q(status__in=OPEN_STATUSES) & Q(effective_due__lt=selectors.today())
+        return queryset.filter(overdue) if value else queryset.exclude(overdue)
+
+
+def _body(request) -> dict:
+    if not isinstance(request.data, dict):
+        raise ServiceError("The body must be a JSON object.", field="non_field_errors")
+    return request.data
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Erasure requests, by deadline (filter: status, overdue)"),
+    retrieve=extend_schema(summary="One erasure request with its step log and notifications"),
+)
+class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Requests for erasure (GDPR Art. 17) and their workflow."""
+
+    serializer_class = ErasureRequestSerializer
+    filterset_class = ErasureRequestFilterSet
+    ordering_fields = ["effective_due", "received_at", "id"]
+    role_permissions = {"read": DPO_AND_AUDITOR, "write": DPO_ONLY, "default": DPO_ONLY}
+
+    def get_queryset(self):
+        return selectors.erasure_request_queryset().order_by("effective_due", "id").prefetch_related(
+            "steps", "recipient_notifications", "remediation_overrides__decided_by"
+        ).select_related("verified_by")
+
+    def _respond(self, request_obj: ErasureRequest, code: int = status.HTTP_200_OK) -> Response:
+        fresh = self.get_queryset().get(pk=request_obj.pk)
+        return Response(ErasureRequestSerializer(fresh).data, status=code)
+
+    @extend_schema(
+        request=ErasureRequestCreateSerializer,
+        responses={201: ErasureRequestSerializer, 400: OpenApiResponse(description="A field is missing or invalid."),
+                   409: OpenApiResponse(description="A request for this person is already open.")},
+        examples=[OpenApiExample("Request by e-mail", value={
+            "subject": "alice@example.org", "ground": "17_1_b", "received_at": "2025-09-03T10:00:00Z",
+            "channel": "email", "regime": "eu"}, request_only=True)],
+        summary="Record a request for erasure (an unknown person is answered: no data held)",
+    )
+    def create(self, request):
+        data = _body(request)
+        obj = services.erasure_request_receive(
+            identifier=data.get("subject"), ground=data.get("ground"), channel=data.get("channel") or ErasureChannel.API,
+            received_at=data.get("received_at"), regime=data.get("regime") or ErasureRegime.EU, actor=request.user,
+        )
+        return self._respond(obj, status.HTTP_201_CREATED)
+
+    @extend_schema(request=VerifySerializer, responses=ErasureRequestSerializer, summary="Record identity verification")
+    @action(detail=True, methods=["post"])
+    def verify(self, request, pk=None):
+        obj = self.get_object()
+        method = _body(request).get("method") or ""
+        return self._respond(services.erasure_request_verify(erasure_request=obj, method=method, actor=request.user))
+
+    @extend_schema(responses=ImpactSerializer, summary="What the erasure touches and the remediation per model")
+    @action(detail=True, methods=["get"])
+    def impact(self, request, pk=None):
+        obj = self.get_object()
+        return Response(selectors.erasure_request_impact(erasure_request=obj))
+
+    @extend_schema(request=None, responses={202: ErasureRequestSerializer, 409: OpenApiResponse(description="Not verified, or finished.")},
+                   summary="Execute the erasure (Celery task; resumes if already in progress)")
+    @action(detail=True, methods=["post"])
+    def execute(self, request, pk=None):
+        obj = self.get_object()
+        started = services.erasure_request_execute_start(erasure_request=obj, actor=request.user)
+        return self._respond(started, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=ExtendSerializer, responses=ErasureRequestSerializer,
+        examples=[OpenApiExample("Extend", value={
+            "reasons": "Data held in 14 models across 3 systems; retraining is scheduled.",
+            "subject_informed_at": "2025-09-20T09:00:00Z"}, request_only=True)],
+        summary="Extend the deadline once by two months (Art. 12(3))",
+    )
+    @action(detail=True, methods=["post"])
+    def extend(self, request, pk=None):
+        obj = self.get_object()
+        data = _body(request)
+        return self._respond(services.erasure_request_extend(
+            erasure_request=obj, reasons=data.get("reasons"), subject_informed_at=data.get("subject_informed_at"),
+            actor=request.user,
+        ))
+
+    @extend_schema(
+        request=RejectSerializer, responses=ErasureRequestSerializer,
+        examples=[OpenApiExample("Legal claims", value={
+            "refusal_ground": "17_3_e", "justification": "The records are evidence in pending litigation (case 2025/118)."},
+            request_only=True)],
+        summary="Refuse under an Art. 17(3) exemption (carries the Art. 12(4) notice)",
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        obj = self.get_object()
+        data = _body(request)
+        return self._respond(services.erasure_request_reject(
+            erasure_request=obj, refusal_ground=data.get("refusal_ground"), justification=data.get("justification"),
+            actor=request.user,
+        ))
+
+    @extend_schema(
+        request=OverrideSerializer, responses={201: RemediationOverrideSerializer},
+        examples=[OpenApiExample("Rely on DP", value={
+            "model_version": 12, "action": "rely_on_dp",
+            "justification": "ε=1.0 at δ=1e-6; MIA audit AUC 0.51; retraining costs 3 GPU-days."}, request_only=True)],
+        summary="Override the remediation the policy proposes for one model",
+    )
+    @action(detail=True, methods=["post"], url_path="remediation-overrides")
+    def remediation_overrides(self, request, pk=None):
+        obj = self.get_object()
+        data = _body(request)
+        override = services.erasure_request_override_remediation(
+            erasure_request=obj, model_version_id=data.get("model_version"), action=data.get("action"),
+            justification=data.get("justification"), actor=request.user,
+        )
+        return Response(RemediationOverrideSerializer(override).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        responses={(200, "application/pdf"): OpenApiTypes.BINARY},
+        summary="The written answer (PDF): the erasure certificate, or the Art. 12(4) notice of refusal",
+        description="A completed request's certificate of erasure; for a rejected request, the notice of refusal "
+                    "with the Art. 17(3) exemption, the reasons and the rights to complain and to a judicial remedy.",
+    )
+    @action(detail=True, methods=["get"])
+    def certificate(self, request, pk=None):
+        obj = self.get_object()
+        if not obj.certificate_path:
+            raise NotFound(
+                "No answer document yet: the certificate is produced when the execution completes, "
+                "the notice of refusal when the request is rejected."
+            )
+        path = Path(settings.REPORT_ROOT) / obj.certificate_path
+        if not path.exists():
+            raise NotFound("The certificate file is missing from the report storage.")
+        return FileResponse(
+            open(path, "rb"), content_type="application/pdf", as_attachment=True,  # noqa: SIM115 (FileResponse closes it)
+            filename=Path(obj.certificate_path).name,
+        )

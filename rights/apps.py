@@ -1,0 +1,18 @@
+from django.apps import AppConfig
+
+
+class RightsConfig(AppConfig):
+    name = "rights"
+    verbose_name = "Rights of data subjects (GDPR Chapter III)"
+
+    def ready(self) -> None:
+        # Reactions to the lower layers' named signals, and this app's report kind.
+        from governance.models import ReportKind
+        from governance.reports.jobs import report_kind_register
+        from rights import receivers  # noqa: F401
+        from rights.reports import erasure_certificate_precheck, erasure_certificate_report_render
+
+        report_kind_register(
+            kind=ReportKind.ERASURE_CERTIFICATE, build=erasure_certificate_report_render,
+            about=("rights", "ErasureRequest"), precheck=erasure_certificate_precheck,
+        )

@@ -1,0 +1,189 @@
+"""The erasure certificate (PDF), written with the shared report toolkit.
+
+What an answer to an erasure request should show (ICO; EDPB coordinated action 2025):
+dates (received, verified, completed, deadline, extension with reasons), the ground,
+per artifact what was done, exemptions with their justification, recipients notified
+(Art. 19), what happens to backups, complaint rights where relevant (Art. 12(4)), and
+where in the audit chain each event sits, with the chain head's hash. The person is
+named only by the random subject reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.utils.dateparse import parse_datetime
+
+from governance.models import AuditChainHead, AuditEvent
+from rights.models import ErasureGround, ErasureRequest, ErasureStep, RefusalGround, RemediationAction
+
+ACTION_WORDS = {
+    RemediationAction.SISA_UNLEARN: "unlearned (SISA: affected shards retrained from the last clean checkpoint)",
+    RemediationAction.RETRAIN: "retrained from scratch on the amended snapshot",
+    RemediationAction.RELY_ON_DP: "kept on its differential-privacy guarantee (accepted risk)",
+    RemediationAction.RETIRE: "retired; artifact deleted",
+    "delete_artifact": "already superseded or retired; artifact deleted",
+}
+
+
+def _audit_events_table(request: ErasureRequest):
+    """The request's audit events with their chain positions and hashes."""
+    from governance.reports import toolkit as t
+
+    events = AuditEvent.objects.filter(object_type="erasure_request", object_id=str(request.pk)).order_by("position")
+    return t.data_table(
+        ["Position", "Event", "Hash"], [list(row) for row in events.values_list("position", "action", "hash")],
+        col_widths=[1, 3, 6],
+    )
+
+
+def certificate_relative_path(request: ErasureRequest) -> str:
+    return f"erasure/erasure-certificate-{request.pk}.pdf"
+
+
+def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]:
+    """Write the certificate from the request's step log; returns (path relative to REPORT_ROOT, SHA-256)."""
+    from governance.reports import toolkit as t
+
+    steps = {s.name: s.details for s in ErasureStep.objects.filter(request=request)}
+    relative = certificate_relative_path(request)
+    flows = t.title_block(
+        "Certificate of erasure",
+        subtitle="GDPR Art. 17 — right to erasure; Art. 12(3) answer; Art. 19 notification",
+        facts=[
+            ("Erasure request", request.pk),
+            ("Data subject reference", request.subject_ref or "— (no data held)"),
+            ("Ground", ErasureGround(request.ground).label),
+            ("Regime", request.get_regime_display()),
+            ("Received", request.received_at),
+            ("Identity verified", f"{t.text(request.verified_at)} ({request.verification_method or 'method not stated'})"),
+            ("Due", request.due_at),
+            ("Extended to", f"{t.text(request.extended_due_at)} — {request.extension_reasons} (subject informed "
+                            f"{t.text(request.subject_informed_of_extension_at)})" if request.extended_due_at else "not extended"),
+            ("Execution started", request.execution_started_at),
+            ("Completed", request.completed_at),
+        ],
+    )
+    flows.append(t.heading("Datasets: records deleted"))
+    deleted = steps.get("delete_records", {}).get("per_dataset", {})
+    flows.append(t.data_table(
+        ["Dataset", "Name", "Records deleted"],
+        [[d["id"], d["name"], deleted.get(str(d["id"]), d["records"])] for d in plan["datasets"]],
+        col_widths=[1, 4, 2], empty="The person had no data records.",
+    ))
+    flows.append(t.heading("Snapshots: amended"))
+    flows.append(t.paragraph(
+        "Membership rows of the person were deleted from each snapshot; the original Merkle root stays on the "
+        "snapshot as history and the amendment records the root before and after."
+    ))
+    flows.append(t.data_table(
+        ["Snapshot", "Rows removed", "Root before", "Root after"],
+        [[a["snapshot"], a["records_removed"], a["previous_root"], a["new_root"]]
+         for a in steps.get("amend_snapshots", {}).get("amendments", [])],
+        col_widths=[1, 1, 4, 4], empty="No snapshot held the person.",
+    ))
+    flows.append(t.heading("Models: remediation"))
+    model_rows = []
+    exemptions = []
+    for model in plan["model_versions"]:
+        done = steps.get(f"remediate_model_{model['id']}", {})
+        action = done.get("action", model["remediation"])
+        model_rows.append([
+            f"{model['name']} v{model['version']} (#{model['id']})",
+            ACTION_WORDS.get(action, action),
+            f"#{done['new_model_version']} (v{done['new_version']})" if done.get("new_model_version") else "—",
+            model["artifact_sha256"] if action != RemediationAction.RELY_ON_DP else "kept",
+            done.get("epsilon") if done.get("new_model_version") or action == RemediationAction.RELY_ON_DP else "—",
+        ])
+        if model.get("override"):
+            exemptions.append((f"{model['name']} v{model['version']}: {action}", model["override"]["justification"]))
+    flows.append(t.data_table(
+        ["Model version", "Action", "New version", "Old artifact SHA-256 (deleted)", "ε of new version"],
+        model_rows, col_widths=[3, 4, 2, 5, 1.5], empty="No model was trained on the person's data.",
+    ))
+    flows.append(t.note("ε is at the run's δ; '—' where no new version was trained; ∞ (None) for non-private training."))
+    flows.append(t.heading("Exemptions and decisions against the policy"))
+    if exemptions:
+        flows.append(t.key_value_table(exemptions))
+        if any(m["remediation"] == RemediationAction.RELY_ON_DP for m in plan["model_versions"]):
+            flows.append(t.paragraph(
+                "A model kept on its differential-privacy guarantee is recorded as an accepted risk: a model trained "
+                "on personal data is not anonymous by default (EDPB Opinion 28/2024)."
+            ))
+    else:
+        flows.append(t.paragraph("None: every artifact was remediated as the policy proposes."))
+    flows.append(t.heading("Other personal data"))
+    flows.append(t.paragraph(
+        f"{steps.get('delete_consent_events', {}).get('consent_events_deleted', 0)} consent event(s) and the subject "
+        "row were deleted. Audit events refer to the person only by the random reference above, whose link to the "
+        "person's pseudonym was deleted with the subject row; the audit chain still verifies. An erasure receipt keeps "
+        "counts and a separately keyed hash of the identifier, so that a repeated request is recognised; it does not "
+        "re-identify anyone."
+    ))
+    flows.append(t.heading("Recipients notified (Art. 19)"))
+    notified_at = parse_datetime(steps.get("notify_recipients", {}).get("notified_at") or "")
+    flows.append(t.data_table(
+        ["Recipient", "Third country", "Notified at"],
+        [[r["name"], r["third_country"] or "—", notified_at] for r in plan["recipients"]],
+        col_widths=[4, 2, 3], empty="The processing activities involved name no recipients.",
+    ))
+    flows.append(t.heading("Backups"))
+    flows.append(t.paragraph(settings.ERASURE_BACKUP_STATEMENT))
+    if request.refusal_ground:
+        flows.append(t.heading("Refusal (Art. 12(4))"))
+        flows.append(t.paragraph(f"{RefusalGround(request.refusal_ground).label}. {request.refusal_notice}"))
+    flows.append(t.heading("Your rights"))
+    flows.append(t.paragraph(
+        "If you consider that this request was not handled in accordance with the GDPR, you have the right to lodge a "
+        "complaint with a supervisory authority (Art. 77) and to an effective judicial remedy (Art. 79)."
+    ))
+    flows.append(t.heading("Audit chain"))
+    flows.append(_audit_events_table(request))
+    head = AuditChainHead.objects.filter(pk=1).values_list("position", "hash").first() or (0, "")
+    flows.append(t.paragraph(
+        f"Chain head when this certificate was written: position {head[0]}, hash {head[1]}. The certificate's own "
+        "SHA-256 is recorded in the next event ('erasure.certificate_issued')."
+    ))
+    path = Path(settings.REPORT_ROOT) / relative
+    digest = t.render_pdf(path, flows, title=f"Certificate of erasure — request {request.pk}",
+                          subject="GDPR Art. 17 erasure certificate")
+    return relative, digest
+
+
+def refusal_notice_relative_path(request: ErasureRequest) -> str:
+    return f"erasure/erasure-refusal-notice-{request.pk}.pdf"
+
+
+def refusal_notice_write(*, request: ErasureRequest) -> tuple[str, str]:
+    """The written answer to a refused request (Art. 12(4)): the reasons for not acting,
+    the Art. 17(3) exemption relied on, and the rights to complain and to a judicial remedy.
+    Returns (path relative to REPORT_ROOT, SHA-256)."""
+    from governance.reports import toolkit as t
+
+    relative = refusal_notice_relative_path(request)
+    flows = t.title_block(
+        "Notice of refusal of an erasure request",
+        subtitle="GDPR Art. 12(4) — reasons for not taking action; Art. 17(3) exemption",
+        facts=[
+            ("Erasure request", request.pk),
+            ("Data subject reference", request.subject_ref or "— (no data held)"),
+            ("Ground invoked by the person", ErasureGround(request.ground).label),
+            ("Received", request.received_at),
+            ("Answer due", request.extended_due_at or request.due_at),
+            ("Refused", request.rejected_at),
+            ("Exemption relied on", RefusalGround(request.refusal_ground).label),
+        ],
+    )
+    # The notice itself carries the exemption, the justification and the rights.
+    flows.append(t.heading("Our answer"))
+    flows.append(t.paragraph(request.refusal_notice))
+    flows.append(t.heading("Audit chain"))
+    flows.append(_audit_events_table(request))
+    flows.append(t.paragraph(
+        "The SHA-256 of this notice is recorded in the next audit event ('erasure.refusal_notice_issued')."
+    ))
+    path = Path(settings.REPORT_ROOT) / relative
+    digest = t.render_pdf(path, flows, title=f"Notice of refusal — erasure request {request.pk}",
+                          subject="GDPR Art. 12(4) notice of refusal")
+    return relative, digest

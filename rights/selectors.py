@@ -1,0 +1,163 @@
+"""Reads for the erasure workflow: request lists, deadlines and the impact of an erasure."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from rights.models import (
+    OPEN_STATUSES,
+    ErasureReceipt,
+    ErasureRequest,
+    RemediationAction,
+)
+
+# Model statuses whose weights are in use and must be remediated; superseded or retired
+# versions only have their artifact file deleted.
+LIVE_MODEL_STATUSES = ("active", "tainted")
+
+
+def today() -> date:
+    return timezone.localdate()
+
+
+def erasure_request_queryset() -> QuerySet[ErasureRequest]:
+    return ErasureRequest.objects.annotate(effective_due=Coalesce("extended_due_at", "due_at"))
+
+
+def erasure_request_list(*, status: str | None = None, overdue: bool | None = None) -> QuerySet[ErasureRequest]:
+    """Requests ordered by their effective deadline; ``overdue`` means open and past it."""
+    qs = erasure_request_queryset().order_by("effective_due", "id")
+    if status:
+        qs = qs.filter(status=status)
+    if overdue is True:
+        qs = qs.filter(status__in=OPEN_STATUSES, effective_due__lt=today())
+    elif overdue is False:
+        qs = qs.exclude(Q(status__in=OPEN_STATUSES) & Q(effective_due__lt=today()))
+    return qs
+
+
+def erasure_request_is_overdue(*, erasure_request: ErasureRequest, on: date | None = None) -> bool:
+    return erasure_request.is_open and erasure_request.effective_due_at < (on or today())
+
+
+def erasure_previous_completed(*, receipt_hash: str) -> ErasureReceipt | None:
+    """The receipt of an earlier executed erasure for the same identifier, if any."""
+    return ErasureReceipt.objects.filter(identifier_receipt_hash=receipt_hash).order_by("-completed_at").first()
+
+
+def proposed_remediation(*, is_sisa: bool, in_training_shards: bool) -> str:
+    """The policy: SISA models unlearn the person's shards; any other model is retrained."""
+    if is_sisa and in_training_shards:
+        return RemediationAction.SISA_UNLEARN
+    return RemediationAction.RETRAIN
+
+
+def erasure_request_impact(*, erasure_request: ErasureRequest) -> dict[str, Any]:
+    """Everything the execution will touch, for the DPO to review before executing.
+
+    Counts are aggregated in SQL; nothing is loaded per record.
+    """
+    if erasure_request.subject_id is None:
+        executed = getattr(erasure_request, "receipt", None) if erasure_request.status == "completed" else None
+        return {
+            "data_held": False,
+            "executed": executed is not None,
+            "datasets": [], "snapshots": [], "training_runs": [], "model_versions": [],
+            "consent_events": 0,
+            "totals": {"records": 0, "datasets": 0, "snapshots": 0, "training_runs": 0, "model_versions": 0},
+        }
+    return subject_impact_for_erasure(subject_id=erasure_request.subject_id, erasure_request=erasure_request)
+
+
+def subject_impact_for_erasure(*, subject_id: int, erasure_request: ErasureRequest | None = None) -> dict[str, Any]:
+    from governance.models import ConsentEvent, DataSubject
+    from mlops.models import ModelVersion, SisaAssignment, TrainingRun
+    from provenance.selectors import subject_impact
+
+    lineage = subject_impact(subject=DataSubject.objects.get(pk=subject_id))
+    datasets = [{"id": d["id"], "name": d["name"], "records": d["record_count"]} for d in lineage["datasets"]]
+    snapshots = [
+        {"id": s["id"], "dataset_id": s["dataset"], "purpose": s["purpose"], "records": s["records"],
+         "taken_for": s["taken_for"]}
+        for s in lineage["snapshots"]
+    ]
+    runs = list(
+        TrainingRun.objects.filter(pk__in=[r["id"] for r in lineage["training_runs"]])
+        .order_by("id")
+        .values("id", "name", "snapshot_id", "status", "sisa", "seed")
+    )
+    run_ids = [r["id"] for r in runs]
+    # An unlearning run uses the placements of the run it came from (sisa_placements_from).
+    placement_of = {
+        run_id: placed_by or run_id
+        for run_id, placed_by in TrainingRun.objects.filter(pk__in=run_ids).values_list("id", "sisa_placements_from_id")
+    }
+    placed_runs: dict[int, dict[str, Any]] = {}
+    for placement_run_id, shard, slice_ in SisaAssignment.objects.filter(
+        subject_id=subject_id, training_run_id__in=set(placement_of.values())
+    ).values_list("training_run_id", "shard", "slice"):
+        entry = placed_runs.setdefault(placement_run_id, {"shards": set(), "first_slice": {}})
+        entry["shards"].add(shard)
+        entry["first_slice"][shard] = min(slice_, entry["first_slice"].get(shard, slice_))
+    assignments = {run_id: placed_runs[p] for run_id, p in placement_of.items() if p in placed_runs}
+    overrides = {}
+    if erasure_request is not None and erasure_request.pk:
+        overrides = {
+            o.model_version_id: o for o in erasure_request.remediation_overrides.all()
+        }
+    versions = []
+    for mv in (
+        ModelVersion.objects.filter(training_run_id__in=run_ids)
+        .select_related("training_run")
+        .order_by("id")
+    ):
+        run = mv.training_run
+        is_sisa = bool(run.sisa) or mv.is_sisa_ensemble
+        sisa = assignments.get(run.id)
+        live = mv.status in LIVE_MODEL_STATUSES
+        proposed = proposed_remediation(is_sisa=is_sisa, in_training_shards=bool(sisa)) if live else "delete_artifact"
+        override = overrides.get(mv.id)
+        versions.append(
+            {
+                "id": mv.id, "name": mv.name, "version": mv.version, "status": mv.status,
+                "training_run_id": run.id, "snapshot_id": run.snapshot_id,
+                "sisa": run.sisa if is_sisa else None,
+                "shards": sorted(sisa["shards"]) if sisa else [],
+                "first_slice_per_shard": {str(k): v for k, v in sorted(sisa["first_slice"].items())} if sisa else {},
+                "epsilon": mv.epsilon, "non_private": mv.non_private,
+                "artifact_sha256": mv.artifact_sha256,
+                "proposed_remediation": proposed,
+                "override": (
+                    {"action": override.action, "justification": override.justification,
+                     "decided_at": override.decided_at.isoformat()}
+                    if override else None
+                ),
+                "remediation": override.action if (override and live) else proposed,
+            }
+        )
+    consent_events = ConsentEvent.objects.filter(subject_id=subject_id).count()
+    return {
+        "data_held": bool(datasets or consent_events),
+        "executed": False,
+        "datasets": datasets,
+        "snapshots": snapshots,
+        "training_runs": [
+            {"id": r["id"], "name": r["name"], "snapshot_id": r["snapshot_id"], "status": r["status"],
+             "sisa": r["sisa"]}
+            for r in runs
+        ],
+        "model_versions": versions,
+        "consent_events": consent_events,
+        "totals": {
+            "records": sum(d["records"] for d in datasets),
+            "datasets": len(datasets),
+            "snapshots": len(snapshots),
+            "training_runs": len(runs),
+            "model_versions": len(versions),
+        },
+    }

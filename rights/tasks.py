@@ -1,0 +1,22 @@
+"""Celery task of the erasure workflow: thin, takes an id, calls the service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="rights.execute_erasure_request", acks_late=True)
+def execute_erasure_request(request_id: int) -> dict:
+    """Execute (or resume) an erasure; every step already done is skipped."""
+    from rights.execution import erasure_request_execute
+
+    return erasure_request_execute(request_id=request_id)
+
+
+@shared_task(name="rights.open_erasure_requests_for_withdrawals")
+def open_erasure_requests_for_withdrawals() -> int:
+    """Catch up on withdrawals whose request was not opened after their commit (the
+    receiver failed, or the process died between the commit and the receiver)."""
+    from rights.services import erasure_requests_open_for_withdrawals_sweep
+
+    return erasure_requests_open_for_withdrawals_sweep()
