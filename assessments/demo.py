@@ -119,11 +119,8 @@ def run(ctx: DemoContext) -> None:
     else:
         ctx.say("no model version trained: no model lineage report")
 
+    # Set by the rights step of the demo, which runs before this one.
     erasure_request = ctx.shared.get("erasure_request")
-    if erasure_request is None:
-        from rights.models import ErasureRequest
-
-        erasure_request = ErasureRequest.objects.exclude(certificate_path="").order_by("-completed_at", "-id").first()
     if erasure_request is not None:
         erasure_request.refresh_from_db()
         if erasure_request.certificate_path:

@@ -17,9 +17,9 @@ from pathlib import Path
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from assessments.reports.dpia import dpia_report_render
 
 from assessments import services
+from assessments.reports.dpia import dpia_report_render
 from benchmarks.harness import BenchContext, Result
 from governance import services as gov_services
 from governance.models import DataCategory, ProcessingActivity, ProcessingActivityDataCategory, Purpose

@@ -20,6 +20,8 @@ from mlops.models import (
     SisaCheckpoint,
     TrainingRun,
 )
+from provenance import admin as provenance_admin
+from provenance.models import Dataset
 
 
 def _epsilon(value: float | None, non_private: bool = False) -> str:
@@ -160,3 +162,28 @@ class PrivacyBudgetAdmin(admin.ModelAdmin):
 class PrivacyLedgerEntryAdmin(ReadOnlyAdmin):
     list_display = ["dataset", "training_run", "state", "non_private", "planned_epsilon", "epsilon", "delta"]
     list_filter = ["state", "non_private"]
+
+
+# The dataset page is provenance's; the privacy-budget ledger is mlops's. mlops stands above
+# provenance, so it extends that page rather than provenance reaching up into mlops.
+admin.site.unregister(Dataset)
+
+
+@admin.register(Dataset)
+class DatasetWithBudgetAdmin(provenance_admin.DatasetAdmin):
+    readonly_fields = [*provenance_admin.DatasetAdmin.readonly_fields, "privacy_budget_spent"]
+    fields = readonly_fields
+
+    @admin.display(description="privacy budget (ε spent against the cap)")
+    def privacy_budget_spent(self, obj) -> str:
+        status = selectors.privacy_budget_status(dataset=obj)
+        spent = status["spent_epsilon"]
+        spent_text = "∞ (a non-private model was trained)" if spent is None else f"{spent:.3f}"
+        runs = len(status["runs"])
+        if status["epsilon_cap"] is None:
+            return f"spent ε = {spent_text} at δ = {status['delta']:g} over {runs} run(s); no cap set"
+        return (
+            f"spent ε = {spent_text} of a cap of {status['epsilon_cap']:g} at δ = {status['delta']:g} "
+            f"over {runs} run(s); committed incl. queued runs: {status['committed_epsilon']}"
+        )
+

@@ -38,7 +38,7 @@ class DatasetAdmin(ReadOnlyAdmin):
     list_select_related = ["processing_activity"]
     readonly_fields = [
         "name", "description", "owner", "processing_activity", "source_system", "schema", "parents",
-        "transformation", "created_by", "created_at", "updated_at", "lineage_link", "privacy_budget_spent",
+        "transformation", "created_by", "created_at", "updated_at", "lineage_link",
     ]
     fields = readonly_fields
 
@@ -48,22 +48,6 @@ class DatasetAdmin(ReadOnlyAdmin):
     @admin.display(description="records", ordering="record_count")
     def record_count(self, obj) -> int:
         return obj.record_count
-
-    @admin.display(description="privacy budget (ε spent against the cap)")
-    def privacy_budget_spent(self, obj) -> str:
-        # Read through mlops's selector: the ledger is mlops's, the page is the dataset's.
-        from mlops.selectors import privacy_budget_status
-
-        status = privacy_budget_status(dataset=obj)
-        spent = status["spent_epsilon"]
-        spent_text = "∞ (a non-private model was trained)" if spent is None else f"{spent:.3f}"
-        runs = len(status["runs"])
-        if status["epsilon_cap"] is None:
-            return f"spent ε = {spent_text} at δ = {status['delta']:g} over {runs} run(s); no cap set"
-        return (
-            f"spent ε = {spent_text} of a cap of {status['epsilon_cap']:g} at δ = {status['delta']:g} "
-            f"over {runs} run(s); committed incl. queued runs: {status['committed_epsilon']}"
-        )
 
     @admin.display(description="lineage")
     def lineage_link(self, obj) -> str:

@@ -11,10 +11,10 @@ import time
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from assessments.reports.model_lineage import model_lineage_report_data, model_lineage_report_render
 
-from governance.models import AuditEvent, ReportJob
 from assessments.reports import evidence as report_evidence
+from assessments.reports.model_lineage import model_lineage_report_data, model_lineage_report_render
+from governance.models import AuditEvent, ReportJob
 from governance.reports import selectors as report_selectors
 from governance.reports.ropa import ropa_report_render
 from tests.governance.reports_helpers import AUC, EPSILON, TPR_1PCT, complete_payload, make_world, pdf_text

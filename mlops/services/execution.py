@@ -409,9 +409,9 @@ def training_run_cancel(*, run: TrainingRun, actor: Any) -> TrainingRun:
         task_id = run.celery_task_id
 
         def _revoke() -> None:
-            from config.celery import app
+            from celery import current_app
 
-            app.control.revoke(task_id)
+            current_app.control.revoke(task_id)
 
         transaction.on_commit(_revoke)
     return run
