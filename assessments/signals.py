@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.db.models.signals import post_save
+from django.dispatch import receiver
+
+from mlops.signals import model_version_tainted
 
 
 def _model_version_saved(sender, instance, created: bool, **kwargs) -> None:
@@ -65,24 +68,15 @@ def _ledger_or_budget_saved(sender, instance, **kwargs) -> None:
     transaction.on_commit(lambda: _budget_check_on_commit(dataset_id), robust=True)
 
 
-def _audit_event_saved(sender, instance, created: bool, **kwargs) -> None:
-    # The erasure workflow taints models with a queryset UPDATE (no model signal) and records
-    # "erasure.models_tainted"; react after the commit, never inside the audit chain's write.
-    if not created or instance.action != "erasure.models_tainted":
-        return
-    ids = [i for i in (instance.details or {}).get("model_versions", []) if isinstance(i, int)]
-    if not ids:
-        return
-    reason = f"Model version(s) {', '.join(map(str, ids))} tainted by erasure request {instance.object_id}."
+@receiver(model_version_tainted, dispatch_uid="dpia_review_on_taint")
+def _model_versions_tainted(sender, *, model_version_ids: list[int], reason: str, **kwargs) -> None:
+    # Sent by mlops after the commit that tainted them (an erasure, a late registration).
+    from assessments.services import dpia_mark_for_review
 
-    def mark() -> None:
-        from assessments.services import dpia_mark_for_review
-
-        dpia_mark_for_review(reason=reason, model_version_ids=ids)
-
-    transaction.on_commit(mark, robust=True)
+    ids = [i for i in model_version_ids if isinstance(i, int)]
+    if ids:
+        dpia_mark_for_review(reason=f"Model version(s) {', '.join(map(str, ids))} tainted {reason}", model_version_ids=ids)
 
 
 post_save.connect(_ledger_or_budget_saved, sender="mlops.PrivacyLedgerTotal", dispatch_uid="dpia_review_on_ledger_total")
 post_save.connect(_ledger_or_budget_saved, sender="mlops.PrivacyBudget", dispatch_uid="dpia_review_on_budget")
-post_save.connect(_audit_event_saved, sender="governance.AuditEvent", dispatch_uid="dpia_review_on_erasure_taint")

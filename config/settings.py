@@ -71,6 +71,10 @@ if not DEBUG and PSEUDONYMISATION_KEY == SECRET_KEY:
         "PSEUDONYMISATION_KEY must differ from SECRET_KEY: the pseudonymisation key is "
         "additional information to be kept separately (GDPR Art. 4(5))."
     )
+# Key of the train / validation / hold-out assignment of a person (mlops.data.subject_split).
+# Empty: derived at use as HMAC-SHA256(PSEUDONYMISATION_KEY, "privacy-ledger/person-split/v1").
+# Changing either key re-draws everyone's split, so keep it as stable as the pseudonyms.
+PERSON_SPLIT_KEY = os.environ.get("PERSON_SPLIT_KEY", "")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"] if DEBUG else [])
 if not DEBUG and not ALLOWED_HOSTS:

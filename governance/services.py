@@ -957,3 +957,30 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
     if flagged:
         result["withdrawals_under_erasure_on_withdrawal"] = flagged
     return result
+
+
+# --- Erasure of a person (called by the rights app's erasure workflow) ----------------
+
+
+@transaction.atomic
+def consent_events_erase(*, subject_id: int) -> int:
+    """Delete a person's consent history for an Art. 17 erasure; returns how many events.
+
+    The ledger is append-only for everything else; the audit chain keeps the erasure."""
+    from governance.models import ConsentEvent
+
+    return ConsentEvent.objects.filter(subject_id=subject_id)._erasure_delete()
+
+
+@transaction.atomic
+def data_subject_erase(*, subject_id: int) -> dict[str, int]:
+    """Delete the person's subject row once their data are gone; returns rows deleted per model.
+
+    The ORM delete follows the foreign keys: SISA placements go with the row, a request's
+    link to it is cleared, and any row still protecting the subject (a record, a snapshot
+    membership, a consent event) stops the delete here.
+    """
+    from governance.models import DataSubject
+
+    _, by_model = DataSubject.objects.filter(pk=subject_id).delete()
+    return by_model

@@ -7,13 +7,19 @@ would otherwise be measuring memorisation of that person's other records).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 
 from provenance.models import SnapshotMembership
 
 SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_HOLDOUT = 0, 1, 2
+PERSON_SPLIT_RULE = "hmac-sha256(person-split key, '<seed>:<subject id>')[:8] / 2^64"
+PERSON_SPLIT_RULE_VERSION = 1
+_PERSON_SPLIT_KEY_LABEL = b"privacy-ledger/person-split/v1"
 LOAD_BATCH_SIZE = 5000
 
 
@@ -59,21 +65,58 @@ def _label_key(value) -> tuple:
     return ((2, 0.0, str(value)), str(value))
 
 
+def person_split_key() -> bytes:
+    """The key of the person split: ``PERSON_SPLIT_KEY`` if set, else derived from the
+    pseudonymisation key (HMAC-SHA256 of a fixed label), read at call time."""
+    explicit = getattr(settings, "PERSON_SPLIT_KEY", "")
+    if explicit:
+        return explicit.encode() if isinstance(explicit, str) else bytes(explicit)
+    return hmac.new(settings.PSEUDONYMISATION_KEY.encode(), _PERSON_SPLIT_KEY_LABEL, hashlib.sha256).digest()
+
+
+def person_split_rule(*, validation_split: float, holdout_fraction: float) -> dict:
+    """How a run assigned people to train / validation / hold-out, for the run's record."""
+    return {
+        "rule": PERSON_SPLIT_RULE,
+        "version": PERSON_SPLIT_RULE_VERSION,
+        "holdout_below": float(holdout_fraction),
+        "validation_below": float(holdout_fraction) + float(validation_split),
+    }
+
+
+def person_draws(*, subject_ids, seed: int) -> np.ndarray:
+    """Each person's uniform draw in [0, 1): a keyed hash of the seed and the person.
+
+    Depends on nothing but the key, the seed and that person's id, so removing other
+    people (erasure) or adding new ones never moves anyone.
+    """
+    base = hmac.new(person_split_key(), digestmod=hashlib.sha256)
+    prefix = f"{int(seed)}:"
+    heads = []
+    for subject_id in np.asarray(subject_ids, dtype=np.int64).tolist():
+        mac = base.copy()
+        mac.update(f"{prefix}{subject_id}".encode())
+        heads.append(mac.digest()[:8])
+    # First 8 bytes of each MAC as a big-endian unsigned integer, over 2^64.
+    return np.frombuffer(b"".join(heads), dtype=">u8").astype(np.float64) / 2.0**64
+
+
 def subject_split(
     *, subject_ids: np.ndarray, seed: int, validation_split: float, holdout_fraction: float
 ) -> np.ndarray:
     """The split (train / validation / hold-out) of every row, drawn per person.
 
-    Vectorised: one uniform draw per distinct subject from a generator seeded by the
-    run's seed, assigned in subject-id order, so the same snapshot and seed always give
-    the same split.
+    A person's draw is ``u = HMAC-SHA256(split key, f"{seed}:{subject_id}")[:8] / 2**64``
+    (see ``person_split_rule``): hold-out if ``u < holdout_fraction``, validation if
+    ``u < holdout_fraction + validation_split``, else train. Stable for a person across
+    snapshot versions and erasures of others; the hash is computed once per distinct person.
     """
-    unique, inverse = np.unique(subject_ids, return_inverse=True)
-    draws = np.random.default_rng([int(seed), 0x4D4941]).random(len(unique))
+    unique, inverse = np.unique(np.asarray(subject_ids, dtype=np.int64), return_inverse=True)
+    draws = person_draws(subject_ids=unique, seed=seed)
     per_subject = np.full(len(unique), SPLIT_TRAIN, dtype=np.int8)
     per_subject[draws < holdout_fraction + validation_split] = SPLIT_VALIDATION
     per_subject[draws < holdout_fraction] = SPLIT_HOLDOUT
-    return per_subject[inverse]
+    return per_subject[inverse.reshape(-1)]
 
 
 def snapshot_tensors(*, snapshot_id: int, schema: dict, classes: list) -> SnapshotTensors:

@@ -74,6 +74,15 @@ class TrainingRun(models.Model):
         help_text="The SISA run whose subject-to-shard assignments this run uses.",
     )
 
+    # What the run read: the number of amendments its snapshot had when the training data
+    # were loaded (read before the rows, so a later amendment is never counted as seen).
+    # A version whose run read fewer amendments than an erasure's was trained on the person.
+    trained_on_amendment = models.PositiveIntegerField(null=True, blank=True)
+    # The model version this run was started to replace (erasure remediation), if any.
+    remediates = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="remediation_runs"
+    )
+
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
     # {"epoch": e, "epochs": E, "step": s, "epsilon": ε so far, "shard": k}
     progress = models.JSONField(default=dict, blank=True)

@@ -121,3 +121,23 @@ def model_lineage(*, model_version: ModelVersion) -> dict:
     from provenance.selectors import model_lineage as provenance_model_lineage
 
     return provenance_model_lineage(model_version=model_version)
+
+
+def live_versions_trained_before(*, amendments: list[dict[str, int]]) -> list[dict]:
+    """Live (active or tainted) versions whose run read its snapshot before one of
+    ``amendments`` ([{"snapshot": id, "sequence": n}]) removed people from it."""
+    from django.db.models import Q
+
+    from mlops.models import ModelStatus
+
+    if not amendments:
+        return []
+    condition = Q()
+    for a in amendments:
+        condition |= Q(training_run__snapshot_id=a["snapshot"]) & (
+            Q(training_run__trained_on_amendment__isnull=True) | Q(training_run__trained_on_amendment__lt=a["sequence"])
+        )
+    return list(
+        ModelVersion.objects.filter(condition, status__in=(ModelStatus.ACTIVE, ModelStatus.TAINTED))
+        .order_by("pk").values("id", "name", "version", "status", "training_run_id")
+    )

@@ -147,6 +147,10 @@ class SnapshotAmendment(ImmutableModel):
     snapshot = models.ForeignKey(Snapshot, on_delete=models.PROTECT, related_name="amendments")
     reason = models.CharField(max_length=20, choices=AmendmentReason.choices)
     erasure_request_id = models.BigIntegerField(null=True, blank=True)
+    # 1, 2, ... per snapshot, in commit order: amendments of one snapshot are serialised by a
+    # lock on its row, so "trained after amendment n" (TrainingRun.trained_on_amendment)
+    # means the data read held none of the people amendments 1..n removed.
+    sequence = models.PositiveIntegerField()
     records_removed = models.PositiveIntegerField()
     subjects_removed = models.PositiveIntegerField()
     previous_root = models.CharField(max_length=64)
@@ -155,7 +159,8 @@ class SnapshotAmendment(ImmutableModel):
     details = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        ordering = ["snapshot_id", "id"]
+        ordering = ["snapshot_id", "sequence"]
+        constraints = [models.UniqueConstraint(fields=["snapshot", "sequence"], name="unique_snapshot_amendment_sequence")]
 
     def __str__(self) -> str:
-        return f"{self.reason} amendment of snapshot {self.snapshot_id}"
+        return f"{self.reason} amendment {self.sequence} of snapshot {self.snapshot_id}"

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, Max
 
 from governance.models import DataSubject, Purpose
 from provenance.models import DataRecord, Dataset, Snapshot, SnapshotAmendment, SnapshotMembership
@@ -35,6 +35,11 @@ def _mlops_models() -> tuple[Any, Any]:
 
 
 # --- Snapshots -------------------------------------------------------------------------
+
+
+def snapshot_amendment_count(*, snapshot_id: int) -> int:
+    """How many amendments the snapshot has had (the latest sequence number; 0 for none)."""
+    return SnapshotAmendment.objects.filter(snapshot_id=snapshot_id).aggregate(n=Max("sequence"))["n"] or 0
 
 
 def snapshot_current_root(*, snapshot: Snapshot) -> str:

@@ -17,7 +17,7 @@ from django.utils import timezone
 from governance.models import LawfulBasis, ProcessingActivity, Purpose, PurposeCompatibility
 from governance.pseudonymisation import pseudonymise_many
 from governance.selectors import consent_state_sql
-from governance.services import ServiceError, audit_event_record, data_subject_ensure_many
+from governance.services import ServiceConflict, ServiceError, audit_event_record, data_subject_ensure_many
 from provenance import merkle
 from provenance.models import (
     AmendmentReason,
@@ -525,6 +525,15 @@ def snapshot_records_remove(
     if reason not in AmendmentReason.values:
         raise ServiceError(f"Unknown amendment reason {reason!r}.", field="reason")
     with transaction.atomic():
+        # Amendments of one snapshot queue behind each other on its row: each computes its
+        # root and counts over the membership the previous one committed, and sequence
+        # numbers follow commit order. Locked in id order, so two erasures never deadlock.
+        touched = SnapshotMembership.objects.filter(record_id__in=records.values("id")).values("snapshot_id")
+        locked = list(
+            Snapshot.objects.select_for_update().filter(pk__in=touched).order_by("pk").values_list("pk", flat=True)
+        )
+        if not locked:
+            return []
         if connection.vendor == "postgresql":
             removed = _memberships_delete_postgresql(records=records)
         else:
@@ -532,23 +541,46 @@ def snapshot_records_remove(
         affected = sorted(removed)
         if not affected:
             return []
-        previous_roots = dict(
-            SnapshotAmendment.objects.filter(snapshot_id__in=affected).order_by("snapshot_id", "id")
-            .values_list("snapshot_id", "new_root")
-        )
+        latest: dict[int, tuple[int, str]] = {}
+        for sid, sequence, root in (
+            SnapshotAmendment.objects.filter(snapshot_id__in=affected).order_by("snapshot_id", "sequence")
+            .values_list("snapshot_id", "sequence", "new_root")
+        ):
+            latest[sid] = (sequence, root)
         originals = dict(Snapshot.objects.filter(pk__in=affected).values_list("pk", "merkle_root"))
         amendments = [
             SnapshotAmendment(
                 snapshot_id=sid, reason=reason, erasure_request_id=erasure_request_id,
+                sequence=latest.get(sid, (0, ""))[0] + 1,
                 records_removed=removed[sid][0],
                 subjects_removed=removed[sid][1],
-                previous_root=previous_roots.get(sid, originals[sid]),
+                previous_root=latest[sid][1] if sid in latest else originals[sid],
                 new_root=snapshot_merkle_root(snapshot_id=sid),
                 details=details or {},
             )
             for sid in affected
         ]
         return SnapshotAmendment.objects.bulk_create(amendments)
+
+
+@transaction.atomic
+def subject_records_delete(*, subject_id: int) -> dict[str, Any]:
+    """Delete every record of one person (erasure), after their snapshot memberships were
+    removed with ``snapshot_records_remove``; returns the count per dataset.
+
+    Refused while a snapshot still holds one of the records (the membership's foreign key
+    protects it): a record is never deleted behind a snapshot's back.
+    """
+    per_dataset = {
+        row["dataset_id"]: row["n"]
+        for row in DataRecord.objects.filter(subject_id=subject_id).values("dataset_id").annotate(n=Count("id")).order_by()
+    }
+    if SnapshotMembership.objects.filter(subject_id=subject_id).exists():
+        raise ServiceConflict(
+            "The person's records are still members of a snapshot: amend the snapshots first.", field="subject"
+        )
+    deleted = DataRecord.objects.filter(subject_id=subject_id)._raw_delete(DataRecord.objects.db)
+    return {"records_deleted": deleted, "per_dataset": {str(k): v for k, v in sorted(per_dataset.items())}}
 
 
 _REMOVAL_CHUNK = 50_000

@@ -25,6 +25,15 @@ ACTION_WORDS = {
     RemediationAction.RETIRE: "retired; artifact deleted",
     "delete_artifact": "already superseded or retired; artifact deleted",
 }
+OUTCOME_WORDS = {
+    "retrained": "retrained from scratch on the amended snapshot",
+    "unlearned": "unlearned (SISA: affected shards retrained from the last clean checkpoint)",
+    "clean": "already retrained without the person (by this or a concurrent erasure)",
+    "retired": "retired; artifact deleted",
+    "kept_on_dp": "kept on its differential-privacy guarantee (accepted risk)",
+    "kept_on_dp_pending_other_erasures": "kept on its DP guarantee for this request; other erasures remediate it",
+    "no_live_version": "no live version; files of old versions deleted",
+}
 
 
 def _audit_events_table(request: ErasureRequest):
@@ -84,25 +93,51 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]
         col_widths=[1, 1, 4, 4], empty="No snapshot held the person.",
     ))
     flows.append(t.heading("Models: remediation"))
-    model_rows = []
-    exemptions = []
-    for model in plan["model_versions"]:
-        done = steps.get(f"remediate_model_{model['id']}", {})
-        action = done.get("action", model["remediation"])
-        model_rows.append([
-            f"{model['name']} v{model['version']} (#{model['id']})",
-            ACTION_WORDS.get(action, action),
-            f"#{done['new_model_version']} (v{done['new_version']})" if done.get("new_model_version") else "—",
-            model["artifact_sha256"] if action != RemediationAction.RELY_ON_DP else "kept",
-            done.get("epsilon") if done.get("new_model_version") or action == RemediationAction.RELY_ON_DP else "—",
-        ])
-        if model.get("override"):
-            exemptions.append((f"{model['name']} v{model['version']}: {action}", model["override"]["justification"]))
-    flows.append(t.data_table(
-        ["Model version", "Action", "New version", "Old artifact SHA-256 (deleted)", "ε of new version"],
-        model_rows, col_widths=[3, 4, 2, 5, 1.5], empty="No model was trained on the person's data.",
+    flows.append(t.paragraph(
+        "Each model name is a lineage of versions. After the person's data were removed from the snapshots, the "
+        "lineage was brought to a version trained on none of them, starting from the version live at that moment; "
+        "when other erasures ran at the same time, one retraining may cover all of them."
     ))
-    flows.append(t.note("ε is at the run's δ; '—' where no new version was trained; ∞ (None) for non-private training."))
+    lineages = sorted(
+        (d for name, d in steps.items() if name.startswith("remediate_lineage_")), key=lambda d: (d.get("name", ""),),
+    )
+    latest: dict[str, dict] = {}
+    for d in lineages:
+        latest[d.get("name", "")] = d  # a later round for the same name supersedes the first
+    exemptions = []
+    model_rows = []
+    for name, done in sorted(latest.items()):
+        outcome = done.get("outcome", "")
+        standing = f"#{done['model_version']} (v{done['version']})" if done.get("model_version") else "—"
+        model_rows.append([
+            name, OUTCOME_WORDS.get(outcome, outcome), standing,
+            done.get("epsilon") if done.get("model_version") else "—",
+        ])
+    for model in plan["model_versions"]:
+        if model.get("override"):
+            exemptions.append((f"{model['name']} v{model['version']}: {model['override']['action']}",
+                               model["override"]["justification"]))
+    flows.append(t.data_table(
+        ["Model", "What was done", "Version that stands now", "ε of that version"],
+        model_rows, col_widths=[4, 5, 2.5, 1.5], empty="No model was trained on the person's data.",
+    ))
+    flows.append(t.data_table(
+        ["Model version trained on the person", "Status then", "Artifact SHA-256"],
+        [[f"{m['name']} v{m['version']} (#{m['id']})", m["status"], m["artifact_sha256"]] for m in plan["model_versions"]],
+        col_widths=[4, 2, 6], empty="None.",
+    ))
+    deleted_files = steps.get("delete_old_artifacts", {}).get("artifacts", [])
+    flows.append(t.paragraph(
+        f"Files of {len(deleted_files)} replaced or retired version(s) trained on the person were deleted; a version "
+        "kept on its DP guarantee keeps its file."
+    ))
+    verified = steps.get("verify_claims", {}).get("checks", [])
+    if verified:
+        flows.append(t.heading("Verified against the database before issue"))
+        flows.append(t.data_table(
+            ["Claim", "Holds"], [[c["claim"], "yes" if c["ok"] else "NO"] for c in verified], col_widths=[8, 1.5],
+        ))
+    flows.append(t.note("ε is at the run's δ; ∞ (None) for non-private training."))
     flows.append(t.heading("Exemptions and decisions against the policy"))
     if exemptions:
         flows.append(t.key_value_table(exemptions))

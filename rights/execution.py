@@ -3,23 +3,27 @@
 Each step is one transaction that does its work and marks its ErasureStep row done; a
 step already done is skipped. The request row is locked at the start of every step, so
 two executions of the same request (a redelivered task and a manual retry) queue behind
-each other and the second only finds done steps. Files (old artifacts, the certificate)
-are written or removed in steps whose repetition is harmless.
+each other and the second only finds done steps.
 
-Order: plan (what the erasure touches, captured before anything is deleted) → taint the
-models → amend the snapshots → delete the records → remediate each model → delete the
-old artifacts → delete consent events → record Art. 19 notifications → delete the
-subject row (keeping the receipt) → certificate, which completes the request.
+Order: plan (what the erasure touches, captured before anything is deleted) → amend the
+snapshots → delete the records → taint the models trained before the amendments →
+remediate each model lineage (through mlops: serialised per lineage, starting from the
+version live now, coalesced with other erasures) → delete consent events → record Art. 19
+notifications → delete the subject row (keeping the receipt) → verify every claim against
+the database → certificate, which completes the request.
+
+Any number of requests may execute at once: the amendments of one snapshot queue on its
+row (provenance), and a lineage is remediated by one worker at a time (mlops), so the
+last version of every model holds none of the people whose requests executed.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from governance.services import ServiceConflict, ServiceError, audit_event_record
@@ -40,11 +44,13 @@ PLAN = "plan"
 TAINT = "taint_models"
 AMEND = "amend_snapshots"
 DELETE_RECORDS = "delete_records"
-REMEDIATE_PREFIX = "remediate_model_"
+REMEDIATE_PREFIX = "remediate_lineage_"
+MAX_REMEDIATION_ROUNDS = 5
 DELETE_ARTIFACTS = "delete_old_artifacts"
 DELETE_CONSENT = "delete_consent_events"
 NOTIFY = "notify_recipients"
 DELETE_SUBJECT = "delete_subject"
+VERIFY = "verify_claims"
 CERTIFICATE = "certificate"
 
 
@@ -88,7 +94,7 @@ def _run_step(request_id: int, name: str, work: Callable[[ErasureRequest], dict]
             )
             return details
     except Exception as exc:
-        _record_failure(request_id, name, f"{type(exc).__name__}: {exc}")
+        _record_failure(request_id, name, _error_text(exc))
         raise
 
 
@@ -139,30 +145,6 @@ def _plan(request: ErasureRequest) -> dict:
     }
 
 
-def _taint(plan: dict) -> Callable[[ErasureRequest], dict]:
-    def work(request: ErasureRequest) -> dict:
-        from mlops.models import ModelStatus, ModelVersion, TrainingRun
-        from mlops.services import training_run_cancel
-
-        live = [m["id"] for m in plan["model_versions"] if m["status"] in ("active", "tainted")]
-        count = ModelVersion.objects.filter(pk__in=live).update(
-            status=ModelStatus.TAINTED, status_reason=f"trained on data erased under erasure request {request.pk}"
-        )
-        # A run queued or running on the person's snapshots may already have loaded their data.
-        cancelled = []
-        for run in TrainingRun.objects.filter(
-            snapshot_id__in=[s["id"] for s in plan["snapshots"]], status__in=("queued", "running")
-        ).order_by("pk"):
-            training_run_cancel(run=run, actor=ACTOR)
-            cancelled.append(run.pk)
-        position = _audit(request, "erasure.models_tainted", {
-            "model_versions": live, "count": count, "training_runs_cancelled": cancelled,
-        })
-        return {"tainted": live, "training_runs_cancelled": cancelled, "audit_positions": [position]}
-
-    return work
-
-
 def _amend(plan: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
         from provenance.models import AmendmentReason, DataRecord
@@ -173,13 +155,14 @@ def _amend(plan: dict) -> Callable[[ErasureRequest], dict]:
             erasure_request_id=request.pk, details={"erasure_request": request.pk},
         )
         rows = [
-            {"snapshot": a.snapshot_id, "records_removed": a.records_removed, "previous_root": a.previous_root,
-             "new_root": a.new_root, "amendment": a.pk}
+            {"snapshot": a.snapshot_id, "sequence": a.sequence, "records_removed": a.records_removed,
+             "previous_root": a.previous_root, "new_root": a.new_root, "amendment": a.pk}
             for a in amendments
         ]
         position = _audit(request, "erasure.snapshots_amended", {
             "snapshots": len(rows), "membership_rows_removed": sum(r["records_removed"] for r in rows),
-            "amendments": [{"snapshot": r["snapshot"], "new_root": r["new_root"]} for r in rows],
+            "amendments": [{"snapshot": r["snapshot"], "sequence": r["sequence"], "new_root": r["new_root"]}
+                           for r in rows],
         })
         return {"amendments": rows, "audit_positions": [position]}
 
@@ -188,135 +171,119 @@ def _amend(plan: dict) -> Callable[[ErasureRequest], dict]:
 
 def _delete_records(plan: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
-        from provenance.models import DataRecord
+        from provenance.services import subject_records_delete
 
-        per_dataset = {
-            row["dataset_id"]: row["n"]
-            for row in DataRecord.objects.filter(subject_id=plan["subject_id"]).values("dataset_id")
-            .annotate(n=Count("id")).order_by()
-        }
-        deleted = DataRecord.objects.filter(subject_id=plan["subject_id"])._raw_delete(DataRecord.objects.db)
+        deleted = subject_records_delete(subject_id=plan["subject_id"])
         position = _audit(request, "erasure.records_deleted", {
-            "records": deleted, "datasets": [{"dataset": k, "records": v} for k, v in sorted(per_dataset.items())],
+            "records": deleted["records_deleted"],
+            "datasets": [{"dataset": int(k), "records": v} for k, v in deleted["per_dataset"].items()],
         })
-        return {"records_deleted": deleted, "per_dataset": {str(k): v for k, v in per_dataset.items()},
-                "audit_positions": [position]}
+        return {**deleted, "audit_positions": [position]}
 
     return work
 
 
-MAX_RETRAIN_ATTEMPTS = 3
+def _amendment_keys(amended: dict) -> list[dict[str, int]]:
+    return [{"snapshot": a["snapshot"], "sequence": a["sequence"]} for a in amended["amendments"]]
 
 
-def _queue_retrain(model: dict) -> Callable[[ErasureRequest], dict]:
+def _taint(amended: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
-        from mlops.models import ModelVersion
-        from rights import remediation
+        from mlops.services import model_versions_taint_trained_before
 
-        version = ModelVersion.objects.select_related("training_run").get(pk=model["id"])
-        return {"new_training_run": remediation.retrain_queue(model_version=version, erasure_request_id=request.pk)}
+        result = model_versions_taint_trained_before(
+            amendments=_amendment_keys(amended), reason=f"by erasure request {request.pk}: trained on data since erased (Art. 17)",
+        )
+        position = _audit(request, "erasure.models_tainted", {
+            "model_versions": result["tainted"], "count": len(result["newly_tainted"]),
+            "training_runs_cancelled": result["training_runs_cancelled"],
+        })
+        return {**result, "audit_positions": [position]}
 
     return work
 
 
-def _retrain_run(request_id: int, name: str, model: dict) -> int:
-    """The run retraining ``model``: registered in a step of its own, then trained outside
-    any transaction (a long training must not hold the audit chain's head or a database
-    transaction). A run that failed or was cancelled is registered again, up to a limit."""
-    from mlops.models import RunStatus, TrainingRun
-    from rights import remediation
-
-    for attempt in range(1, MAX_RETRAIN_ATTEMPTS + 1):
-        step_name = f"{name}_queue" if attempt == 1 else f"{name}_queue_{attempt}"
-        run_id = _run_step(request_id, step_name, _queue_retrain(model))["new_training_run"]
-        status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-        if status not in (RunStatus.FAILED, RunStatus.CANCELLED) or attempt == MAX_RETRAIN_ATTEMPTS:
-            break
-    remediation.retrain_train(run_id=run_id)
-    return run_id
+def _lineage_actions(plan: dict) -> dict[str, str]:
+    """The remediation the DPO's policy (or override) sets for each lineage of the plan:
+    that of its live version; lineages with none live only have files to delete."""
+    actions: dict[str, str] = {}
+    for model in plan["model_versions"]:
+        if model["status"] in ("active", "tainted"):
+            actions[model["name"]] = model["remediation"]
+        else:
+            actions.setdefault(model["name"], "")
+    return actions
 
 
-def _remediate_model(request_id: int, plan: dict, model: dict) -> dict:
-    name = f"{REMEDIATE_PREFIX}{model['id']}"
-    done = ErasureStep.objects.filter(request_id=request_id, name=name, status=ErasureStepStatus.DONE).first()
+def _remediate_lineage(request_id: int, step_name: str, name: str, action: str) -> dict:
+    """One lineage, outside any transaction (mlops holds the lineage while it trains), then
+    recorded in a step of its own. A worker killed in between finds, on retry, the lineage
+    clean and records the version that stands for it."""
+    from mlops.services import model_lineage_remediate
+
+    done = ErasureStep.objects.filter(request_id=request_id, name=step_name, status=ErasureStepStatus.DONE).first()
     if done is not None:
         return done.details
-    if model["remediation"] == RemediationAction.RETRAIN:
-        model = {**model, "retrain_run": _retrain_run(request_id, name, model)}
-    return _run_step(request_id, name, _remediate(plan, model))
+    try:
+        result = model_lineage_remediate(
+            name=name, action=action or RemediationAction.RETRAIN, erasure_request_id=request_id,
+            reason=f"erasure request {request_id}",
+        )
+    except Exception as exc:
+        _record_failure(request_id, step_name, _error_text(exc))
+        raise
 
-
-def _remediate(plan: dict, model: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
-        from mlops.models import ModelStatus, ModelVersion
-        from rights import remediation
-
-        action = model["remediation"]
-        version = ModelVersion.objects.select_related("training_run__snapshot__dataset").get(pk=model["id"])
-        result: dict[str, Any] = {
-            "model_version": model["id"], "name": model["name"], "version": model["version"], "action": action,
-            "old_artifact_sha256": model["artifact_sha256"], "override": model["override"],
-        }
-        if action == RemediationAction.SISA_UNLEARN:
-            result.update(remediation.sisa_unlearn(
-                model_version=version, subject_id=plan["subject_id"],
-                shards={int(k): v for k, v in model["first_slice_per_shard"].items()},
-                erased_rows=model["erased_rows"], erasure_request_id=request.pk,
-            ))
-        elif action == RemediationAction.RETRAIN:
-            result.update(remediation.retrain_register(
-                model_version=version, run_id=model["retrain_run"], erasure_request_id=request.pk
-            ))
-        elif action == RemediationAction.RELY_ON_DP:
-            reason = (model["override"] or {}).get("justification", "")
-            ModelVersion.objects.filter(pk=version.pk).update(
-                status=ModelStatus.ACTIVE,
-                status_reason=f"kept on its DP guarantee after erasure request {request.pk} (accepted risk): {reason}",
-            )
-            result["accepted_risk"] = (
-                f"Model kept on its DP guarantee (ε={version.epsilon}); a DP-trained model is not anonymous by "
-                "default (EDPB Opinion 28/2024)."
-            )
-            result["epsilon"] = version.epsilon
-        elif action == RemediationAction.RETIRE:
-            ModelVersion.objects.filter(pk=version.pk).update(
-                status=ModelStatus.RETIRED, status_reason=f"retired after erasure request {request.pk}"
-            )
-        elif action != "delete_artifact":
-            raise ServiceError(f"Unknown remediation {action!r} for model version {version.pk}.")
-        position = _audit(request, f"erasure.model_{action}", {
+        position = _audit(request, f"erasure.lineage_{result['outcome']}", {
             k: v for k, v in result.items() if k in (
-                "model_version", "action", "old_artifact_sha256", "new_model_version", "new_training_run", "epsilon",
-                "retrained_shards", "accepted_risk")
+                "name", "action", "outcome", "model_version", "version", "replaced_model_version", "new_training_run",
+                "epsilon", "retrained_shards")
         })
-        result["audit_positions"] = [position]
-        return result
+        return {**result, "planned_action": action, "audit_positions": [position]}
 
-    return work
+    return _run_step(request_id, step_name, work)
 
 
-def _delete_artifacts(plan: dict) -> Callable[[ErasureRequest], dict]:
-    def work(request: ErasureRequest) -> dict:
-        from mlops import artifacts
+def _remediate_all(request_id: int, plan: dict, amended: dict, tainted: dict) -> list[dict]:
+    """Every lineage holding the person: the plan's and those tainted; then, in further
+    rounds, any whose live version still reads as trained before the amendments (a run
+    that finished meanwhile on data read earlier), until none is left."""
+    from mlops.selectors import live_versions_trained_before
 
-        removed = []
-        for model in plan["model_versions"]:
-            if model["remediation"] == RemediationAction.RELY_ON_DP:
-                continue
-            # The whole run folder goes: the model and, for SISA, every shard checkpoint.
-            files = artifacts.remove_run_files(model["training_run_id"])
-            removed.append({"model_version": model["id"], "artifact_sha256": model["artifact_sha256"], "files": files})
-        position = _audit(request, "erasure.artifacts_deleted", {"artifacts": removed})
-        return {"artifacts": removed, "audit_positions": [position]}
+    actions = _lineage_actions(plan)
+    for name in tainted.get("lineages", []):
+        actions.setdefault(name, RemediationAction.RETRAIN)
+    results: dict[str, dict] = {}
+    todo = sorted(actions)
+    for round_ in range(MAX_REMEDIATION_ROUNDS):
+        for name in todo:
+            step_name = f"{REMEDIATE_PREFIX}{name}" if round_ == 0 else f"{REMEDIATE_PREFIX}{round_}:{name}"
+            results[name] = _remediate_lineage(request_id, step_name[:100], name, actions.get(name, ""))
+        kept = {n for n, r in results.items() if str(r.get("outcome", "")).startswith("kept_on_dp")}
+        todo = sorted({v["name"] for v in live_versions_trained_before(amendments=_amendment_keys(amended))} - kept)
+        if not todo:
+            break
+    return [results[name] for name in sorted(results)]
 
-    return work
+
+def _error_text(exc: Exception) -> str:
+    """The failure as the DPO sees it: its kind and message, never a server path."""
+    import re
+
+    from django.conf import settings
+
+    text = f"{type(exc).__name__}: {exc}"
+    for root in {str(settings.BASE_DIR), str(getattr(settings, "STORAGE_ROOT", "")), str(settings.REPORT_ROOT)}:
+        if root and root != ".":
+            text = text.replace(root, "…")
+    return re.sub(r"(/[\w.\-]+){2,}", "…", text)
 
 
 def _delete_consent(plan: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
-        from governance.models import ConsentEvent
+        from governance.services import consent_events_erase
 
-        deleted = ConsentEvent.objects.filter(subject_id=plan["subject_id"])._erasure_delete()
+        deleted = consent_events_erase(subject_id=plan["subject_id"])
         position = _audit(request, "erasure.consent_events_deleted", {"count": deleted})
         return {"consent_events_deleted": deleted, "audit_positions": [position]}
 
@@ -342,7 +309,7 @@ def _notify(plan: dict) -> Callable[[ErasureRequest], dict]:
 
 def _delete_subject(plan: dict, counts: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
-        from governance.models import DataSubject
+        from governance.services import data_subject_erase
 
         position = _audit(request, "erasure.subject_deleted", {
             "records_deleted": counts["records_deleted"], "consent_events_deleted": counts["consent_events_deleted"],
@@ -359,9 +326,7 @@ def _delete_subject(plan: dict, counts: dict) -> Callable[[ErasureRequest], dict
                 "recipients_notified": len(plan["recipients"]), "completed_at": timezone.now(),
             },
         )
-        # The ORM delete follows the foreign keys: SISA placements go with the row, this
-        # request's link is cleared, and any row still protecting the subject stops it here.
-        deleted, by_model = DataSubject.objects.filter(pk=plan["subject_id"]).delete()
+        by_model = data_subject_erase(subject_id=plan["subject_id"])
         return {"deleted": by_model, "audit_positions": [position]}
 
     return work
@@ -393,6 +358,41 @@ def _certificate(plan: dict) -> Callable[[ErasureRequest], dict]:
 # --- The runner -----------------------------------------------------------------------
 
 
+def _delete_artifacts(remediated: list[dict]) -> Callable[[ErasureRequest], dict]:
+    def work(request: ErasureRequest) -> dict:
+        # The files were removed by mlops under each lineage's lock, once no live version
+        # pointed at them; this step records them for the certificate.
+        removed = [item for r in remediated for item in r.get("files_removed", [])]
+        position = _audit(request, "erasure.artifacts_deleted", {"artifacts": removed})
+        return {"artifacts": removed, "audit_positions": [position]}
+
+    return work
+
+
+def _verify(plan: dict) -> Callable[[ErasureRequest], dict]:
+    def work(request: ErasureRequest) -> dict:
+        from rights.verification import erasure_claims_verify
+
+        checks = erasure_claims_verify(request=request, plan=plan)
+        failed = [c for c in checks if not c["ok"]]
+        position = _audit(request, "erasure.claims_verified" if not failed else "erasure.claims_failed", {
+            "checks": len(checks), "failed": [c["claim"] for c in failed][:20],
+        })
+        if failed:
+            # The step's transaction (and its audit event) rolls back; _run_step records the
+            # failure on the step, and the request stays in progress for the DPO to see
+            # and to retry once the cause is fixed.
+            raise ServiceConflict(
+                "The certificate is withheld: " + "; ".join(f"{c['claim']}: {c['detail']}" for c in failed[:5])
+            )
+        return {"checks": checks, "audit_positions": [position]}
+
+    return work
+
+
+# --- The runner -----------------------------------------------------------------------
+
+
 def erasure_request_execute(*, request_id: int) -> dict:
     """Run (or resume) every step of an erasure; returns the request's final state."""
     request = ErasureRequest.objects.filter(pk=request_id).first()
@@ -403,20 +403,21 @@ def erasure_request_execute(*, request_id: int) -> dict:
     if request.status != ErasureStatus.IN_PROGRESS:
         raise ServiceConflict(f"Erasure request {request_id} is {request.status}; only a request in progress executes.")
     plan = _run_step(request_id, PLAN, _plan)
-    _run_step(request_id, TAINT, _taint(plan))
     amended = _run_step(request_id, AMEND, _amend(plan))
     deleted = _run_step(request_id, DELETE_RECORDS, _delete_records(plan))
-    remediated = [_remediate_model(request_id, plan, model) for model in plan["model_versions"]]
-    _run_step(request_id, DELETE_ARTIFACTS, _delete_artifacts(plan))
+    tainted = _run_step(request_id, TAINT, _taint(amended))
+    remediated = _remediate_all(request_id, plan, amended, tainted)
+    _run_step(request_id, DELETE_ARTIFACTS, _delete_artifacts(remediated))
     consent = _run_step(request_id, DELETE_CONSENT, _delete_consent(plan))
     _run_step(request_id, NOTIFY, _notify(plan))
     counts = {
         "records_deleted": deleted["records_deleted"],
         "snapshots_amended": len(amended["amendments"]),
         "membership_rows_removed": sum(a["records_removed"] for a in amended["amendments"]),
-        "models_remediated": sum(1 for r in remediated if r["action"] != "delete_artifact"),
+        "models_remediated": sum(1 for r in remediated if r["outcome"] != "no_live_version"),
         "consent_events_deleted": consent["consent_events_deleted"],
     }
     _run_step(request_id, DELETE_SUBJECT, _delete_subject(plan, counts))
+    _run_step(request_id, VERIFY, _verify(plan))
     cert = _run_step(request_id, CERTIFICATE, _certificate(plan))
     return {"request": request_id, "status": ErasureStatus.COMPLETED, "certificate_sha256": cert["sha256"], **counts}

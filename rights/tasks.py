@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+# A deadlock victim or a dropped database connection is retried with backoff: every step
+# done is skipped on the next attempt, so retrying is always safe.
+_DATABASE_FAULTS = (OperationalError, InterfaceError)
 
 
-@shared_task(name="rights.execute_erasure_request", acks_late=True)
+@shared_task(
+    name="rights.execute_erasure_request", acks_late=True, autoretry_for=_DATABASE_FAULTS,
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=8,
+)
 def execute_erasure_request(request_id: int) -> dict:
     """Execute (or resume) an erasure; every step already done is skipped."""
     from rights.execution import erasure_request_execute

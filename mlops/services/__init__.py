@@ -23,8 +23,24 @@ from mlops.services.execution import (
     training_run_fail_stuck,
 )
 from mlops.services.queueing import training_run_queue
+from mlops.services.registry import (
+    LIVE_STATUSES,
+    erasure_amendments_after,
+    lineage_head,
+    model_versions_taint_trained_before,
+)
+from mlops.services.remediation import ACTIONS as REMEDIATION_ACTIONS
+from mlops.services.remediation import model_lineage_remediate, shard_config, shard_rows
 
 __all__ = [
+    "LIVE_STATUSES",
+    "REMEDIATION_ACTIONS",
+    "erasure_amendments_after",
+    "lineage_head",
+    "model_lineage_remediate",
+    "model_versions_taint_trained_before",
+    "shard_config",
+    "shard_rows",
     "ProgressCallback",
     "_schema_for",
     "_train_config",

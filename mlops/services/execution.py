@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from governance.services import ServiceConflict, audit_event_record
@@ -25,7 +24,6 @@ from mlops import artifacts, data, ledger
 from mlops.models import (
     FINISHED_STATUSES,
     LedgerState,
-    ModelStatus,
     ModelVersion,
     PrivacyLedgerEntry,
     RunStatus,
@@ -35,6 +33,7 @@ from mlops.models import (
 )
 from mlops.services.budget import _ledger_settle
 from mlops.services.config import _json_number, _schema_for, _train_config
+from mlops.services.registry import model_version_register
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +132,18 @@ class _ProgressReporter:
         return self._cancelled
 
 
+def _read_training_data(run: TrainingRun):
+    """The run's tensors and split, recording first how many amendments its snapshot had:
+    counted before the rows are read, so an amendment committed meanwhile is never taken
+    as seen (the run then counts as holding the people it removed, which is the safe side)."""
+    from provenance.selectors import snapshot_amendment_count
+
+    seen = snapshot_amendment_count(snapshot_id=run.snapshot_id)
+    TrainingRun.objects.filter(pk=run.pk).update(trained_on_amendment=seen)
+    run.trained_on_amendment = seen
+    return _split_tensors(run)
+
+
 def _split_tensors(run: TrainingRun):
     dataset = run.snapshot.dataset
     tensors = data.snapshot_tensors(
@@ -151,7 +162,7 @@ def _train_single(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
 
     from mlops.engine import accounting, dp_train
 
-    tensors, split, labelled = _split_tensors(run)
+    tensors, split, labelled = _read_training_data(run)
     train = labelled & (split == data.SPLIT_TRAIN)
     val = labelled & (split == data.SPLIT_VALIDATION)
     config = _train_config(run)
@@ -163,7 +174,7 @@ def _train_single(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
     )
     if result.stopped or _status_of(run.pk) != RunStatus.RUNNING:
         raise _Cancelled()
-    run.encoding = tensors.encoding
+    run.encoding = {**run.encoding, **tensors.encoding}  # keeps the split rule recorded at queue time
     last = result.epochs[-1] if result.epochs else None
     metrics = {
         "loss": _json_number(last.loss) if last else None,
@@ -187,8 +198,8 @@ def _train_sisa(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
     from mlops.engine import accounting, sisa
     from mlops.engine.models import build_model
 
-    tensors, split, labelled = _split_tensors(run)
-    run.encoding = tensors.encoding
+    tensors, split, labelled = _read_training_data(run)
+    run.encoding = {**run.encoding, **tensors.encoding}  # keeps the split rule recorded at queue time
     train = labelled & (split == data.SPLIT_TRAIN)
     val = labelled & (split == data.SPLIT_VALIDATION)
     shards, slices = run.sisa["shards"], run.sisa["slices"]
@@ -339,35 +350,20 @@ def _finish(*, run: TrainingRun, outcome: _Outcome, relative: str, digest: str, 
     locked.save()
     SisaAssignment.objects.bulk_create(outcome.sisa_assignments, batch_size=5000)
     SisaCheckpoint.objects.bulk_create(outcome.sisa_checkpoints)
-    previous = (
-        ModelVersion.objects.select_for_update()
-        .filter(name=locked.name, status=ModelStatus.ACTIVE)
-        .order_by("-version")
-        .first()
-    )
-    number = (ModelVersion.objects.filter(name=locked.name).aggregate(m=Max("version"))["m"] or 0) + 1
-    version = ModelVersion.objects.create(
-        training_run=locked, name=locked.name, version=number, artifact_path=relative, artifact_sha256=digest,
-        metrics=outcome.metrics, epsilon=outcome.epsilon, delta=locked.delta,
-        non_private=locked.allow_non_private, is_sisa_ensemble=bool(locked.sisa), supersedes=previous,
-    )
-    if previous is not None:
-        ModelVersion.objects.filter(pk=previous.pk).update(
-            status=ModelStatus.SUPERSEDED, status_reason=f"superseded by version {number}"
-        )
     _ledger_settle(run=locked, state=LedgerState.SPENT, rdp=outcome.rdp, epsilon=outcome.epsilon)
+    version = model_version_register(
+        run=locked, artifact_path=relative, artifact_sha256=digest, metrics=outcome.metrics, epsilon=outcome.epsilon,
+        delta=locked.delta, is_sisa_ensemble=bool(locked.sisa),
+        status_reason=f"retrained to replace version {locked.remediates.version}" if locked.remediates_id else "",
+    )
     audit_event_record(
         actor=None, action="training_run.succeeded", object_type="training_run", object_id=locked.pk,
         details={
             "model_version": version.pk, "epsilon": _json_number(outcome.epsilon), "delta": locked.delta,
             "non_private": locked.allow_non_private, "artifact_sha256": digest, "attempt": locked.attempts,
             "sisa_assignments": len(outcome.sisa_assignments), "sisa_checkpoints": len(outcome.sisa_checkpoints),
+            "trained_on_amendment": locked.trained_on_amendment,
         },
-    )
-    audit_event_record(
-        actor=None, action="model_version.registered", object_type="model_version", object_id=version.pk,
-        details={"name": version.name, "version": number, "training_run": locked.pk,
-                 "supersedes": previous.pk if previous else None},
     )
     return version
 

@@ -89,6 +89,7 @@ def training_run_queue(
     requested_by: Any = None,
     queue: str | None = None,
     enqueue: bool = True,
+    remediates: Any = None,
 ) -> TrainingRun:
     """Validate a training request, check it against the dataset's budget, queue it.
 
@@ -209,6 +210,7 @@ def training_run_queue(
         allow_non_private=allow_non_private,
         sisa=sisa,
         requested_by=requested_by if getattr(requested_by, "pk", None) else None,
+        remediates=remediates,
         celery_task_id=str(uuid.uuid4()),
         n_train=n_train,
         n_validation=n_validation,
@@ -220,7 +222,10 @@ def training_run_queue(
         sample_rate=plan.sample_rate,
         steps=plan.steps,
         delta=target_delta,
-        encoding={"classes": classes},
+        encoding={
+            "classes": classes,
+            "split": data.person_split_rule(validation_split=validation_split, holdout_fraction=holdout_fraction),
+        },
     )
     ledger_numbers = _ledger_reserve(run=run, dataset_id=snap.dataset_id, plan=plan)
     audit_event_record(

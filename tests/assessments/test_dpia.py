@@ -248,22 +248,20 @@ def test_budget_exceeded_marks_signed_dpia_for_review(dpo_client, django_capture
     assert reviewed.status == DpiaStatus.REVIEW_REQUIRED and "budget" in reviewed.review_reason
 
 
-def test_erasure_taint_recorded_in_the_audit_chain_marks_dpia_for_review(dpo_client, django_capture_on_commit_callbacks):
-    from governance.services import audit_event_record
+def test_a_tainted_model_marks_dpia_for_review_after_the_commit(dpo_client, django_capture_on_commit_callbacks):
+    from mlops.signals import model_version_tainted, send_on_commit
 
     world = make_world()
     dpia = _signable(dpo_client, world)
     dpo_client.post(f"/api/v1/dpias/{dpia['id']}/sign/")
-    with django_capture_on_commit_callbacks(execute=True):
-        audit_event_record(
-            actor="system", action="erasure.models_tainted", object_type="erasure_request", object_id=12,
-            details={"model_versions": [world.model_version.pk], "count": 1},
-        )
+    with django_capture_on_commit_callbacks(execute=False) as pending:
+        send_on_commit(model_version_tainted, model_version_ids=[world.model_version.pk], reason="by erasure request 12")
+    # Nothing happens before the commit that tainted the model.
+    assert Dpia.objects.get(pk=dpia["id"]).status == DpiaStatus.SIGNED
+    for callback in pending:
+        callback()
     reviewed = Dpia.objects.get(pk=dpia["id"])
     assert reviewed.status == DpiaStatus.REVIEW_REQUIRED and "erasure request 12" in reviewed.review_reason
-    from governance.selectors import audit_chain_verify
-
-    assert audit_chain_verify().ok
 
 
 def test_create_with_dpo_override_of_the_outcome(dpo_client):

@@ -16,7 +16,7 @@ from governance.selectors import audit_chain_verify
 from mlops import artifacts
 from mlops.engine import sisa
 from mlops.models import ModelVersion, SisaAssignment, TrainingRun
-from rights import remediation
+from mlops.services import remediation
 from rights.models import ErasureRequest
 from tests.mlops.helpers import wait_for
 from tests.rights import helpers as h

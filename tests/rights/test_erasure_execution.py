@@ -73,7 +73,7 @@ def test_interrupted_execution_resumes_to_one_consistent_result(monkeypatch, cel
 
     steps = {s.name: s for s in ErasureStep.objects.filter(request=request)}
     assert steps["delete_records"].status == "done"
-    assert steps[f"remediate_model_{version.pk}"].status == "done"
+    assert steps["remediate_lineage_plain"].status == "done"
     assert steps["delete_consent_events"].status == "failed" and "WorkerKilled" in steps["delete_consent_events"].error
     assert "certificate" not in steps
     # Work done by finished steps stays done; the interrupted step's work rolled back.
@@ -117,14 +117,20 @@ def test_execution_amends_snapshots_deletes_and_remediates_by_override(celery_wo
         erasure_request=request, model_version_id=retired.pk, action="retire", justification="Not worth retraining.",
     )
     original_root = snap.merkle_root
-    # A run still queued on the person's snapshot would train on their data: it is cancelled.
+    # A run already training on data it read before the erasure would register a model
+    # holding the person: it is cancelled. A queued run reads the amended snapshot later:
+    # it is left to train without them.
     from mlops.models import TrainingRun
 
     queued = TrainingRun.objects.create(name="queued", snapshot=snap, target_delta=1e-5, status="queued")
+    running = TrainingRun.objects.create(
+        name="running", snapshot=snap, target_delta=1e-5, status="running", trained_on_amendment=0
+    )
     _start(request)
     execution.erasure_request_execute(request_id=request.pk)
     queued.refresh_from_db()
-    assert queued.status == "cancelled"
+    running.refresh_from_db()
+    assert (queued.status, running.status) == ("queued", "cancelled")
 
     snap = Snapshot.objects.get(pk=snap.pk)
     assert snap.merkle_root == original_root  # the original root stays as history
@@ -145,8 +151,8 @@ def test_execution_amends_snapshots_deletes_and_remediates_by_override(celery_wo
     assert sorted(request.recipient_notifications.values_list("recipient", flat=True)) == ["Acme Analytics", "Globex Labs"]
     receipt = request.receipt
     assert (receipt.records_deleted, receipt.snapshots_amended, receipt.consent_events_deleted) == (2, 1, 1)
-    event = AuditEvent.objects.get(action="erasure.model_rely_on_dp", object_id=str(request.pk))
-    assert "EDPB Opinion 28/2024" in event.details["accepted_risk"]
+    event = AuditEvent.objects.get(action="erasure.lineage_kept_on_dp", object_id=str(request.pk))
+    assert event.details["name"] == "kept-on-dp" and event.details["model_version"] == kept.pk
 
 
 @pytest.mark.django_db
@@ -184,7 +190,7 @@ def test_shard_rows_equal_the_shard_of_the_full_snapshot(celery_worker):
     import numpy as np
 
     from mlops.models import TrainingRun
-    from rights import remediation
+    from mlops.services import remediation
 
     rng = np.random.default_rng(5)
     people = h.crowd(90)
@@ -210,41 +216,49 @@ def test_shard_rows_equal_the_shard_of_the_full_snapshot(celery_worker):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_retraining_is_registered_then_trained_outside_the_step_and_a_failed_run_is_registered_again(
+def test_retraining_runs_outside_any_transaction_and_a_failed_retraining_is_resumed_not_duplicated(
     monkeypatch, celery_worker
 ):
-    from mlops.models import RunStatus, TrainingRun
-    from rights import remediation
+    from mlops.models import LedgerState, PrivacyLedgerEntry, RunStatus, TrainingRun
+    from mlops.services import execution as mlops_execution
 
     carol, ds, snap = _world()
     version = ModelVersion.objects.get(training_run=h.train(snapshot=snap, name="plain"))
     request = _verified_request()
     _start(request)
 
-    real_train = remediation.retrain_train
-    trained_while_chain_free = []
+    real_execute = mlops_execution.training_run_execute
+    trained_outside_transactions = []
 
-    def failing_train(*, run_id):
-        # Training runs after its registration committed: no transaction is open around it.
+    def dying_worker(*, run_id, on_progress=None):
+        # Training starts once the retraining run is registered and committed, with no
+        # transaction open around it; here the worker dies with the run left 'running'.
         from django.db import connection
 
-        trained_while_chain_free.append(not connection.in_atomic_block)
-        TrainingRun.objects.filter(pk=run_id).update(status=RunStatus.FAILED, error="simulated failure")
+        trained_outside_transactions.append(not connection.in_atomic_block)
+        TrainingRun.objects.filter(pk=run_id).update(status=RunStatus.RUNNING)
+        raise RuntimeError("worker lost")
 
-    monkeypatch.setattr(remediation, "retrain_train", failing_train)
-    with pytest.raises(Exception, match="did not succeed"):
+    monkeypatch.setattr(mlops_execution, "training_run_execute", dying_worker)
+    with pytest.raises(RuntimeError, match="worker lost"):
         execution.erasure_request_execute(request_id=request.pk)
-    assert trained_while_chain_free == [True]
-    first_run = ErasureStep.objects.get(request=request, name=f"remediate_model_{version.pk}_queue").details
+    assert trained_outside_transactions == [True]
+    step = ErasureStep.objects.get(request=request, name="remediate_lineage_plain")
+    assert step.status == "failed" and "worker lost" in step.error and "/" not in step.error
+    (orphan,) = TrainingRun.objects.filter(remediates=version)
 
-    monkeypatch.setattr(remediation, "retrain_train", real_train)
+    monkeypatch.setattr(mlops_execution, "training_run_execute", real_execute)
     result = execution.erasure_request_execute(request_id=request.pk)
     assert result["status"] == ErasureStatus.COMPLETED
-    second = ErasureStep.objects.get(request=request, name=f"remediate_model_{version.pk}_queue_2").details
-    assert second["new_training_run"] != first_run["new_training_run"]
-    remediated = ErasureStep.objects.get(request=request, name=f"remediate_model_{version.pk}").details
-    assert remediated["new_training_run"] == second["new_training_run"]
-    assert TrainingRun.objects.get(pk=second["new_training_run"]).status == RunStatus.SUCCEEDED
+    # The retry resumed the registered run: one retraining, one ledger entry, one new version.
+    assert list(TrainingRun.objects.filter(remediates=version).values_list("pk", "status")) == [
+        (orphan.pk, RunStatus.SUCCEEDED)
+    ]
+    assert PrivacyLedgerEntry.objects.filter(training_run=orphan, state=LedgerState.SPENT).count() == 1
+    remediated = ErasureStep.objects.get(request=request, name="remediate_lineage_plain").details
+    assert remediated["outcome"] == "retrained" and remediated["new_training_run"] == orphan.pk
+    new = ModelVersion.objects.get(supersedes=version)
+    assert (new.status, remediated["model_version"]) == ("active", new.pk)
     assert audit_chain_verify().ok
 
 
