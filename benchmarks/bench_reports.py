@@ -20,10 +20,10 @@ from django.utils import timezone
 
 from assessments import services
 from assessments.reports.dpia import dpia_report_render
+from assessments.reports.evidence import dpia_report_data
 from benchmarks.harness import BenchContext, Result
 from governance import services as gov_services
 from governance.models import DataCategory, ProcessingActivity, ProcessingActivityDataCategory, Purpose
-from governance.reports.selectors import dpia_report_data
 
 
 def _world(n_subjects: int, records_per_subject: int) -> int:

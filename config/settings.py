@@ -267,6 +267,8 @@ LOGGING = {
 }
 
 # --- Privacy Ledger ----------------------------------------------------------------
+# `manage.py demo`: one step per app, bottom layer first.
+DEMO_STEPS = ("governance.demo", "provenance.demo", "mlops.demo", "rights.demo", "assessments.demo")
 API_KEY_DEFAULT_LIFETIME_DAYS = env_int("API_KEY_DEFAULT_LIFETIME_DAYS", 365)
 
 # --- governance (foundation) ---

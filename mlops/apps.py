@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class MlopsConfig(AppConfig):
     name = "mlops"
     verbose_name = "MLOps (DP training, models, privacy budget)"
+
+    def ready(self) -> None:
+        # Provenance's lineage continues past the snapshot through this reader (it never
+        # imports mlops); see provenance/downstream.py.
+        from mlops.selectors import trained_on_snapshots
+        from provenance.downstream import downstream_reader_register
+
+        downstream_reader_register(trained_on_snapshots)

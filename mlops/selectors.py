@@ -141,3 +141,11 @@ def live_versions_trained_before(*, amendments: list[dict[str, int]]) -> list[di
         ModelVersion.objects.filter(condition, status__in=(ModelStatus.ACTIVE, ModelStatus.TAINTED))
         .order_by("pk").values("id", "name", "version", "status", "training_run_id")
     )
+
+
+def trained_on_snapshots(snapshot_ids) -> tuple[list[TrainingRun], list[ModelVersion]]:
+    """Training runs on ``snapshot_ids`` and their model versions, in id order (two queries);
+    registered as provenance's downstream reader."""
+    runs = list(TrainingRun.objects.filter(snapshot_id__in=snapshot_ids).order_by("pk"))
+    models = list(ModelVersion.objects.filter(training_run_id__in=[r.pk for r in runs]).order_by("pk"))
+    return runs, models

@@ -18,7 +18,6 @@ import json
 import uuid
 from typing import Any
 
-from django.apps import apps
 from django.conf import settings
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
@@ -26,6 +25,7 @@ from openlineage.client.facet_v2 import documentation_dataset, schema_dataset
 from openlineage.client.serde import Serde
 from prov.model import PROV_TYPE, ProvDocument
 
+from provenance.downstream import trained_on_snapshots
 from provenance.models import Dataset, Snapshot
 
 PL_NAMESPACE_URI = "https://privacy-ledger.example/ns/provenance#"
@@ -196,13 +196,6 @@ def _add_snapshot(doc: ProvDocument, snapshot: Snapshot, seen: set[int]) -> str:
     return ident
 
 
-def _training_models():
-    try:
-        return apps.get_model("mlops", "TrainingRun"), apps.get_model("mlops", "ModelVersion")
-    except LookupError:
-        return None, None
-
-
 def _add_training_run(doc: ProvDocument, run, snapshot_ident: str) -> str:
     ident = f"pl:training-run-{run.pk}"
     attrs = {"prov:label": getattr(run, "name", f"training run {run.pk}"), "pl:status": getattr(run, "status", "")}
@@ -226,12 +219,10 @@ def _add_model_version(doc: ProvDocument, model_version, run_ident: str, snapsho
 
 def _add_snapshot_and_downstream(doc: ProvDocument, snapshot: Snapshot, seen: set[int]) -> None:
     snapshot_ident = _add_snapshot(doc, snapshot, seen)
-    TrainingRun, ModelVersion = _training_models()
-    if TrainingRun is None:
-        return
-    for run in TrainingRun.objects.filter(snapshot=snapshot).order_by("pk"):
+    runs, models = trained_on_snapshots([snapshot.pk])
+    for run in runs:
         run_ident = _add_training_run(doc, run, snapshot_ident)
-        for mv in ModelVersion.objects.filter(training_run=run).order_by("pk"):
+        for mv in (m for m in models if m.training_run_id == run.pk):
             _add_model_version(doc, mv, run_ident, snapshot_ident)
 
 

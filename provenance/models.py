@@ -151,6 +151,10 @@ class SnapshotAmendment(ImmutableModel):
     # lock on its row, so "trained after amendment n" (TrainingRun.trained_on_amendment)
     # means the data read held none of the people amendments 1..n removed.
     sequence = models.PositiveIntegerField()
+    # The internal ids of the people an erasure removed (never shown by the API): what lets
+    # SISA unlearning find the shards to retrain without scanning every placement. Ids of
+    # deleted subject rows point at no one. Null for removals that did not name them.
+    removed_subject_ids = models.JSONField(null=True, blank=True)
     records_removed = models.PositiveIntegerField()
     subjects_removed = models.PositiveIntegerField()
     previous_root = models.CharField(max_length=64)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
-from django.apps import apps
 from django.db import connection
 from django.db.models import Count, Max
 
 from governance.models import DataSubject, Purpose
+from provenance.downstream import trained_on_snapshots
 from provenance.models import DataRecord, Dataset, Snapshot, SnapshotAmendment, SnapshotMembership
 
 
@@ -25,13 +24,6 @@ def _iso(value: datetime | None) -> str | None:
     if isinstance(value, str):  # SQLite returns text from raw SQL
         return value
     return value.isoformat()
-
-
-def _mlops_models() -> tuple[Any, Any]:
-    try:
-        return apps.get_model("mlops", "TrainingRun"), apps.get_model("mlops", "ModelVersion")
-    except LookupError:
-        return None, None
 
 
 # --- Snapshots -------------------------------------------------------------------------
@@ -124,24 +116,13 @@ def _ancestors(dataset: Dataset) -> list[Dataset]:
 
 
 def _runs_and_models(snapshot_ids: list[int]) -> tuple[list[dict], list[dict]]:
-    TrainingRun, ModelVersion = _mlops_models()
-    if TrainingRun is None or not snapshot_ids:
-        return [], []
-    runs = [
-        {"id": r["pk"], "name": r["name"], "snapshot": r["snapshot_id"], "status": r["status"],
-         "created_at": _iso(r["created_at"])}
-        for r in TrainingRun.objects.filter(snapshot_id__in=snapshot_ids).order_by("pk").values(
-            "pk", "name", "snapshot_id", "status", "created_at"
-        )
-    ]
-    models = [
-        {"id": m["pk"], "name": m["name"], "version": m["version"], "status": m["status"],
-         "training_run": m["training_run_id"]}
-        for m in ModelVersion.objects.filter(training_run_id__in=[r["id"] for r in runs]).order_by("pk").values(
-            "pk", "name", "version", "status", "training_run_id"
-        )
-    ]
-    return runs, models
+    runs, models = trained_on_snapshots(snapshot_ids)
+    return (
+        [{"id": r.pk, "name": r.name, "snapshot": r.snapshot_id, "status": r.status, "created_at": _iso(r.created_at)}
+         for r in runs],
+        [{"id": m.pk, "name": m.name, "version": m.version, "status": m.status, "training_run": m.training_run_id}
+         for m in models],
+    )
 
 
 def dataset_lineage(*, dataset: Dataset) -> dict:
@@ -228,25 +209,8 @@ def subject_impact(*, subject: DataSubject) -> dict:
             {"id": sid, "dataset": did, "purpose": pid, "taken_for": _iso(taken_for), "records": n}
             for sid, did, pid, taken_for, n in cursor.fetchall()
         ]
-        runs: list[dict] = []
-        models: list[dict] = []
-        TrainingRun, ModelVersion = _mlops_models()
-        if TrainingRun is not None and snapshots:
-            runs_t, models_t = TrainingRun._meta.db_table, ModelVersion._meta.db_table
-            cursor.execute(
-                f"SELECT t.id, t.name, t.snapshot_id, t.status, mv.id, mv.name, mv.version, mv.status "
-                f"FROM {runs_t} t LEFT JOIN {models_t} mv ON mv.training_run_id = t.id "
-                f"WHERE t.snapshot_id IN (SELECT DISTINCT snapshot_id FROM {members} WHERE subject_id = %s) "
-                "ORDER BY t.id, mv.id",
-                [subject.pk],
-            )
-            seen_runs: set[int] = set()
-            for run_id, run_name, snapshot_id, run_status, mv_id, mv_name, mv_version, mv_status in cursor.fetchall():
-                if run_id not in seen_runs:
-                    seen_runs.add(run_id)
-                    runs.append({"id": run_id, "name": run_name, "snapshot": snapshot_id, "status": run_status})
-                if mv_id is not None:
-                    models.append({"id": mv_id, "name": mv_name, "version": mv_version, "status": mv_status, "training_run": run_id})
+    runs, models = _runs_and_models([s["id"] for s in snapshots])
+    runs = [{k: r[k] for k in ("id", "name", "snapshot", "status")} for r in runs]
     return {
         "subject_ref": str(subject.reference),
         "datasets": list(datasets.values()),

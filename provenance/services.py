@@ -514,12 +514,13 @@ def snapshot_create(
 
 
 def snapshot_records_remove(
-    *, records: QuerySet[DataRecord], reason: str, erasure_request_id: int | None = None, details: dict | None = None
+    *, records: QuerySet[DataRecord], reason: str, erasure_request_id: int | None = None, details: dict | None = None,
+    subject_ids: list[int] | None = None,
 ) -> list[SnapshotAmendment]:
     """Remove ``records`` from every snapshot holding them, recording one amendment per snapshot.
 
     The snapshot keeps its original Merkle root; each amendment records the root before
-    and after. Does not delete the records and records no audit event: the caller (the
+    and after, and ``subject_ids`` when the caller removes whole people (an erasure). Does not delete the records and records no audit event: the caller (the
     retention purge, the erasure service) does both in the same transaction.
     """
     if reason not in AmendmentReason.values:
@@ -557,6 +558,7 @@ def snapshot_records_remove(
                 previous_root=latest[sid][1] if sid in latest else originals[sid],
                 new_root=snapshot_merkle_root(snapshot_id=sid),
                 details=details or {},
+                removed_subject_ids=sorted(subject_ids) if subject_ids is not None else None,
             )
             for sid in affected
         ]

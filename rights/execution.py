@@ -152,7 +152,7 @@ def _amend(plan: dict) -> Callable[[ErasureRequest], dict]:
 
         amendments = snapshot_records_remove(
             records=DataRecord.objects.filter(subject_id=plan["subject_id"]), reason=AmendmentReason.ERASURE,
-            erasure_request_id=request.pk, details={"erasure_request": request.pk},
+            erasure_request_id=request.pk, details={"erasure_request": request.pk}, subject_ids=[plan["subject_id"]],
         )
         rows = [
             {"snapshot": a.snapshot_id, "sequence": a.sequence, "records_removed": a.records_removed,
@@ -221,9 +221,11 @@ def _remediate_lineage(request_id: int, step_name: str, name: str, action: str) 
     clean and records the version that stands for it."""
     from mlops.services import model_lineage_remediate
 
-    done = ErasureStep.objects.filter(request_id=request_id, name=step_name, status=ErasureStepStatus.DONE).first()
-    if done is not None:
-        return done.details
+    step, _ = ErasureStep.objects.get_or_create(
+        request_id=request_id, name=step_name, defaults={"started_at": timezone.now()}
+    )
+    if step.status == ErasureStepStatus.DONE:
+        return step.details
     try:
         result = model_lineage_remediate(
             name=name, action=action or RemediationAction.RETRAIN, erasure_request_id=request_id,

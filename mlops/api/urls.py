@@ -9,6 +9,8 @@ router.register("training-runs", views.TrainingRunViewSet, basename="training-ru
 router.register("models", views.ModelVersionViewSet, basename="model-version")
 
 urlpatterns = [
+    # The model-version end of the lineage: a model is mlops's, its PROV export provenance's.
+    path("lineage/models/<int:pk>/prov/", views.ModelProvView.as_view(), name="model-version-prov"),
     path(
         "datasets/<int:dataset_id>/privacy-budget/",
         views.PrivacyBudgetView.as_view(),

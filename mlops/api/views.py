@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -15,6 +16,8 @@ from governance.permissions import DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
 from mlops import artifacts, selectors, services
 from mlops.api import serializers
 from mlops.filtersets import ModelVersionFilterSet, TrainingRunFilterSet
+from mlops.models import ModelVersion
+from provenance import lineage_exports
 from provenance.models import Dataset
 
 CONFLICT = OpenApiResponse(description="Refused in the current state (e.g. over the dataset's privacy budget).")
@@ -126,3 +129,20 @@ class PrivacyBudgetView(APIView):
     def post(self, request, dataset_id: int):
         """Same as PUT."""
         return self.put(request, dataset_id)
+
+
+class ModelProvView(APIView):
+    """W3C PROV-JSON of everything upstream of a model version, down to datasets and
+    processing activities."""
+
+    role_permissions = {"default": READ_ROLES}
+
+    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT})
+    def get(self, request, pk: int):
+        model_version = ModelVersion.objects.select_related("training_run").filter(pk=pk).first()
+        if model_version is None:
+            raise NotFound(f"Model version {pk} does not exist.")
+        doc = lineage_exports.model_prov_document(model_version=model_version)
+        response = HttpResponse(lineage_exports.prov_json(doc), content_type="application/json")
+        response["Content-Disposition"] = f'attachment; filename="model-version-{pk}.prov.json"'
+        return response

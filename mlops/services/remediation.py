@@ -143,9 +143,31 @@ def _shard_rows_from_full_snapshot(*, run, placed: dict[int, int]):
     return tensors.X[rows], tensors.y[rows], slice_of_row
 
 
-def _shards_to_unlearn(*, placement_run_id: int, snapshot_id: int) -> dict[int, int]:
-    """{shard: first slice} of the people the placement run trained on who are no longer
-    members of the snapshot (erased, or purged at the end of their retention)."""
+def _shards_to_unlearn(*, placement_run_id: int, head_run: TrainingRun) -> dict[int, int]:
+    """{shard: first slice} of the people the head trained on who are no longer members of
+    its snapshot.
+
+    When every amendment the head has not seen names the people it removed (erasures do),
+    only their placements are read. Otherwise (a retention purge, or a run from before runs
+    recorded what they read) every placement is checked against the current membership.
+    """
+    from provenance.models import SnapshotAmendment
+
+    seen = head_run.trained_on_amendment
+    missed = list(
+        SnapshotAmendment.objects.filter(snapshot_id=head_run.snapshot_id, sequence__gt=seen or 0)
+        .values_list("removed_subject_ids", flat=True)
+    ) if seen is not None else [None]
+    if all(ids is not None for ids in missed):
+        people = sorted({i for ids in missed for i in ids})
+        rows = (
+            SisaAssignment.objects.filter(training_run_id=placement_run_id, subject_id__in=people)
+            .values_list("shard", "slice")
+        )
+        first: dict[int, int] = {}
+        for shard, slice_ in rows:
+            first[shard] = min(slice_, first.get(shard, slice_))
+        return first
     sql = f"""
         SELECT a.shard, MIN(a.slice) FROM {SisaAssignment._meta.db_table} a
         WHERE a.training_run_id = %s AND NOT EXISTS (
@@ -154,7 +176,7 @@ def _shards_to_unlearn(*, placement_run_id: int, snapshot_id: int) -> dict[int, 
         GROUP BY a.shard
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [placement_run_id, snapshot_id])
+        cursor.execute(sql, [placement_run_id, head_run.snapshot_id])
         return {int(shard): int(first) for shard, first in cursor.fetchall()}
 
 
@@ -193,7 +215,7 @@ def _sisa_unlearn(*, head: ModelVersion) -> ModelVersion:
     placement_run_id = sisa_placement_run_id(run=old_run)
     # Counted before anything is read, as for any run (see registry).
     seen = snapshot_amendment_count(snapshot_id=old_run.snapshot_id)
-    shards = _shards_to_unlearn(placement_run_id=placement_run_id, snapshot_id=old_run.snapshot_id)
+    shards = _shards_to_unlearn(placement_run_id=placement_run_id, head_run=old_run)
     old_state = artifacts.load_weights(relative=head.artifact_path, expected_sha256=head.artifact_sha256)
     config = _train_config(old_run)
     slices = old_run.sisa["slices"]

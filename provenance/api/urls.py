@@ -11,6 +11,5 @@ router.register("snapshots", views.SnapshotViewSet, basename="snapshot")
 urlpatterns = [
     path("subjects/impact/", views.SubjectImpactView.as_view(), name="subject-impact"),
     path("retention/purge/", views.RetentionPurgeView.as_view(), name="retention-purge"),
-    path("lineage/models/<int:pk>/prov/", views.ModelProvView.as_view(), name="model-version-prov"),
     *router.urls,
 ]

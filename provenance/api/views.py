@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import json
 
-from django.apps import apps
 from django.db.models import Count
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import MethodNotAllowed, NotFound, ParseError
+from rest_framework.exceptions import MethodNotAllowed, ParseError
 from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -259,25 +258,6 @@ class SubjectImpactView(APIView):
                 "model_versions": [], "counts": {"datasets": 0, "records": 0, "snapshots": 0, "training_runs": 0, "model_versions": 0},
             })
         return Response({"found": True, **selectors.subject_impact(subject=subject)})
-
-
-class ModelProvView(APIView):
-    """W3C PROV-JSON of everything upstream of a model version, down to datasets and
-    processing activities."""
-
-    role_permissions = {"default": READ_ROLES}
-
-    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT})
-    def get(self, request, pk: int):
-        try:
-            ModelVersion = apps.get_model("mlops", "ModelVersion")
-        except LookupError:
-            raise NotFound("No model registry is installed.")
-        model_version = ModelVersion.objects.select_related("training_run").filter(pk=pk).first()
-        if model_version is None:
-            raise NotFound(f"Model version {pk} does not exist.")
-        doc = lineage_exports.model_prov_document(model_version=model_version)
-        return _download(lineage_exports.prov_json(doc), f"model-version-{pk}.prov.json")
 
 
 class RetentionPurgeView(APIView):

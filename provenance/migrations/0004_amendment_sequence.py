@@ -20,6 +20,9 @@ class Migration(migrations.Migration):
             model_name="snapshotamendment", name="sequence", field=models.PositiveIntegerField(default=0),
             preserve_default=False,
         ),
+        migrations.AddField(
+            model_name="snapshotamendment", name="removed_subject_ids", field=models.JSONField(blank=True, null=True),
+        ),
         migrations.RunSQL(NUMBER_EXISTING, migrations.RunSQL.noop),
         migrations.AlterModelOptions(name="snapshotamendment", options={"ordering": ["snapshot_id", "sequence"]}),
         migrations.AddConstraint(

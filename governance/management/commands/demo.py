@@ -1,7 +1,9 @@
 """Run the main job end to end on synthetic data and write every artifact to var/reports/.
 
 Each app contributes a step in ``<app>/demo.py`` exposing ``run(ctx: DemoContext)``;
-steps run in order (records, data, training, erasure, reports) and share the context.
+steps run in the order of ``settings.DEMO_STEPS`` (records, data, training, erasure,
+reports) and share the context. The list lives in settings, the composition root, because
+this command (in governance, the bottom layer) must not name the apps above it.
 """
 
 from __future__ import annotations
@@ -14,14 +16,6 @@ from django.core.management.base import BaseCommand
 
 from governance.demo_context import DemoContext
 
-STEPS = (
-    "governance.demo",
-    "provenance.demo",
-    "mlops.demo",
-    "rights.demo",
-    "assessments.demo",
-)
-
 
 class Command(BaseCommand):
     help = "Run Privacy Ledger's main job end to end on synthetic data (no server needed)."
@@ -33,7 +27,7 @@ class Command(BaseCommand):
         settings.REPORT_ROOT.mkdir(parents=True, exist_ok=True)
         ctx = DemoContext(seed=seed, out=self.stdout, report_dir=settings.REPORT_ROOT)
         started = time.monotonic()
-        for module_name in STEPS:
+        for module_name in settings.DEMO_STEPS:
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as exc:

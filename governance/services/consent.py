@@ -1,0 +1,371 @@
+"""The consent ledger (Art. 7): validating a batch of consent events, pseudonymising
+their subjects on arrival, deriving ids so a resubmitted batch is harmless, and
+writing it in one set-based statement (COPY on PostgreSQL), all or nothing.
+
+The hot ingest path, with its own caches and bulk SQL; it uses ``subjects`` to create
+missing subjects and ``audit`` for its one event per batch. Neither imports it back.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from governance.moments import EARLIEST_RECORDED, moment_parse
+from governance.services.audit import audit_event_record
+from governance.services.errors import ServiceError
+from governance.services.subjects import data_subject_ensure_many
+
+MAX_CONSENT_BATCH = 10_000
+CONSENT_EVIDENCE_KEYS = ("form_url", "ip", "user_agent", "source_system")
+CONSENT_EVENT_KEYS = frozenset(
+    {"event_id", "subject", "purpose", "action", "occurred_at", "notice_version", "notice_text", "notice_sha256",
+     "method", "evidence", "expires_at"}
+)
+# Clocks of source systems drift; an event a little ahead of ours is not "in the future".
+CONSENT_CLOCK_TOLERANCE = timedelta(minutes=2)
+_MAX_REPORTED_ERRORS = 20
+
+
+@functools.lru_cache(maxsize=65536)
+def ip_truncate(value: str) -> str:
+    """Zero the host part of an address: the last octet of IPv4, the last 80 bits of IPv6.
+
+    Enough to show the network a consent came from, not enough to single out a device.
+    Cached: a batch from one source system repeats few networks.
+    """
+    import ipaddress
+
+    address = ipaddress.ip_address(value.strip())
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+@functools.lru_cache(maxsize=256)
+def _notice_sha256(text: str) -> str:
+    # A batch shows the same few notice versions to thousands of people.
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _parse_moment(value: Any, field: str) -> datetime:
+    try:
+        return moment_parse(value, earliest=EARLIEST_RECORDED)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def _text(event: dict, key: str, *, required: bool, max_length: int) -> str:
+    value = event.get(key)
+    if value is None or value == "":
+        if required:
+            raise ValueError(f"{key}: this field is required.")
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string.")
+    value = value.strip()
+    if required and not value:
+        raise ValueError(f"{key}: this field is required.")
+    if len(value) > max_length:
+        raise ValueError(f"{key}: at most {max_length} characters.")
+    return value
+
+
+def _consent_event_clean(event: Any, purpose_ids: dict[str, int], now: datetime) -> tuple:
+    """Validate one submitted event; raise ValueError("<field>: <reason>")."""
+    from governance.pseudonymisation import normalise_identifier
+
+    if not isinstance(event, dict):
+        raise ValueError("(event): expected a JSON object.")
+    unknown = set(event) - CONSENT_EVENT_KEYS
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: unknown field.")
+    subject = event.get("subject")
+    if not isinstance(subject, str) or not subject.strip():
+        raise ValueError("subject: the person's external identifier is required.")
+    normalised_subject = normalise_identifier(subject)
+    code = event.get("purpose")
+    if not isinstance(code, str) or not code:
+        raise ValueError("purpose: a purpose code is required.")
+    purpose_id = purpose_ids.get(code)
+    if purpose_id is None:
+        raise ValueError(f"purpose: unknown purpose code {code!r}.")
+    action = event.get("action")
+    if action not in ("given", "withdrawn"):
+        raise ValueError("action: must be 'given' or 'withdrawn'.")
+    if event.get("occurred_at") in (None, ""):
+        raise ValueError("occurred_at: this field is required.")
+    occurred_at = _parse_moment(event["occurred_at"], "occurred_at")
+    if occurred_at > now + CONSENT_CLOCK_TOLERANCE:
+        raise ValueError("occurred_at: is in the future; consent is recorded after it happens.")
+    expires_at = None
+    if event.get("expires_at") not in (None, ""):
+        expires_at = _parse_moment(event["expires_at"], "expires_at")
+        if expires_at <= occurred_at:
+            raise ValueError("expires_at: must be after occurred_at.")
+        if action == "withdrawn":
+            raise ValueError("expires_at: only a consent that is given can expire.")
+    notice_version = _text(event, "notice_version", required=True, max_length=100)
+    method = _text(event, "method", required=True, max_length=100)
+    notice_text = event.get("notice_text")
+    notice_sha256 = event.get("notice_sha256")
+    if notice_text not in (None, "") and not isinstance(notice_text, str):
+        raise ValueError("notice_text: expected a string.")
+    if notice_sha256 not in (None, ""):
+        if not isinstance(notice_sha256, str) or len(notice_sha256) != 64 or any(
+            c not in "0123456789abcdef" for c in notice_sha256.lower()
+        ):
+            raise ValueError("notice_sha256: expected 64 hexadecimal characters (SHA-256).")
+        notice_sha256 = notice_sha256.lower()
+    if notice_text:
+        computed = _notice_sha256(notice_text)
+        if notice_sha256 and notice_sha256 != computed:
+            raise ValueError("notice_sha256: does not match the SHA-256 of notice_text.")
+        notice_sha256 = computed
+    elif not notice_sha256:
+        raise ValueError("notice_text: either notice_text or notice_sha256 is required (Art. 7(1)).")
+    evidence_in = event.get("evidence") or {}
+    if not isinstance(evidence_in, dict):
+        raise ValueError("evidence: expected an object.")
+    evidence = {}
+    for key, value in evidence_in.items():
+        if key not in CONSENT_EVIDENCE_KEYS:
+            raise ValueError(f"evidence.{key}: unknown; allowed: {', '.join(CONSENT_EVIDENCE_KEYS)}.")
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or len(value) > 1000:
+            raise ValueError(f"evidence.{key}: expected a string of at most 1000 characters.")
+        if normalised_subject in value.casefold():
+            raise ValueError(
+                f"evidence.{key}: contains the person's identifier, which is never stored (Art. 4(5)); remove it."
+            )
+        if key == "ip":
+            try:
+                value = ip_truncate(value)
+            except ValueError:
+                raise ValueError("evidence.ip: not an IPv4 or IPv6 address.") from None
+        evidence[key] = value
+    event_id = event.get("event_id")
+    if event_id not in (None, ""):
+        if not isinstance(event_id, str) or len(event_id) > 100:
+            raise ValueError("event_id: expected a string of at most 100 characters.")
+        if normalised_subject in event_id.casefold():
+            raise ValueError("event_id: contains the person's identifier, which is never stored (Art. 4(5)).")
+    else:
+        event_id = None
+    return (
+        event_id, subject, code, purpose_id, action, occurred_at, notice_version, notice_sha256, method,
+        evidence, expires_at,
+    )
+
+
+def consent_event_derive_id(
+    *, pseudonym: str, purpose: str, action: str, occurred_at: datetime, notice_version: str, notice_sha256: str,
+    method: str, expires_at: datetime | None,
+) -> str:
+    """A deterministic id from an event's content, so resubmitting an id-less event is harmless."""
+    parts = [
+        pseudonym, purpose, action, occurred_at.astimezone(UTC).isoformat(), notice_version,
+        notice_sha256, method, expires_at.astimezone(UTC).isoformat() if expires_at else "",
+    ]
+    return "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def _consent_rows_insert_postgresql(rows: list[tuple]) -> tuple[int, list[str]]:
+    """COPY the batch into a temporary table, then one INSERT … SELECT creates missing subjects
+    and one more inserts events whose id is new. Returns the number of events created and the
+    ids of the withdrawals among them."""
+    import csv
+    import io
+
+    from django.db import connection
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for row in rows:
+        writer.writerow(row)
+    buffer.seek(0)
+    with connection.cursor() as cur:
+        cur.execute(
+            """CREATE TEMP TABLE IF NOT EXISTS pl_consent_ingest (
+                   event_id varchar(100), pseudonym varchar(64), purpose_id bigint, action varchar(10),
+                   occurred_at timestamptz, notice_version varchar(100), notice_sha256 varchar(64),
+                   method varchar(100), evidence jsonb, expires_at timestamptz
+               ) ON COMMIT DELETE ROWS"""
+        )
+        cur.execute("TRUNCATE pl_consent_ingest")
+        cur.copy_expert("COPY pl_consent_ingest FROM STDIN WITH (FORMAT csv)", buffer)
+        cur.execute(
+            """INSERT INTO governance_datasubject (pseudonym, reference, created_at)
+               SELECT pseudonym, gen_random_uuid(), now()
+               FROM (SELECT DISTINCT pseudonym FROM pl_consent_ingest) new_subjects
+               ORDER BY pseudonym
+               ON CONFLICT (pseudonym) DO NOTHING"""
+        )
+        cur.execute(
+            """WITH inserted AS (
+                   INSERT INTO governance_consentevent (event_id, subject_id, purpose_id, action, occurred_at,
+                       recorded_at, notice_version, notice_sha256, method, evidence, expires_at)
+                   SELECT t.event_id, s.id, t.purpose_id, t.action, t.occurred_at, now(), t.notice_version,
+                          t.notice_sha256, t.method, t.evidence, t.expires_at
+                   FROM pl_consent_ingest t JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
+                   ORDER BY t.event_id
+                   ON CONFLICT (event_id) DO NOTHING
+                   RETURNING event_id, action
+               )
+               SELECT count(*), array_agg(event_id) FILTER (WHERE action = 'withdrawn') FROM inserted"""
+        )
+        created, withdrawal_ids = cur.fetchone()
+        return created, withdrawal_ids or []
+
+
+def _consent_rows_insert_generic(rows: list[tuple]) -> tuple[int, list[str]]:
+    from governance.models import ConsentEvent
+
+    ids = [row[0] for row in rows]
+    existing: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        existing.update(
+            ConsentEvent.objects.filter(event_id__in=ids[start : start + 5000]).values_list("event_id", flat=True)
+        )
+    new_rows = [row for row in rows if row[0] not in existing]
+    subject_ids = data_subject_ensure_many(pseudonyms=[row[1] for row in new_rows])
+    ConsentEvent.objects.bulk_create(
+        [
+            ConsentEvent(
+                event_id=r[0], subject_id=subject_ids[r[1]], purpose_id=r[2], action=r[3], occurred_at=r[4],
+                notice_version=r[5], notice_sha256=r[6], method=r[7], evidence=json.loads(r[8]), expires_at=r[9],
+            )
+            for r in new_rows
+        ],
+        batch_size=1000,
+        ignore_conflicts=True,
+    )
+    return len(new_rows), [r[0] for r in new_rows if r[3] == "withdrawn"]
+
+
+@transaction.atomic
+def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
+    """Append consent events to the ledger, all or nothing.
+
+    ``events`` is one event (a dict) or a list of up to MAX_CONSENT_BATCH. Every event is
+    validated before anything is written; errors name the event's index and field
+    (``events[17].purpose``). Subjects are pseudonymised on arrival. An event whose
+    ``event_id`` (supplied, or derived from its content) is already in the ledger is counted
+    as already present and not written again. One audit event records the whole batch.
+    """
+    from governance.models import ProcessingActivity, Purpose
+    from governance.pseudonymisation import pseudonymise_many
+
+    if isinstance(events, dict):
+        events = [events]
+    if not isinstance(events, list):
+        raise ServiceError("Expected one event object or a list of event objects.", field="events")
+    if not events:
+        raise ServiceError("The list of events is empty.", field="events")
+    if len(events) > MAX_CONSENT_BATCH:
+        raise ServiceError(
+            f"At most {MAX_CONSENT_BATCH} events per request; this one has {len(events)}. Split the batch.",
+            field="events",
+        )
+    codes = {e.get("purpose") for e in events if isinstance(e, dict) and isinstance(e.get("purpose"), str)}
+    purpose_ids = dict(Purpose.objects.filter(code__in=codes).values_list("code", "id"))
+    now = timezone.now()
+    cleaned: list[tuple] = []
+    errors: dict[str, list[str]] = {}
+    for index, event in enumerate(events):
+        try:
+            cleaned.append(_consent_event_clean(event, purpose_ids, now))
+        except ValueError as exc:
+            field, _, reason = str(exc).partition(": ")
+            key = f"events[{index}]" if field == "(event)" else f"events[{index}].{field}"
+            errors[key] = [reason or str(exc)]
+            if len(errors) >= _MAX_REPORTED_ERRORS:
+                break
+    if errors:
+        first_key = next(iter(errors))
+        extra = {k: v for k, v in errors.items() if k != first_key}
+        raise ServiceError(errors[first_key][0], field=first_key, **extra)
+
+    pseudonyms = pseudonymise_many([c[1] for c in cleaned])
+    rows: dict[str, tuple] = {}
+    given = withdrawn = 0
+    withdrawn_codes: dict[str, int] = {}
+    for c, pseudonym in zip(cleaned, pseudonyms, strict=True):
+        event_id, _, code, purpose_id, action, occurred_at, version, sha, method, evidence, expires_at = c
+        if event_id is None:
+            event_id = consent_event_derive_id(
+                pseudonym=pseudonym, purpose=code, action=action, occurred_at=occurred_at, notice_version=version,
+                notice_sha256=sha, method=method, expires_at=expires_at,
+            )
+        if event_id in rows:
+            continue  # the same event twice in one batch: written once, the repeat is "already present"
+        rows[event_id] = (
+            event_id, pseudonym, purpose_id, action, occurred_at, version, sha, method,
+            json.dumps(evidence, sort_keys=True), expires_at,
+        )
+        if action == "given":
+            given += 1
+        else:
+            withdrawn += 1
+            withdrawn_codes[code] = withdrawn_codes.get(code, 0) + 1
+
+    from django.db import connection
+
+    row_list = list(rows.values())
+    if connection.vendor == "postgresql":
+        created, new_withdrawal_ids = _consent_rows_insert_postgresql(row_list)
+    else:
+        created, new_withdrawal_ids = _consent_rows_insert_generic(row_list)
+    already_present = len(events) - created
+
+    # Art. 17(1)(b): withdrawals under an activity that erases on withdrawal open erasure
+    # requests through the erasure service (nothing is erased here). Only withdrawals new to
+    # the ledger count, so resubmitting a batch never reopens a request already completed.
+    erasure_activities: list[str] = []
+    flagged = 0
+    if withdrawn_codes:
+        for activity_name, purpose_code in ProcessingActivity.objects.filter(
+            erasure_on_consent_withdrawal=True
+        ).values_list("name", "purposes__code"):
+            if purpose_code is None:
+                continue
+            related = [c for c in withdrawn_codes if c == purpose_code or c.startswith(purpose_code + ".")
+                       or purpose_code.startswith(c + ".")]
+            if related:
+                erasure_activities.append(activity_name)
+                flagged += sum(withdrawn_codes[c] for c in related)
+    if erasure_activities and new_withdrawal_ids:
+        # Requests are opened after the commit by the rights app's receiver: a batch of
+        # withdrawals never fails (or waits) because opening a request raced another batch.
+        from governance.signals import consent_withdrawn, send_on_commit
+
+        send_on_commit(consent_withdrawn, consent_event_ids=list(new_withdrawal_ids), actor=actor)
+    subject_ref = None
+    distinct_pseudonyms = {r[1] for r in row_list}
+    if len(distinct_pseudonyms) == 1:
+        from governance.models import DataSubject
+
+        subject_ref = DataSubject.objects.filter(pseudonym=next(iter(distinct_pseudonyms))).values_list(
+            "reference", flat=True
+        ).first()
+    audit_event_record(
+        actor=actor, action="consent_event.ingested", object_type="consent_event_batch", object_id="",
+        subject_ref=subject_ref,
+        details={
+            "submitted": len(events), "created": created, "already_present": already_present,
+            "given": given, "withdrawn": withdrawn,
+            "purposes": sorted({c[2] for c in cleaned}),
+            "withdrawals_under_erasure_on_withdrawal": flagged,
+            "erasure_activities": sorted(set(erasure_activities)),
+        },
+    )
+    result = {"created": created, "already_present": already_present}
+    if flagged:
+        result["withdrawals_under_erasure_on_withdrawal"] = flagged
+    return result
