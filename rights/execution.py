@@ -205,11 +205,18 @@ def _taint(amended: dict) -> Callable[[ErasureRequest], dict]:
 
 def _lineage_actions(plan: dict) -> dict[str, str]:
     """The remediation the DPO's policy (or override) sets for each lineage of the plan:
-    that of its live version; lineages with none live only have files to delete."""
+    that of its live version; lineages with none live only have files to delete.
+
+    Without an override a SISA lineage is unlearned even when the person was held out of
+    its shards (nothing is retrained then, but a version that has seen the amended snapshot
+    replaces it); mlops retrains a head that is not SISA whatever is asked."""
     actions: dict[str, str] = {}
     for model in plan["model_versions"]:
         if model["status"] in ("active", "tainted"):
-            actions[model["name"]] = model["remediation"]
+            action = model["remediation"]
+            if model.get("sisa") and not model.get("override"):
+                action = RemediationAction.SISA_UNLEARN
+            actions[model["name"]] = action
         else:
             actions.setdefault(model["name"], "")
     return actions
@@ -228,7 +235,7 @@ def _remediate_lineage(request_id: int, step_name: str, name: str, action: str) 
         return step.details
     try:
         result = model_lineage_remediate(
-            name=name, action=action or RemediationAction.RETRAIN, erasure_request_id=request_id,
+            name=name, action=action or RemediationAction.SISA_UNLEARN, erasure_request_id=request_id,
             reason=f"erasure request {request_id}",
         )
     except Exception as exc:
@@ -254,7 +261,8 @@ def _remediate_all(request_id: int, plan: dict, amended: dict, tainted: dict) ->
 
     actions = _lineage_actions(plan)
     for name in tainted.get("lineages", []):
-        actions.setdefault(name, RemediationAction.RETRAIN)
+        # Not in the plan (registered since): the cheapest exact remediation of its head.
+        actions.setdefault(name, RemediationAction.SISA_UNLEARN)
     results: dict[str, dict] = {}
     todo = sorted(actions)
     for round_ in range(MAX_REMEDIATION_ROUNDS):

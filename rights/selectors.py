@@ -50,9 +50,11 @@ def erasure_previous_completed(*, receipt_hash: str) -> ErasureReceipt | None:
     return ErasureReceipt.objects.filter(identifier_receipt_hash=receipt_hash).order_by("-completed_at").first()
 
 
-def proposed_remediation(*, is_sisa: bool, in_training_shards: bool) -> str:
-    """The policy: SISA models unlearn the person's shards; any other model is retrained."""
-    if is_sisa and in_training_shards:
+def proposed_remediation(*, is_sisa: bool) -> str:
+    """The policy: SISA models unlearn the person's shards (none when the person was held out
+    of training: the new version then only records the amended snapshot); any other model
+    is retrained."""
+    if is_sisa:
         return RemediationAction.SISA_UNLEARN
     return RemediationAction.RETRAIN
 
@@ -120,7 +122,7 @@ def subject_impact_for_erasure(*, subject_id: int, erasure_request: ErasureReque
         is_sisa = bool(run.sisa) or mv.is_sisa_ensemble
         sisa = assignments.get(run.id)
         live = mv.status in LIVE_MODEL_STATUSES
-        proposed = proposed_remediation(is_sisa=is_sisa, in_training_shards=bool(sisa)) if live else "delete_artifact"
+        proposed = proposed_remediation(is_sisa=is_sisa) if live else "delete_artifact"
         override = overrides.get(mv.id)
         versions.append(
             {

@@ -23,11 +23,40 @@ def _check(claim: str, ok: bool, detail: str = "") -> dict[str, Any]:
     return {"claim": claim, "ok": bool(ok), "detail": detail if not ok else ""}
 
 
+# A run that has just been claimed records what it read a moment later (it counts the
+# snapshot's amendments, then loads the rows); wait that long before calling it stale.
+READ_RECORD_WAIT_SECONDS = 15.0
+
+
+def _runs_reading_before(*, keys: list[dict[str, int]], snapshot_ids: list[int]) -> list[dict]:
+    """Runs still training on one of the snapshots on data read before its amendment."""
+    import time
+
+    from mlops.models import RunStatus, TrainingRun
+
+    if not snapshot_ids:
+        return []
+    deadline = time.monotonic() + READ_RECORD_WAIT_SECONDS
+    while True:
+        running = list(
+            TrainingRun.objects.filter(snapshot_id__in=snapshot_ids, status=RunStatus.RUNNING)
+            .values("pk", "snapshot_id", "trained_on_amendment")
+        )
+        if any(r["trained_on_amendment"] is None for r in running) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            continue
+        return [
+            r for r in running
+            if any(r["trained_on_amendment"] is None or r["trained_on_amendment"] < k["sequence"]
+                   for k in keys if k["snapshot"] == r["snapshot_id"])
+        ]
+
+
 def erasure_claims_verify(*, request: ErasureRequest, plan: dict) -> list[dict[str, Any]]:
     """The certificate's claims, each with whether the database bears it out."""
     from governance.models import ConsentEvent, DataSubject
     from mlops import artifacts
-    from mlops.models import ModelVersion, RunStatus, SisaAssignment, TrainingRun
+    from mlops.models import ModelVersion, SisaAssignment
     from mlops.selectors import live_versions_trained_before
     from provenance.models import DataRecord, Snapshot, SnapshotAmendment, SnapshotMembership
     from provenance.services import snapshot_merkle_root
@@ -71,12 +100,7 @@ def erasure_claims_verify(*, request: ErasureRequest, plan: dict) -> list[dict[s
         ", ".join(f"{v['name']} v{v['version']} ({v['status']})" for v in holding[:5]),
     ))
     snapshot_ids = [a.snapshot_id for a in mine]
-    in_flight = TrainingRun.objects.filter(snapshot_id__in=snapshot_ids, status=RunStatus.RUNNING)
-    stale_running = [
-        r for r in in_flight.values("pk", "snapshot_id", "trained_on_amendment")
-        if any(r["trained_on_amendment"] is None or r["trained_on_amendment"] < k["sequence"]
-               for k in keys if k["snapshot"] == r["snapshot_id"])
-    ]
+    stale_running = _runs_reading_before(keys=keys, snapshot_ids=snapshot_ids)
     checks.append(_check(
         "no training run still trains on data read before the erasure", not stale_running,
         ", ".join(f"run {r['pk']}" for r in stale_running[:5]),
