@@ -3,8 +3,8 @@
 A new model version trained on an activity's data, a model version tainted by an erasure
 or a consent withdrawal, or a dataset's privacy budget exceeded (a non-private run, or a
 cap lowered below what was spent) changes what a signed DPIA says about the processing.
-Receivers are connected by sender label so importing this module loads no mlops code.
-Work deferred to after the commit is "robust": a failure there is logged and never fails
+Model saves are received by sender label; taints arrive through mlops's named signal
+``model_version_tainted``, sent after the commit that tainted the versions. Work deferred to after the commit is "robust": a failure there is logged and never fails
 the training run or erasure that triggered it.
 """
 

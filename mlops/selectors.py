@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from mlops import ledger
 from mlops.models import (
@@ -123,22 +123,26 @@ def model_lineage(*, model_version: ModelVersion) -> dict:
     return provenance_model_lineage(model_version=model_version)
 
 
+def read_before(*, amendments: list[dict[str, int]], run: str = "") -> Q:
+    """Runs (through ``run``, e.g. "training_run__") that read their snapshot before one of
+    ``amendments`` ([{"snapshot": id, "sequence": n}]): a run that never recorded what it
+    read counts as having read before."""
+    condition = Q(pk__in=[])
+    for a in amendments:
+        condition |= Q(**{f"{run}snapshot_id": a["snapshot"]}) & (
+            Q(**{f"{run}trained_on_amendment__isnull": True}) | Q(**{f"{run}trained_on_amendment__lt": a["sequence"]})
+        )
+    return condition
+
+
 def live_versions_trained_before(*, amendments: list[dict[str, int]]) -> list[dict]:
     """Live (active or tainted) versions whose run read its snapshot before one of
-    ``amendments`` ([{"snapshot": id, "sequence": n}]) removed people from it."""
-    from django.db.models import Q
-
+    ``amendments`` removed people from it."""
     from mlops.models import ModelStatus
 
-    if not amendments:
-        return []
-    condition = Q()
-    for a in amendments:
-        condition |= Q(training_run__snapshot_id=a["snapshot"]) & (
-            Q(training_run__trained_on_amendment__isnull=True) | Q(training_run__trained_on_amendment__lt=a["sequence"])
-        )
     return list(
-        ModelVersion.objects.filter(condition, status__in=(ModelStatus.ACTIVE, ModelStatus.TAINTED))
+        ModelVersion.objects.filter(read_before(amendments=amendments, run="training_run__"),
+                                    status__in=(ModelStatus.ACTIVE, ModelStatus.TAINTED))
         .order_by("pk").values("id", "name", "version", "status", "training_run_id")
     )
 

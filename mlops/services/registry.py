@@ -25,11 +25,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import Max
 
 from governance.services import ServiceConflict, audit_event_record
 from mlops import artifacts
 from mlops.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
+from mlops.selectors import read_before
 from provenance.models import AmendmentReason, SnapshotAmendment
 
 LIVE_STATUSES = (ModelStatus.ACTIVE, ModelStatus.TAINTED)
@@ -168,28 +169,19 @@ def model_versions_taint_trained_before(*, amendments: list[dict[str, int]], rea
     Non-remediation runs still training on data read before the amendment are cancelled:
     their model would hold the people just removed.
     """
-    condition = Q()
-    for a in amendments:
-        condition |= Q(training_run__snapshot_id=a["snapshot"]) & (
-            Q(training_run__trained_on_amendment__isnull=True) | Q(training_run__trained_on_amendment__lt=a["sequence"])
-        )
     if not amendments:
-        return {"tainted": [], "lineages": [], "training_runs_cancelled": []}
+        return {"tainted": [], "newly_tainted": [], "lineages": [], "training_runs_cancelled": []}
     live = list(
-        ModelVersion.objects.select_for_update(no_key=True).filter(condition, status__in=LIVE_STATUSES).order_by("pk")
+        ModelVersion.objects.select_for_update(no_key=True)
+        .filter(read_before(amendments=amendments, run="training_run__"), status__in=LIVE_STATUSES).order_by("pk")
         .values_list("pk", "name", "status")
     )
     newly = [pk for pk, _, status in live if status == ModelStatus.ACTIVE]
     ModelVersion.objects.filter(pk__in=newly).update(status=ModelStatus.TAINTED, status_reason=reason)
-    run_condition = Q()
-    for a in amendments:
-        run_condition |= Q(snapshot_id=a["snapshot"]) & (
-            Q(trained_on_amendment__isnull=True) | Q(trained_on_amendment__lt=a["sequence"])
-        )
     cancelled = []
     from mlops.services.execution import training_run_cancel
 
-    for run in TrainingRun.objects.filter(run_condition, status=RunStatus.RUNNING, remediates__isnull=True).order_by("pk"):
+    for run in TrainingRun.objects.filter(read_before(amendments=amendments), status=RunStatus.RUNNING, remediates__isnull=True).order_by("pk"):
         training_run_cancel(run=run, actor="erasure-worker")
         cancelled.append(run.pk)
     if newly:

@@ -251,3 +251,49 @@ def test_concurrent_submissions_of_one_batch_write_each_event_once(default_taxon
     assert sum(a["already_present"] for a in answers) == 200
     assert ConsentEvent.objects.count() == 200
     assert DataSubject.objects.count() == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_withdrawals_under_an_erasing_activity_all_store_and_open_one_request_each(default_taxonomy):
+    """Four batches withdraw the same 200 people at once under an activity that erases on
+    withdrawal: every batch stores its withdrawals, none fails because opening the erasure
+    requests raced, and each person ends with exactly one open request."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need a server database; SQLite serialises writers itself")
+    from governance import services
+    from rights.models import ErasureRequest
+
+    consent_activity(erasure_on_consent_withdrawal=True)
+    people = [f"w{i}@x.org" for i in range(200)]
+    services.consent_events_ingest(events=[event(p, CLINICAL, "given", at(0)) for p in people], actor="test")
+    batches = [
+        [event(p, CLINICAL, "withdrawn", at(1 + b), event_id=f"w-{b}-{i}") for i, p in enumerate(people)]
+        for b in range(4)
+    ]
+    answers, errors = [], []
+    barrier = threading.Barrier(len(batches))
+
+    def submit(batch):
+        try:
+            barrier.wait()
+            answers.append(services.consent_events_ingest(events=batch, actor="test"))
+        except Exception as exc:  # reported below: the test fails with the worker's error
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=submit, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(a["created"] for a in answers) == [200, 200, 200, 200]
+    assert ConsentEvent.objects.filter(action="withdrawn").count() == 800
+    open_requests = ErasureRequest.objects.filter(status="received")
+    assert open_requests.count() == 200
+    assert open_requests.values("subject_id").distinct().count() == 200

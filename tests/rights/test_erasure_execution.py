@@ -296,3 +296,19 @@ def test_unlearning_twice_keeps_everyone_else_in_the_original_placements_without
     # The erased people's placements went with them; everyone else kept theirs.
     remaining = dict(original.sisa_assignments.values_list("subject_id", "shard"))
     assert remaining == {k: v for k, v in placements.items() if k not in (first.pk, second.pk)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_person_in_no_snapshot_is_erased_and_certified_with_nothing_to_remediate():
+    """Records in a dataset no snapshot was taken of: no amendment, no model, a true certificate."""
+    carol = h.subject_for(CAROL)
+    h.people_dataset(act=h.activity(), people=[carol, *h.crowd(5)])
+    request = _verified_request()
+    _start(request)
+    assert execution.erasure_request_execute(request_id=request.pk)["status"] == "completed"
+    steps = {s.name: s.details for s in ErasureStep.objects.filter(request=request)}
+    assert steps["amend_snapshots"]["amendments"] == [] and steps["taint_models"]["tainted"] == []
+    assert not any(name.startswith(execution.REMEDIATE_PREFIX) for name in steps)
+    assert all(check["ok"] for check in steps["verify_claims"]["checks"])
+    assert not DataRecord.objects.filter(subject_id=carol.pk).exists()
+    assert not DataSubject.objects.filter(pk=carol.pk).exists()
