@@ -18,13 +18,6 @@ from django.utils.dateparse import parse_datetime
 from governance.models import AuditChainHead, AuditEvent
 from rights.models import ErasureGround, ErasureRequest, ErasureStep, RefusalGround, RemediationAction
 
-ACTION_WORDS = {
-    RemediationAction.SISA_UNLEARN: "unlearned (SISA: affected shards retrained from the last clean checkpoint)",
-    RemediationAction.RETRAIN: "retrained from scratch on the amended snapshot",
-    RemediationAction.RELY_ON_DP: "kept on its differential-privacy guarantee (accepted risk)",
-    RemediationAction.RETIRE: "retired; artifact deleted",
-    "delete_artifact": "already superseded or retired; artifact deleted",
-}
 OUTCOME_WORDS = {
     "retrained": "retrained from scratch on the amended snapshot",
     "unlearned": "unlearned (SISA: affected shards retrained from the last clean checkpoint)",
@@ -119,7 +112,7 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]
                                model["override"]["justification"]))
     flows.append(t.data_table(
         ["Model", "What was done", "Version that stands now", "ε of that version"],
-        model_rows, col_widths=[4, 5, 2.5, 1.5], empty="No model was trained on the person's data.",
+        model_rows, col_widths=[5.5, 4.5, 2, 1.5], empty="No model was trained on the person's data.",
     ))
     flows.append(t.data_table(
         ["Model version trained on the person", "Status then", "Artifact SHA-256"],
