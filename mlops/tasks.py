@@ -33,7 +33,13 @@ def train_model(self, run_id: int) -> dict:
         now = time.monotonic()
         if now - last_sent >= PROGRESS_STATE_INTERVAL:
             last_sent = now
-            self.update_state(state="PROGRESS", meta=meta)
+            try:
+                self.update_state(state="PROGRESS", meta=meta)
+            except Exception:
+                # Progress must never fail the work it reports on: a result backend that is
+                # down (or blips) costs the task state an update, never the training. The
+                # run row, written every epoch, keeps the progress.
+                logger.warning("progress of training run %s not sent to the result backend", run_id, exc_info=True)
 
     run = services.training_run_execute(run_id=run_id, on_progress=report)
     return {"run_id": run_id, "status": run.status if run else "missing"}
