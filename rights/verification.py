@@ -33,23 +33,15 @@ def _runs_reading_before(*, keys: list[dict[str, int]], snapshot_ids: list[int])
     import time
 
     from mlops.models import RunStatus, TrainingRun
+    from mlops.selectors import read_before
 
     if not snapshot_ids:
         return []
+    running = TrainingRun.objects.filter(snapshot_id__in=snapshot_ids, status=RunStatus.RUNNING)
     deadline = time.monotonic() + READ_RECORD_WAIT_SECONDS
-    while True:
-        running = list(
-            TrainingRun.objects.filter(snapshot_id__in=snapshot_ids, status=RunStatus.RUNNING)
-            .values("pk", "snapshot_id", "trained_on_amendment")
-        )
-        if any(r["trained_on_amendment"] is None for r in running) and time.monotonic() < deadline:
-            time.sleep(0.25)
-            continue
-        return [
-            r for r in running
-            if any(r["trained_on_amendment"] is None or r["trained_on_amendment"] < k["sequence"]
-                   for k in keys if k["snapshot"] == r["snapshot_id"])
-        ]
+    while running.filter(trained_on_amendment__isnull=True).exists() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return list(running.filter(read_before(amendments=keys)).values("pk", "snapshot_id", "trained_on_amendment"))
 
 
 def erasure_claims_verify(*, request: ErasureRequest, plan: dict) -> list[dict[str, Any]]:
