@@ -38,7 +38,9 @@ DIRECT_QUEUE = "mlops-bench-unconsumed"
 
 def _snapshot(n: int, d: int, seed: int):
     from governance.models import DataSubject, ProcessingActivity, Purpose
+    from provenance.merkle import merkle_root
     from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
+    from provenance.schema import content_hash
 
     tag = uuid.uuid4().hex[:10]
     purpose, _ = Purpose.objects.get_or_create(code="ml.training.bench", defaults={"name": "ML training (bench)"})
@@ -56,16 +58,20 @@ def _snapshot(n: int, d: int, seed: int):
         DataSubject.objects.filter(pseudonym__startswith=f"bench-{tag}-").order_by("id").values_list("id", flat=True)
     )
     now = timezone.now()
+    rows = [({f"x{j}": float(X[i, j]) for j in range(d)}, int(y[i])) for i in range(n)]
     DataRecord.objects.bulk_create(
-        [DataRecord(dataset=dataset, subject_id=s, features={f"x{j}": float(X[i, j]) for j in range(d)},
-                    label=int(y[i]), content_hash=f"{i:064x}", ingested_at=now) for i, s in enumerate(subject_ids)],
+        [DataRecord(dataset=dataset, subject_id=s, features=features, label=label,
+                    content_hash=content_hash(features, label), ingested_at=now)
+         for s, (features, label) in zip(subject_ids, rows, strict=True)],
         batch_size=5000,
     )
+    records = list(DataRecord.objects.filter(dataset=dataset).order_by("id").values_list("id", "subject_id", "content_hash"))
+    # Real hashes and root: training verifies a snapshot against its records first.
     snapshot = Snapshot.objects.create(dataset=dataset, purpose=purpose, taken_for=now, lawful_basis="consent",
-                                       included_count=n, included_subjects=n, merkle_root="0" * 64)
+                                       included_count=n, included_subjects=n,
+                                       merkle_root=merkle_root((r, h) for r, _, h in records))
     SnapshotMembership.objects.bulk_create(
-        [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s)
-         for r, s in DataRecord.objects.filter(dataset=dataset).values_list("id", "subject_id")],
+        [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s, _ in records],
         batch_size=5000,
     )
     return snapshot

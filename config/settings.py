@@ -328,7 +328,13 @@ CELERY_BEAT_SCHEDULE.update(
         "provenance-retention-purge": {
             "task": "provenance.retention_purge",
             "schedule": timedelta(hours=env_int("PROVENANCE_RETENTION_PURGE_INTERVAL_HOURS", 24)),
-        }
+        },
+        # Recomputes every snapshot from its records (provenance/integrity.py); failures
+        # become audit events.
+        "provenance-verify-snapshots": {
+            "task": "provenance.verify_snapshots",
+            "schedule": timedelta(hours=env_int("SNAPSHOT_VERIFY_INTERVAL_HOURS", 24)),
+        },
     }
 )
 

@@ -97,7 +97,7 @@ _CONSENT_STATE_COLUMNS = """SELECT subject_id,
                     ELSE 'valid' END AS state"""
 
 
-def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
+def consent_state_sql(*, purpose: Purpose, at: datetime, known_at: datetime | None = None) -> tuple[str, list]:
     """SQL yielding (subject_id, state) for every subject with a consent event bearing on
     ``purpose`` at time ``at``; subjects absent from the result have no consent.
 
@@ -105,12 +105,15 @@ def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
     ancestor purpose that occurred at or before ``at``, the latest decides (ties broken
     by recording order). ``given`` is valid unless it expired by ``at``; ``withdrawn``
     is withdrawn. Later events never change the answer for an earlier ``at`` (Art. 7(3)).
-    Use it as a subquery or CTE in set-based statements.
+    ``known_at``: the ledger as it stood then, i.e. only events recorded at or before it
+    (a snapshot passes the moment it read the ledger; see governance.consent_clock);
+    None: every event recorded so far. Use it as a subquery or CTE in set-based statements.
     """
     ids = purpose_and_ancestor_ids(purpose=purpose)
     if not ids:
         return "SELECT NULL AS subject_id, NULL AS state WHERE 1 = 0", []
     placeholders = ", ".join(["%s"] * len(ids))
+    known_sql, known_params = ("AND recorded_at <= %s", [known_at]) if known_at is not None else ("", [])
     if connection.vendor == "postgresql":
         # DISTINCT ON keeps the first row per subject from one sort, without numbering
         # every row as the window function does: same answer, less work on large ledgers.
@@ -119,22 +122,22 @@ def consent_state_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
             FROM (
                 SELECT DISTINCT ON (subject_id) subject_id, action, expires_at
                 FROM governance_consentevent
-                WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s
+                WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s {known_sql}
                 ORDER BY subject_id, occurred_at DESC, id DESC
             ) latest
         """
-        return sql, [at, *ids, at]
+        return sql, [at, *ids, at, *known_params]
     sql = f"""
         {_CONSENT_STATE_COLUMNS}
         FROM (
             SELECT subject_id, action, expires_at,
                    ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY occurred_at DESC, id DESC) AS rn
             FROM governance_consentevent
-            WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s
+            WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s {known_sql}
         ) latest
         WHERE rn = 1
     """
-    return sql, [at, *ids, at]
+    return sql, [at, *ids, at, *known_params]
 
 
 # --- Consent: one subject, many subjects, history -----------------------------------
@@ -147,20 +150,25 @@ CONSENT_REASONS = {
 }
 
 
-def consent_valid_at(*, subject, purpose: Purpose, at: datetime | None = None) -> tuple[bool, str]:
+def consent_valid_at(
+    *, subject, purpose: Purpose, at: datetime | None = None, known_at: datetime | None = None
+) -> tuple[bool, str]:
     """Was consent for ``purpose`` valid for ``subject`` at ``at`` (default: now)?
 
     Same rule as consent_state_sql: the latest event at or before ``at`` on the purpose or
-    an ancestor decides. Returns (valid, state) with state one of valid, withdrawn,
-    expired, no_consent.
+    an ancestor decides, among those recorded by ``known_at`` when given. Returns (valid,
+    state) with state one of valid, withdrawn, expired, no_consent.
     """
     from governance.models import ConsentEvent
 
     at = at or timezone.now()
+    events = ConsentEvent.objects.filter(
+        subject=subject, purpose_id__in=purpose_and_ancestor_ids(purpose=purpose), occurred_at__lte=at
+    )
+    if known_at is not None:
+        events = events.filter(recorded_at__lte=known_at)
     latest = (
-        ConsentEvent.objects.filter(
-            subject=subject, purpose_id__in=purpose_and_ancestor_ids(purpose=purpose), occurred_at__lte=at
-        )
+        events
         .order_by("-occurred_at", "-id")
         .values("action", "expires_at")
         .first()
@@ -200,6 +208,8 @@ class ConsentStatus:
     consent_required: bool
     # {state: [indices into the submitted pseudonyms]}; state in valid/withdrawn/expired/no_consent.
     indices_by_state: dict
+    # The ledger as of this moment (events recorded at or before it); None: as of now.
+    known_at: datetime | None = None
 
     def count(self, state: str) -> int:
         return len(self.indices_by_state.get(state, []))
@@ -222,20 +232,24 @@ def _status_input_load_postgresql(cur, pseudonyms: list[str]) -> None:
     cur.execute("ANALYZE pl_consent_status_input")
 
 
-def consent_status_bulk(*, purpose: Purpose, pseudonyms: list[str], at: datetime | None = None) -> ConsentStatus:
+def consent_status_bulk(
+    *, purpose: Purpose, pseudonyms: list[str], at: datetime | None = None, known_at: datetime | None = None
+) -> ConsentStatus:
     """Consent state of many subjects (given as pseudonyms) for ``purpose`` at ``at``, set-based.
 
     On PostgreSQL the pseudonyms are COPied into a temporary table and joined with
     consent_state_sql in one grouped query; the answer lists, per state, the positions of the
-    submitted pseudonyms, so a caller maps them back to its own identifiers.
+    submitted pseudonyms, so a caller maps them back to its own identifiers. ``known_at``:
+    count only events recorded at or before it (the ledger as a snapshot that read it then
+    saw it); default: every event recorded so far.
     """
     from django.db import connection, transaction
 
     at = at or timezone.now()
     bases = purpose_lawful_bases(purpose=purpose)
     if bases and "consent" not in bases:
-        return ConsentStatus(purpose.code, at, bases, False, {})
-    state_sql, state_params = consent_state_sql(purpose=purpose, at=at)
+        return ConsentStatus(purpose.code, at, bases, False, {}, known_at)
+    state_sql, state_params = consent_state_sql(purpose=purpose, at=at, known_at=known_at)
     with transaction.atomic(), connection.cursor() as cur:
         if connection.vendor == "postgresql":
             # The latest-event sort over a large ledger spills to disk under the default 4 MB;
@@ -271,7 +285,7 @@ def consent_status_bulk(*, purpose: Purpose, pseudonyms: list[str], at: datetime
             cur.execute("DELETE FROM pl_consent_status_input")
     for state in ("valid", "withdrawn", "expired", "no_consent"):
         indices.setdefault(state, [])
-    return ConsentStatus(purpose.code, at, bases, True, indices)
+    return ConsentStatus(purpose.code, at, bases, True, indices, known_at)
 
 
 def consent_history(*, subject, at: datetime | None = None) -> list[dict]:

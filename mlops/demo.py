@@ -17,7 +17,9 @@ from mlops.models import FINISHED_STATUSES, MembershipInferenceAudit, ModelVersi
 def _fallback_snapshot(ctx: DemoContext, stamp: str):
     """A small synthetic snapshot when the provenance step shared none."""
     from governance.models import DataSubject, ProcessingActivity, Purpose
+    from provenance.merkle import merkle_root
     from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
+    from provenance.schema import content_hash
 
     purpose, _ = Purpose.objects.get_or_create(code="ml.training.demo", defaults={"name": "ML training (demo)"})
     activity = ProcessingActivity.objects.create(
@@ -32,12 +34,16 @@ def _fallback_snapshot(ctx: DemoContext, stamp: str):
     subjects = DataSubject.objects.bulk_create([DataSubject(pseudonym=f"mlops-demo-{stamp}-{i}") for i in range(600)])
     now = timezone.now()
     records = DataRecord.objects.bulk_create([
-        DataRecord(dataset=dataset, subject=s, features={f"x{j}": float(X[i, j]) for j in range(8)}, label=int(y[i]),
-                   content_hash=f"{i:064x}", ingested_at=now)
-        for i, s in enumerate(subjects)
+        DataRecord(dataset=dataset, subject=s, features=features, label=label,
+                   content_hash=content_hash(features, label), ingested_at=now)
+        for s, (features, label) in zip(
+            subjects, [({f"x{j}": float(X[i, j]) for j in range(8)}, int(y[i])) for i in range(600)], strict=True
+        )
     ])
+    # Real hashes and root: training verifies a snapshot against its records first.
+    root = merkle_root(sorted((r.pk, r.content_hash) for r in records))
     snapshot = Snapshot.objects.create(dataset=dataset, purpose=purpose, taken_for=now, lawful_basis="consent",
-                                       included_count=600, included_subjects=600, merkle_root="0" * 64)
+                                       included_count=600, included_subjects=600, merkle_root=root)
     SnapshotMembership.objects.bulk_create(
         [SnapshotMembership(snapshot=snapshot, record=r, subject=r.subject) for r in records]
     )

@@ -125,8 +125,8 @@ class SnapshotAdmin(ReadOnlyAdmin):
     list_select_related = ["dataset", "purpose"]
     date_hierarchy = "taken_for"
     readonly_fields = [
-        "dataset", "purpose", "taken_for", "requested_by", "created_at", "completed_at", "lawful_basis",
-        "compatibility", "included_count", "included_subjects", "exclusions", "merkle_root", "openlineage_run_id",
+        "dataset", "purpose", "taken_for", "consent_known_at", "requested_by", "created_at", "completed_at",
+        "lawful_basis", "compatibility", "included_count", "included_subjects", "exclusions", "merkle_root", "openlineage_run_id",
     ]
     fields = readonly_fields
     inlines = [SnapshotAmendmentInline]

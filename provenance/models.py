@@ -101,6 +101,12 @@ class Snapshot(ImmutableModel):
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="snapshots")
     purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="snapshots")
     taken_for = models.DateTimeField(help_text="The moment T whose consent and retention state applies.")
+    # K: the consent ledger as committed at this moment is what the snapshot read (events
+    # recorded later are not in it; see governance/consent_clock.py). Consent-status at T
+    # with known_at=K answers exactly this snapshot's membership. Empty for other bases.
+    consent_known_at = models.DateTimeField(
+        null=True, blank=True, help_text="The consent ledger as committed at this moment was read (K).",
+    )
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     lawful_basis = models.CharField(max_length=30, help_text="The Art. 6(1) basis the selection relied on.")

@@ -14,6 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from governance.consent_clock import consent_ledger_moment
 from governance.models import LawfulBasis, ProcessingActivity, Purpose, PurposeCompatibility
 from governance.pseudonymisation import pseudonymise_many
 from governance.selectors import consent_state_sql
@@ -311,10 +312,12 @@ def shortest_retention(*, processing_activity: ProcessingActivity) -> timedelta 
 
 
 def _membership_select(
-    *, dataset_id: int, purpose: Purpose, at: datetime, consent: bool, cutoff: datetime | None
+    *, dataset_id: int, purpose: Purpose, at: datetime, consent: bool, cutoff: datetime | None,
+    known_at: datetime | None = None,
 ) -> tuple[str, list]:
     """(classification query, params): every record of the dataset that existed at T,
-    with its content hash and why it is excluded, or 'included'."""
+    with its content hash and why it is excluded, or 'included'. ``known_at``: consent
+    counts only events recorded by then (the moment the snapshot read the ledger)."""
     reason = ["CASE"]
     params: list = []
     if cutoff is not None:
@@ -328,7 +331,7 @@ def _membership_select(
     reason.append("ELSE 'included' END")
     reason_sql = " ".join(reason) if len(reason) > 2 else "'included'"
     if consent:
-        consent_sql, consent_params = consent_state_sql(purpose=purpose, at=at)
+        consent_sql, consent_params = consent_state_sql(purpose=purpose, at=at, known_at=known_at)
         body = (
             f"SELECT r.id AS record_id, r.subject_id AS subject_id, r.content_hash AS content_hash, {reason_sql} AS reason "
             f"FROM {DataRecord._meta.db_table} r LEFT JOIN ({consent_sql}) c ON c.subject_id = r.subject_id "
@@ -467,23 +470,33 @@ def snapshot_create(
     INSERT … SELECT: with consent as the lawful basis only subjects whose consent for the
     purpose is valid at T; with any basis, records whose shortest retention period has
     passed at T are left out. Records ingested after T do not exist for T.
+
+    Consent is read from the ledger as committed at the moment K this function reads it
+    (consent_ledger_moment: it waits for consent transactions in flight, then reads K), and
+    counts only events recorded at or before K; T defaults to K. So the membership is
+    exactly what consent_status_bulk(at=T, known_at=K) answers, then and ever after. K is
+    in the audit event (``consent_known_at``).
     """
-    now = timezone.now()
+    activity = dataset.processing_activity
+    consent = activity.lawful_basis == LawfulBasis.CONSENT
+    # Only a consent snapshot reads the ledger, so only it waits for consent writers.
+    known_at = consent_ledger_moment() if consent else None
+    now = known_at or timezone.now()
     at = at or now
     if at > now + timedelta(minutes=5):
         raise ServiceError("A snapshot cannot be taken for a moment in the future.", field="at")
-    activity = dataset.processing_activity
     compatibility = purpose_permission(processing_activity=activity, purpose=purpose)
     retention = shortest_retention(processing_activity=activity)
     cutoff = at - retention if retention is not None else None
-    consent = activity.lawful_basis == LawfulBasis.CONSENT
     snapshot = Snapshot.objects.create(
-        dataset=dataset, purpose=purpose, taken_for=at,
+        dataset=dataset, purpose=purpose, taken_for=at, consent_known_at=known_at,
         requested_by=requested_by if getattr(requested_by, "pk", None) else None,
         lawful_basis=activity.lawful_basis, compatibility=compatibility,
         included_count=0, included_subjects=0, excluded_counts={}, merkle_root="",
     )
-    body, params = _membership_select(dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff)
+    body, params = _membership_select(
+        dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff, known_at=known_at
+    )
     counts, included_subjects, root = _fill_membership(snapshot_id=snapshot.pk, body=body, params=params)
     included = counts.get("included", 0)
     excluded = {reason: counts.get(reason, 0) for reason in EXCLUSION_REASONS}
@@ -497,6 +510,7 @@ def snapshot_create(
         actor=requested_by, action="snapshot.created", object_type="snapshot", object_id=snapshot.pk,
         details={
             "dataset": dataset.pk, "purpose": purpose.code, "taken_for": at.isoformat(),
+            "consent_known_at": known_at.isoformat() if known_at else None,
             "lawful_basis": activity.lawful_basis, "compatibility": compatibility.pk if compatibility else None,
             "included": included, "included_subjects": included_subjects, "excluded": excluded,
             "merkle_root": root, "retention": str(retention) if retention is not None else None,

@@ -230,6 +230,13 @@ class ConsentIngestResultSerializer(serializers.Serializer):
 class ConsentStatusRequestSerializer(serializers.Serializer):
     purpose = serializers.CharField()
     at = serializers.DateTimeField(required=False, help_text="Default: now.")
+    known_at = serializers.DateTimeField(
+        required=False,
+        help_text="Count only consent events recorded at or before this moment (the ledger as it stood then). "
+        "A snapshot's membership is the answer for its taken_for as `at` and the moment it read the ledger "
+        "(its taken_for when taken for now; consent_known_at in its audit event) as `known_at`. Default: "
+        "every event recorded so far.",
+    )
     subjects = serializers.ListField(
         child=serializers.CharField(), help_text="External identifiers, up to 1,000,000; pseudonymised on arrival."
     )
@@ -238,6 +245,7 @@ class ConsentStatusRequestSerializer(serializers.Serializer):
 class ConsentStatusResponseSerializer(serializers.Serializer):
     purpose = serializers.CharField()
     at = serializers.DateTimeField()
+    known_at = serializers.DateTimeField(required=False, help_text="Echoed when the request gave one.")
     consent_required = serializers.BooleanField()
     lawful_bases = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
     detail = serializers.CharField()

@@ -304,6 +304,13 @@ class ConsentStatusView(APIView):
             if not isinstance(data["at"], str):
                 raise services.ServiceError("Not an ISO 8601 date-time, e.g. 2025-09-01T00:00:00Z.", field="at")
             at = services.moment_for_field(data["at"], field="at", recorded=False)
+        known_at = None
+        if data.get("known_at") not in (None, ""):
+            # The ledger as a snapshot that read it then saw it (its taken_for, or the
+            # consent_known_at of its audit event): the answer its membership reproduces.
+            if not isinstance(data["known_at"], str):
+                raise services.ServiceError("Not an ISO 8601 date-time, e.g. 2025-09-01T00:00:00Z.", field="known_at")
+            known_at = services.moment_for_field(data["known_at"], field="known_at", recorded=False)
         subjects = data.get("subjects")
         if not isinstance(subjects, list):
             raise services.ServiceError("A list of external identifiers is required.", field="subjects")
@@ -314,13 +321,17 @@ class ConsentStatusView(APIView):
         bad = next((i for i, s in enumerate(subjects) if not isinstance(s, str) or not s.strip()), None)
         if bad is not None:
             raise services.ServiceError("Expected a non-empty string identifier.", field=f"subjects[{bad}]")
-        result = selectors.consent_status_bulk(purpose=purpose, pseudonyms=pseudonymise_many(subjects), at=at)
+        result = selectors.consent_status_bulk(
+            purpose=purpose, pseudonyms=pseudonymise_many(subjects), at=at, known_at=known_at
+        )
         body = {
             "purpose": result.purpose,
             "at": result.at.isoformat(),
             "consent_required": result.consent_required,
             "lawful_bases": result.lawful_bases,
         }
+        if known_at is not None:
+            body["known_at"] = known_at.isoformat()
         if not result.consent_required:
             bases = ", ".join(sorted(result.lawful_bases))
             body["detail"] = (

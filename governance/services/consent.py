@@ -17,6 +17,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from governance.consent_clock import consent_recorded_at_stamp
 from governance.moments import EARLIEST_RECORDED, moment_parse
 from governance.services.audit import audit_event_record
 from governance.services.errors import ServiceError
@@ -176,7 +177,7 @@ def consent_event_derive_id(
     return "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def _consent_rows_insert_postgresql(rows: list[tuple]) -> tuple[int, list[str]]:
+def _consent_rows_insert_postgresql(rows: list[tuple], recorded_at: datetime) -> tuple[int, list[str]]:
     """COPY the batch into a temporary table, then one INSERT … SELECT creates missing subjects
     and one more inserts events whose id is new. Returns the number of events created and the
     ids of the withdrawals among them."""
@@ -211,14 +212,15 @@ def _consent_rows_insert_postgresql(rows: list[tuple]) -> tuple[int, list[str]]:
             """WITH inserted AS (
                    INSERT INTO governance_consentevent (event_id, subject_id, purpose_id, action, occurred_at,
                        recorded_at, notice_version, notice_sha256, method, evidence, expires_at)
-                   SELECT t.event_id, s.id, t.purpose_id, t.action, t.occurred_at, now(), t.notice_version,
+                   SELECT t.event_id, s.id, t.purpose_id, t.action, t.occurred_at, %s, t.notice_version,
                           t.notice_sha256, t.method, t.evidence, t.expires_at
                    FROM pl_consent_ingest t JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
                    ORDER BY t.event_id
                    ON CONFLICT (event_id) DO NOTHING
                    RETURNING event_id, action
                )
-               SELECT count(*), array_agg(event_id) FILTER (WHERE action = 'withdrawn') FROM inserted"""
+               SELECT count(*), array_agg(event_id) FILTER (WHERE action = 'withdrawn') FROM inserted""",
+            [recorded_at],
         )
         created, withdrawal_ids = cur.fetchone()
         return created, withdrawal_ids or []
@@ -318,9 +320,13 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
     from django.db import connection
 
     row_list = list(rows.values())
+    # The recorded time is stamped inside the ledger's critical section, held to commit, so a
+    # snapshot never reads at a moment after it without seeing these events (consent_clock).
+    recorded_at = consent_recorded_at_stamp()
     if connection.vendor == "postgresql":
-        created, new_withdrawal_ids = _consent_rows_insert_postgresql(row_list)
+        created, new_withdrawal_ids = _consent_rows_insert_postgresql(row_list, recorded_at)
     else:
+        # recorded_at is the model's auto_now_add, also read after the lock was taken.
         created, new_withdrawal_ids = _consent_rows_insert_generic(row_list)
     already_present = len(events) - created
 

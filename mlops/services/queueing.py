@@ -11,7 +11,7 @@ import numpy as np
 from django.db import transaction
 
 from governance.models import Purpose
-from governance.services import ServiceError, audit_event_record
+from governance.services import ServiceConflict, ServiceError, audit_event_record
 from mlops import data
 from mlops.engine.spec import ACCOUNTANTS, TASKS, TrainConfig
 from mlops.models import (
@@ -28,6 +28,7 @@ from mlops.services.config import (
     _plan_single,
     _plan_sisa,
 )
+from provenance.integrity import snapshot_verify, verification_failed_message
 from provenance.models import Dataset, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,16 @@ def training_run_queue(
         )
     if task == "binary" and len(classes) != 2:
         raise ServiceError(f"task: binary classification needs two classes, the snapshot has {len(classes)}", field="task")
+    if snapshot is not None:
+        # A given snapshot may have been altered in the database since it was taken: train
+        # only on one whose records still hash to its root (one pass over the members). A
+        # snapshot taken by this call was computed from the records just now.
+        verification = snapshot_verify(snapshot_id=snap.pk)
+        if not verification.ok:
+            raise ServiceConflict(
+                verification_failed_message(verification), field="snapshot",
+                first_difference=verification.first_difference,
+            )
     labelled = np.array([v is not None for v in labels.labels])
     split = data.subject_split(
         subject_ids=labels.subject_ids, seed=seed if isinstance(seed, int) else 0,

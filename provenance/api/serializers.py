@@ -58,7 +58,8 @@ class SnapshotSerializer(serializers.ModelSerializer):
     class Meta:
         model = Snapshot
         fields = [
-            "id", "dataset", "purpose", "taken_for", "requested_by", "created_at", "completed_at", "lawful_basis",
+            "id", "dataset", "purpose", "taken_for", "consent_known_at", "requested_by", "created_at", "completed_at",
+            "lawful_basis",
             "compatibility", "included_count", "included_subjects", "excluded_counts", "merkle_root",
             "current_merkle_root", "amendments", "openlineage_run_id",
         ]

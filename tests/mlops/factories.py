@@ -13,7 +13,9 @@ import numpy as np
 from django.utils import timezone
 
 from governance.models import DataSubject, ProcessingActivity, Purpose
+from provenance.merkle import merkle_root
 from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
+from provenance.schema import content_hash
 
 
 def make_snapshot(
@@ -53,20 +55,22 @@ def make_snapshot(
     if subjects[0].pk is None:  # backends that do not return ids from bulk_create
         subjects = list(DataSubject.objects.filter(pseudonym__startswith=f"{tag}-").order_by("pseudonym"))
     now = timezone.now()
+    rows = [({f"x{j}": float(X[i, j]) for j in range(d)}, int(y[i])) for i in range(n)]
     DataRecord.objects.bulk_create(
         [
             DataRecord(
                 dataset=dataset,
                 subject=subjects[i],
-                features={f"x{j}": float(X[i, j]) for j in range(d)},
-                label=int(y[i]),
-                content_hash=f"{i:064d}",
+                features=features,
+                label=label,
+                # Genuine hashes and root: training verifies the snapshot against its records.
+                content_hash=content_hash(features, label),
                 ingested_at=now,
             )
-            for i in range(n)
+            for i, (features, label) in enumerate(rows)
         ]
     )
-    records = list(DataRecord.objects.filter(dataset=dataset).order_by("id").values_list("id", "subject_id"))
+    records = list(DataRecord.objects.filter(dataset=dataset).order_by("id").values_list("id", "subject_id", "content_hash"))
     snapshot = Snapshot.objects.create(
         dataset=dataset,
         purpose=purpose,
@@ -75,9 +79,9 @@ def make_snapshot(
         included_count=n,
         included_subjects=n,
         excluded_counts={},
-        merkle_root="0" * 64,
+        merkle_root=merkle_root((r, h) for r, _, h in records),
     )
     SnapshotMembership.objects.bulk_create(
-        [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s in records]
+        [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s, _ in records]
     )
     return snapshot

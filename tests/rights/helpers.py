@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from datetime import timedelta
 
@@ -13,6 +11,7 @@ from governance.models import DataSubject, ProcessingActivity, Purpose
 from governance.pseudonymisation import pseudonymise
 from provenance.merkle import merkle_root
 from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
+from provenance.schema import content_hash
 
 
 def subject_for(identifier: str) -> DataSubject:
@@ -42,7 +41,7 @@ def dataset_with_records(*, act: ProcessingActivity, rows: list[tuple[DataSubjec
     DataRecord.objects.bulk_create([
         DataRecord(
             dataset=ds, subject=subject, features=features, label=label, ingested_at=now,
-            content_hash=hashlib.sha256(json.dumps([features, label], sort_keys=True).encode()).hexdigest(),
+            content_hash=content_hash(features, label),  # the real definition: training verifies it
         )
         for subject, features, label in rows
     ])
