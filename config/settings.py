@@ -255,7 +255,29 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # or a long task would be handed to a second worker while the first still runs it.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
 CELERY_RESULT_EXPIRES = timedelta(days=7)
+# A broker that is down must cost an API request about a second, not the 20 s of Celery's
+# default retries (the result backend's subscribe and the publish each retry): the work is
+# recorded anyway and the redispatch sweeper sends it when the broker is back.
+_QUICK_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_TASK_PUBLISH_RETRY_POLICY = _QUICK_RETRY
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": _QUICK_RETRY}
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 2
 CELERY_BEAT_SCHEDULE: dict = {}
+# Leases on background work (governance.leases): a worker refreshes its heartbeat every
+# lease/6 s; work whose heartbeat is older than the lease is taken over. This, not the
+# broker's visibility timeout, is what recovers work from a worker that died.
+TASK_LEASE_SECONDS = env_int("TASK_LEASE_SECONDS", 60)
+# The outbox sweeper (governance.dispatch): how often it runs, how long recorded work may
+# stay unsent (a publish that failed), and how long sent work may wait unstarted before it
+# is sent again (a broker restarted without persistence loses its queue; a duplicate of
+# work that was merely waiting is refused by the task).
+REDISPATCH_SWEEP_SECONDS = env_int("REDISPATCH_SWEEP_SECONDS", 60)
+REDISPATCH_UNSENT_AFTER_SECONDS = env_int("REDISPATCH_UNSENT_AFTER_SECONDS", 30)
+REDISPATCH_UNSTARTED_AFTER_SECONDS = env_int("REDISPATCH_UNSTARTED_AFTER_SECONDS", 1800)
+CELERY_BEAT_SCHEDULE["redispatch-stalled-work"] = {
+    "task": "governance.redispatch_stalled_work",
+    "schedule": timedelta(seconds=REDISPATCH_SWEEP_SECONDS),
+}
 
 # --- Logging -----------------------------------------------------------------------
 LOGGING = {
@@ -353,6 +375,9 @@ if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
 # A training run still 'running' this long after its last start is failed by the sweeper.
 # It must exceed the visibility timeout: a run whose worker host died is first redelivered
 # by Redis (a clean retry); the sweeper only catches what no retry rescued.
+# A run whose worker died this many times (its lease lapsed, e.g. killed for memory each
+# time) is failed instead of being taken over again.
+MLOPS_MAX_ATTEMPTS = env_int("MLOPS_MAX_ATTEMPTS", 5)
 MLOPS_TRAINING_TIME_LIMIT = env_int(
     "MLOPS_TRAINING_TIME_LIMIT", CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] + 900
 )

@@ -11,3 +11,8 @@ class GovernanceConfig(AppConfig):
         from governance.reports.ropa import ropa_report_render
 
         report_kind_register(kind=ReportKind.ROPA, build=ropa_report_render, about=None)
+
+        from governance.dispatch import redispatch_register
+        from governance.reports.jobs import report_jobs_redispatch
+
+        redispatch_register("report jobs", report_jobs_redispatch)

@@ -22,3 +22,11 @@ def verify_audit_chain() -> dict:
     if not result.ok:
         logger.error("audit chain broken at position %s: %s", result.broken_position, result.reason)
     return {"ok": result.ok, "checked": result.checked, "broken_position": result.broken_position}
+
+
+@shared_task(name="governance.redispatch_stalled_work")
+def redispatch_stalled_work() -> dict:
+    """The outbox sweeper: re-send work never sent, lost, or left by a dead worker."""
+    from governance.dispatch import stalled_work_redispatch
+
+    return stalled_work_redispatch()

@@ -12,3 +12,8 @@ class MlopsConfig(AppConfig):
         from provenance.downstream import downstream_reader_register
 
         downstream_reader_register(trained_on_snapshots)
+
+        from governance.dispatch import redispatch_register
+        from mlops.services import training_runs_redispatch
+
+        redispatch_register("training runs", training_runs_redispatch)

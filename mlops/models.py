@@ -90,6 +90,13 @@ class TrainingRun(models.Model):
     epoch_metrics = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
     celery_task_id = models.CharField(max_length=64, blank=True)
+    # The outbox (governance.dispatch): the queue the task goes to and when the broker
+    # accepted it (empty: not sent yet, the redispatch sweeper sends it).
+    dispatch_queue = models.CharField(max_length=100, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The lease (governance.leases): refreshed by the worker training it; a lapsed one
+    # means the worker died and the run is taken over.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -13,13 +13,20 @@ import time
 
 from celery import shared_task
 
+from governance.leases import LeaseHeld, task_wait_for_lease
 from mlops import services
 
 logger = logging.getLogger(__name__)
 PROGRESS_STATE_INTERVAL = 0.5  # seconds
 
 
-@shared_task(bind=True, name="mlops.train_model")
+# A database error is retried with backoff (training_run_execute releases the run's lease
+# first, so the retry takes it over at once); a run another live worker trains is waited
+# for (max_retries=None: for as long as that worker lives) and then found done.
+@shared_task(
+    bind=True, name="mlops.train_model", max_retries=None, autoretry_for=services.DATABASE_FAULTS,
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, retry_kwargs={"max_retries": 20},
+)
 def train_model(self, run_id: int) -> dict:
     last_sent = -math.inf
 
@@ -41,7 +48,10 @@ def train_model(self, run_id: int) -> dict:
                 # run row, written every epoch, keeps the progress.
                 logger.warning("progress of training run %s not sent to the result backend", run_id, exc_info=True)
 
-    run = services.training_run_execute(run_id=run_id, on_progress=report)
+    try:
+        run = services.training_run_execute(run_id=run_id, on_progress=report)
+    except LeaseHeld as held:
+        return task_wait_for_lease(self, held)
     return {"run_id": run_id, "status": run.status if run else "missing"}
 
 

@@ -15,6 +15,7 @@ from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from governance.consent_clock import consent_ledger_moment
+from governance.dispatch import task_dispatch_on_commit
 from governance.models import LawfulBasis, ProcessingActivity, Purpose, PurposeCompatibility
 from governance.pseudonymisation import pseudonymise_many
 from governance.selectors import consent_state_sql
@@ -520,7 +521,8 @@ def snapshot_create(
 
     # A lineage backend (Marquez, DataHub) is slow or down at times: the events go out from
     # a worker, after the commit, and never hold up or undo the snapshot.
-    snapshot_openlineage_emit.delay_on_commit(snapshot.pk)
+    # Best effort (the events stay downloadable): a broker that is down must not fail the snapshot.
+    task_dispatch_on_commit(snapshot_openlineage_emit, args=[snapshot.pk])
     return snapshot
 
 

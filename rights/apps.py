@@ -16,3 +16,8 @@ class RightsConfig(AppConfig):
             kind=ReportKind.ERASURE_CERTIFICATE, build=erasure_certificate_report_render,
             about=("rights", "ErasureRequest"), precheck=erasure_certificate_precheck,
         )
+
+        from governance.dispatch import redispatch_register
+        from rights.services import erasure_requests_redispatch
+
+        redispatch_register("erasure requests", erasure_requests_redispatch)

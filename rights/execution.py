@@ -26,6 +26,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from governance.leases import LeaseHeld, lease_heartbeat, lease_is_live, lease_retry_after
 from governance.services import ServiceConflict, ServiceError, audit_event_record
 from rights.models import (
     ErasureReceipt,
@@ -412,6 +413,30 @@ def erasure_request_execute(*, request_id: int) -> dict:
         return {"request": request_id, "status": request.status, "certificate_sha256": request.certificate_sha256}
     if request.status != ErasureStatus.IN_PROGRESS:
         raise ServiceConflict(f"Erasure request {request_id} is {request.status}; only a request in progress executes.")
+    _lease_take(request_id)
+    try:
+        with lease_heartbeat(ErasureRequest.objects.filter(pk=request_id, status=ErasureStatus.IN_PROGRESS)):
+            return _execute_steps(request_id)
+    finally:
+        # Released on every way out but death, so a retry after a failure starts at once;
+        # a worker that dies leaves it to lapse, and the redispatch sweeper takes over.
+        try:
+            ErasureRequest.objects.filter(pk=request_id).update(heartbeat_at=None)
+        except Exception:
+            logger.warning("lease of erasure request %s not released; it lapses", request_id, exc_info=True)
+
+
+def _lease_take(request_id: int) -> None:
+    """One execution at a time: a second one (a manual retry, a redelivered or re-sent task)
+    waits for the first's lease instead of blocking a worker behind its locks."""
+    with transaction.atomic():
+        request = ErasureRequest.objects.select_for_update().get(pk=request_id)
+        if lease_is_live(request.heartbeat_at):
+            raise LeaseHeld(f"erasure request {request_id}", retry_after=lease_retry_after(request.heartbeat_at))
+        ErasureRequest.objects.filter(pk=request_id).update(heartbeat_at=timezone.now())
+
+
+def _execute_steps(request_id: int) -> dict:
     plan = _run_step(request_id, PLAN, _plan)
     amended = _run_step(request_id, AMEND, _amend(plan))
     deleted = _run_step(request_id, DELETE_RECORDS, _delete_records(plan))

@@ -103,6 +103,10 @@ class ErasureRequest(models.Model):
     refusal_notice = models.TextField(blank=True, help_text="The Art. 12(4) notice sent to the subject.")
     rejected_at = models.DateTimeField(null=True, blank=True)
     execution_started_at = models.DateTimeField(null=True, blank=True)
+    # Outbox and lease of the execution task (governance.dispatch, governance.leases): when
+    # the broker accepted it, and the executing worker's last sign of life.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     outcome = models.TextField(blank=True, help_text="The answer given to the subject.")
     certificate_path = models.CharField(max_length=500, blank=True, help_text="Relative to settings.REPORT_ROOT.")

@@ -14,8 +14,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
+from governance.dispatch import task_dispatch_on_commit, task_publish, unsent_cutoff, unstarted_cutoff
+from governance.leases import lease_cutoff
 from governance.services import ServiceConflict, ServiceError, audit_event_record, moment_for_field
 from rights import deadlines
 from rights.models import (
@@ -26,6 +29,7 @@ from rights.models import (
     ErasureRemediationOverride,
     ErasureRequest,
     ErasureStatus,
+    ErasureStepStatus,
     RefusalGround,
     RemediationAction,
 )
@@ -366,7 +370,6 @@ def erasure_request_execute_start(*, erasure_request: ErasureRequest | int, acto
     A request already in progress is enqueued again: execution resumes from its first
     step not done, so a worker that died half way is recovered by executing again.
     """
-    from rights import tasks
 
     request = _locked(erasure_request)
     if request.status == ErasureStatus.RECEIVED:
@@ -382,8 +385,45 @@ def erasure_request_execute_start(*, erasure_request: ErasureRequest | int, acto
         actor=actor, action="erasure_request.execution_resumed" if resumed else "erasure_request.execution_started",
         object_type="erasure_request", object_id=request.pk, subject_ref=request.subject_ref, details={},
     )
-    tasks.execute_erasure_request.delay_on_commit(request.pk)
+    erasure_request_dispatch_on_commit(request_id=request.pk)
     return request
+
+
+def erasure_request_dispatch_on_commit(*, request_id: int) -> None:
+    from rights import tasks
+
+    task_dispatch_on_commit(
+        tasks.execute_erasure_request, args=[request_id],
+        on_sent=lambda: ErasureRequest.objects.filter(pk=request_id).update(dispatched_at=timezone.now()),
+    )
+
+
+def erasure_requests_redispatch() -> int:
+    """The outbox sweep of erasures in progress: execution never sent, sent long ago and
+    never started, or left by a worker that died (lease lapsed and not re-sent since).
+    A request with a failed step is left for the DPO: it failed for a reason a retry
+    would meet again (it is listed as failed in the admin and the API)."""
+    from rights import tasks
+
+    now = timezone.now()
+    stalled = (
+        ErasureRequest.objects.filter(status=ErasureStatus.IN_PROGRESS)
+        .filter(
+            Q(dispatched_at__isnull=True, execution_started_at__lt=unsent_cutoff(now))
+            | Q(heartbeat_at__isnull=True, dispatched_at__lt=unstarted_cutoff(now))
+            | Q(heartbeat_at__lt=lease_cutoff(now), dispatched_at__lt=F("heartbeat_at"))
+            | Q(heartbeat_at__lt=lease_cutoff(now), dispatched_at__isnull=True)
+        )
+        .exclude(steps__status=ErasureStepStatus.FAILED)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    sent = 0
+    for request_id in stalled:
+        if task_publish(tasks.execute_erasure_request, args=[request_id]):
+            ErasureRequest.objects.filter(pk=request_id).update(dispatched_at=timezone.now())
+            sent += 1
+    return sent
 
 
 # --- Art. 17(1)(b): consent withdrawal opens a request ------------------------------

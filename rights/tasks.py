@@ -10,15 +10,21 @@ from django.db import InterfaceError, OperationalError
 _DATABASE_FAULTS = (OperationalError, InterfaceError)
 
 
+# An execution another live worker is running is waited for (max_retries=None: for as long
+# as that worker lives), then found done.
 @shared_task(
-    name="rights.execute_erasure_request", acks_late=True, autoretry_for=_DATABASE_FAULTS,
-    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, max_retries=8,
+    bind=True, name="rights.execute_erasure_request", acks_late=True, autoretry_for=_DATABASE_FAULTS,
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, retry_kwargs={"max_retries": 20}, max_retries=None,
 )
-def execute_erasure_request(request_id: int) -> dict:
+def execute_erasure_request(self, request_id: int) -> dict:
     """Execute (or resume) an erasure; every step already done is skipped."""
+    from governance.leases import LeaseHeld, task_wait_for_lease
     from rights.execution import erasure_request_execute
 
-    return erasure_request_execute(request_id=request_id)
+    try:
+        return erasure_request_execute(request_id=request_id)
+    except LeaseHeld as held:
+        return task_wait_for_lease(self, held)
 
 
 @shared_task(name="rights.open_erasure_requests_for_withdrawals")

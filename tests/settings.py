@@ -16,3 +16,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed on
 REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]}  # noqa: F405
 
 os.makedirs(STATIC_ROOT, exist_ok=True)  # noqa: F405
+# Work a killed worker leaves is taken over once its lease lapses: seconds in the tests that
+# kill workers (their subprocesses get the same value), a minute by default.
+TASK_LEASE_SECONDS = 5

@@ -17,8 +17,11 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from governance.dispatch import task_dispatch_on_commit, task_publish, unsent_cutoff, unstarted_cutoff
+from governance.leases import LeaseHeld, lease_cutoff, lease_heartbeat, lease_is_live, lease_retry_after
 from governance.models import ReportJob, ReportKind, ReportStatus
 from governance.services import SYSTEM_ACTOR, ServiceError, audit_event_record
 
@@ -94,10 +97,36 @@ def report_job_request(*, kind: str, actor: Any, object_id: Any = None, enqueue:
         details={"kind": kind, "object_id": object_id},
     )
     if enqueue:
-        from governance.reports.tasks import generate_report
-
-        generate_report.delay_on_commit(job.pk)
+        report_job_dispatch_on_commit(job_id=job.pk)
     return job
+
+
+def report_job_dispatch_on_commit(*, job_id: int) -> None:
+    from governance.reports.tasks import generate_report
+
+    task_dispatch_on_commit(
+        generate_report, args=[job_id],
+        on_sent=lambda: ReportJob.objects.filter(pk=job_id).update(dispatched_at=timezone.now()),
+    )
+
+
+def report_jobs_redispatch() -> int:
+    """The outbox sweep of report jobs: queued and never sent, sent long ago and never
+    started, or running with a lapsed lease (the worker died)."""
+    from governance.reports.tasks import generate_report
+
+    now = timezone.now()
+    stalled = ReportJob.objects.filter(
+        Q(status=ReportStatus.QUEUED, dispatched_at__isnull=True, created_at__lt=unsent_cutoff(now))
+        | Q(status=ReportStatus.QUEUED, dispatched_at__lt=unstarted_cutoff(now))
+        | Q(status=ReportStatus.RUNNING, heartbeat_at__lt=lease_cutoff(now))
+    ).values_list("pk", flat=True)
+    sent = 0
+    for job_id in stalled:
+        if task_publish(generate_report, args=[job_id]):
+            ReportJob.objects.filter(pk=job_id).update(dispatched_at=timezone.now())
+            sent += 1
+    return sent
 
 
 def report_file_path(job: ReportJob) -> Path:
@@ -114,8 +143,17 @@ def report_job_run(*, job_id: int) -> ReportJob:
         job = ReportJob.objects.select_for_update().get(pk=job_id)
         if job.status == ReportStatus.SUCCEEDED and report_file_path(job).is_file():
             return job
+        if job.status == ReportStatus.RUNNING and lease_is_live(job.heartbeat_at):
+            # Another worker renders it now (this is a duplicate or an early redelivery).
+            raise LeaseHeld(f"report job {job.pk}", retry_after=lease_retry_after(job.heartbeat_at))
         job.status, job.started_at, job.error = ReportStatus.RUNNING, timezone.now(), ""
-        job.save(update_fields=["status", "started_at", "error"])
+        job.heartbeat_at = job.started_at
+        job.save(update_fields=["status", "started_at", "error", "heartbeat_at"])
+    with lease_heartbeat(ReportJob.objects.filter(pk=job.pk, status=ReportStatus.RUNNING)):
+        return _report_job_render(job)
+
+
+def _report_job_render(job: ReportJob) -> ReportJob:
     suffix = f"-{job.object_id}" if job.object_id is not None else ""
     relative = f"{job.kind}/{job.kind}{suffix}-job{job.pk}.pdf"
     spec = _KINDS.get(job.kind)
@@ -127,7 +165,8 @@ def report_job_run(*, job_id: int) -> ReportJob:
         logger.exception("report job %s failed", job.pk)
         with transaction.atomic():
             ReportJob.objects.filter(pk=job.pk).update(
-                status=ReportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now()
+                status=ReportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=timezone.now(),
+                heartbeat_at=None,
             )
             audit_event_record(
                 actor=SYSTEM_ACTOR, action="report.failed", object_type="report_job", object_id=job.pk,
@@ -139,8 +178,8 @@ def report_job_run(*, job_id: int) -> ReportJob:
     with transaction.atomic():
         job = ReportJob.objects.select_for_update().get(pk=job.pk)
         job.status, job.file_path, job.sha256 = ReportStatus.SUCCEEDED, relative, sha256
-        job.size_bytes, job.finished_at = path.stat().st_size, timezone.now()
-        job.save(update_fields=["status", "file_path", "sha256", "size_bytes", "finished_at"])
+        job.size_bytes, job.finished_at, job.heartbeat_at = path.stat().st_size, timezone.now(), None
+        job.save(update_fields=["status", "file_path", "sha256", "size_bytes", "finished_at", "heartbeat_at"])
         audit_event_record(
             actor=SYSTEM_ACTOR, action="report.generated", object_type="report_job", object_id=job.pk,
             details={"kind": job.kind, "object_id": job.object_id, "sha256": sha256, "size_bytes": job.size_bytes},

@@ -1,7 +1,10 @@
 """Services that write MLOps records, one module per concept (as Zulip split its actions):
 
 - ``queueing``: validate a training request, plan its privacy cost, reserve it, queue it;
-- ``execution``: train a queued run outside any transaction, register its model, settle;
+- ``execution``: claim a queued run (its lease), train it outside any transaction, register
+  its model, settle; cancel; the stuck-run sweeper;
+- ``training``: what training a claimed run does (its data, single-model and SISA
+  procedures, progress reports);
 - ``budget``: the privacy-budget ledger (caps, reservations, settlement);
 - ``registry``: the model registry: one version numbering per model name under one lock,
   taint, supersede, retire;
@@ -17,12 +20,13 @@ from mlops.services.audits import membership_inference_audit_run, model_version_
 from mlops.services.budget import privacy_budget_set
 from mlops.services.config import _schema_for, _train_config
 from mlops.services.execution import (
+    DATABASE_FAULTS,
     ProgressCallback,
     training_run_cancel,
     training_run_execute,
     training_run_fail_stuck,
 )
-from mlops.services.queueing import training_run_queue
+from mlops.services.queueing import training_run_queue, training_runs_redispatch
 from mlops.services.registry import (
     LIVE_STATUSES,
     erasure_amendments_after,
@@ -33,6 +37,7 @@ from mlops.services.remediation import ACTIONS as REMEDIATION_ACTIONS
 from mlops.services.remediation import model_lineage_remediate, shard_config, shard_rows
 
 __all__ = [
+    "DATABASE_FAULTS",
     "LIVE_STATUSES",
     "REMEDIATION_ACTIONS",
     "erasure_amendments_after",
@@ -51,4 +56,5 @@ __all__ = [
     "training_run_execute",
     "training_run_fail_stuck",
     "training_run_queue",
+    "training_runs_redispatch",
 ]

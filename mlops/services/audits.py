@@ -16,7 +16,7 @@ from mlops.models import (
     ModelVersion,
 )
 from mlops.services.config import _train_config
-from mlops.services.execution import _split_tensors
+from mlops.services.training import _split_tensors
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,17 @@ from typing import Any
 
 import numpy as np
 from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
 
+from governance.dispatch import task_dispatch_on_commit, task_publish, unsent_cutoff, unstarted_cutoff
+from governance.leases import lease_cutoff
 from governance.models import Purpose
 from governance.services import ServiceConflict, ServiceError, audit_event_record
 from mlops import data
 from mlops.engine.spec import ACCOUNTANTS, TASKS, TrainConfig
 from mlops.models import (
+    RunStatus,
     TrainingRun,
 )
 from mlops.services.budget import _ledger_reserve
@@ -257,9 +262,36 @@ def training_run_queue(
 
 
 def _enqueue_training(*, run_id: int, task_id: str, queue: str | None) -> None:
+    # The run row is the outbox entry (governance.dispatch): sent after the commit, and by
+    # the redispatch sweeper if the broker was down.
     from mlops.tasks import train_model
 
-    options: dict[str, Any] = {"task_id": task_id}
     if queue:
-        options["queue"] = queue
-    transaction.on_commit(lambda: train_model.apply_async(args=[run_id], **options))
+        TrainingRun.objects.filter(pk=run_id).update(dispatch_queue=queue)
+    task_dispatch_on_commit(
+        train_model, args=[run_id], task_id=task_id, queue=queue,
+        on_sent=lambda: TrainingRun.objects.filter(pk=run_id).update(dispatched_at=timezone.now()),
+    )
+
+
+def training_runs_redispatch() -> int:
+    """The outbox sweep of training runs: queued and never sent, sent long ago and never
+    started, or running with a lapsed lease (its worker died) and not re-sent since.
+    Remediation runs are left out: the erasure that trains them resumes them."""
+    from mlops.tasks import train_model
+
+    now = timezone.now()
+    lapsed = Q(status=RunStatus.RUNNING) & (Q(heartbeat_at__lt=lease_cutoff(now)) | Q(
+        heartbeat_at__isnull=True, started_at__lt=lease_cutoff(now)))
+    stalled = TrainingRun.objects.filter(remediates__isnull=True).filter(
+        Q(status=RunStatus.QUEUED, dispatched_at__isnull=True, created_at__lt=unsent_cutoff(now))
+        | Q(status=RunStatus.QUEUED, dispatched_at__lt=unstarted_cutoff(now))
+        | (lapsed & (Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=F("heartbeat_at"))
+                     | Q(dispatched_at__lt=unstarted_cutoff(now))))
+    ).values_list("pk", "celery_task_id", "dispatch_queue")
+    sent = 0
+    for run_id, task_id, queue in stalled:
+        if task_publish(train_model, args=[run_id], task_id=task_id or None, queue=queue or None):
+            TrainingRun.objects.filter(pk=run_id).update(dispatched_at=timezone.now())
+            sent += 1
+    return sent

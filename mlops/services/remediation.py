@@ -189,9 +189,12 @@ _NOT_COPIED = frozenset({
 def _abandon_orphans(*, head: ModelVersion) -> list[int]:
     """SISA remediation runs of ``head`` left 'running' by a worker that died (the lock is
     ours, so nobody else is training them): failed, their files removed."""
+    # Unlearning runs are exactly those with placements from another run; a full SISA
+    # retraining left by a dead worker is resumed by _retrain instead.
     orphans = list(
-        TrainingRun.objects.filter(remediates=head, status__in=(RunStatus.QUEUED, RunStatus.RUNNING), sisa__isnull=False)
-        .values_list("pk", flat=True)
+        TrainingRun.objects.filter(
+            remediates=head, status__in=(RunStatus.QUEUED, RunStatus.RUNNING), sisa_placements_from__isnull=False,
+        ).values_list("pk", flat=True)
     )
     for run_id in orphans:
         artifacts.remove_run_files(run_id)
@@ -319,9 +322,11 @@ def _retrain(*, head: ModelVersion) -> ModelVersion:
     from mlops.services.execution import training_run_execute
     from mlops.services.queueing import training_run_queue
 
+    _abandon_orphans(head=head)  # an unlearning a dead worker left, if the policy changed to retrain
     run = (
-        TrainingRun.objects.filter(remediates=head, status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
-        .order_by("-pk").first()
+        TrainingRun.objects.filter(
+            remediates=head, status__in=(RunStatus.QUEUED, RunStatus.RUNNING), sisa_placements_from__isnull=True,
+        ).order_by("-pk").first()
     )
     if run is None:
         old = head.training_run
@@ -334,7 +339,8 @@ def _retrain(*, head: ModelVersion) -> ModelVersion:
             allow_non_private=old.allow_non_private, sisa=old.sisa, requested_by=None, enqueue=False, remediates=head,
         )
     # Trained here, outside any transaction, while this worker holds the lineage.
-    training_run_execute(run_id=run.pk)
+    # takeover: the lineage lock is ours, so a run left 'running' is a dead worker's.
+    training_run_execute(run_id=run.pk, takeover=True)
     run.refresh_from_db()
     if run.status != RunStatus.SUCCEEDED:
         raise ServiceError(

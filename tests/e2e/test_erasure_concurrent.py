@@ -35,7 +35,7 @@ from unittest import mock
 
 import pytest
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from django.utils import timezone
 
 from governance.models import ConsentEvent, DataSubject
@@ -654,6 +654,8 @@ def _start_worker(log) -> subprocess.Popen:
         **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DEBUG": "1",
         "DATABASE_URL": _database_url(), "STORAGE_ROOT": str(settings.STORAGE_ROOT),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        # Killed work is taken over once its lease lapses: seconds here, a minute by default.
+        "TASK_LEASE_SECONDS": "5",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUE, "--pool=threads", "--concurrency=2",
@@ -696,14 +698,16 @@ def test_concurrent_erasures_survive_a_killed_worker():
     _purge_queue()
     task = app.tasks[execute_erasure_request.name]
 
-    def delay_on_commit(*args, **kwargs):
-        # The service's own enqueue, routed to the dedicated queue of the worker process.
-        transaction.on_commit(lambda: task.apply_async(args=args, kwargs=kwargs, queue=QUEUE))
+    send = task.apply_async
+
+    def apply_async(*args, **kwargs):
+        # The service's own dispatch (after the commit), routed to the worker process's queue.
+        return send(*args, **{**kwargs, "queue": QUEUE})
 
     with tempfile.TemporaryFile() as log:
         worker = _start_worker(log)
         try:
-            with mock.patch.object(task, "delay_on_commit", delay_on_commit):
+            with mock.patch.object(task, "apply_async", apply_async):
                 _start_all_at_once(world.request_ids)
 
             def remediation_training_or_all_done() -> bool:

@@ -40,6 +40,8 @@ def _start_worker() -> subprocess.Popen:
         **os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DEBUG": "1",
         "DATABASE_URL": _database_url(), "STORAGE_ROOT": str(settings.STORAGE_ROOT),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        # Killed work is taken over once its lease lapses: seconds here, a minute by default.
+        "TASK_LEASE_SECONDS": "5",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUE, "--pool=solo", "-l", "WARNING",

@@ -46,6 +46,8 @@ def _start_worker(name: str, *, visibility_timeout: int | None) -> subprocess.Po
         "DEBUG": "1",
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        # Killed work is taken over once its lease lapses: seconds here, a minute by default.
+        "TASK_LEASE_SECONDS": "5",
         "STORAGE_ROOT": str(settings.STORAGE_ROOT),
     }
     env.pop("CELERY_VISIBILITY_TIMEOUT", None)

@@ -230,7 +230,7 @@ def test_retraining_runs_outside_any_transaction_and_a_failed_retraining_is_resu
     real_execute = mlops_execution.training_run_execute
     trained_outside_transactions = []
 
-    def dying_worker(*, run_id, on_progress=None):
+    def dying_worker(*, run_id, on_progress=None, takeover=False):
         # Training starts once the retraining run is registered and committed, with no
         # transaction open around it; here the worker dies with the run left 'running'.
         from django.db import connection
