@@ -106,7 +106,7 @@ def start_worker(
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("celery")), "-A", "config", "worker", *pool, "-Q", queue,
-         "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"],
+         "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO" if log else "WARNING"],
         cwd=ROOT, env=_env(database=database, broker=broker, extra=extra), stdout=out, stderr=out,
         start_new_session=True,
     )
@@ -121,6 +121,10 @@ def start_server(port: int, *, broker: str, extra: dict[str, str] | None = None)
     )
     wait_port(port, timeout=60)
     return process
+
+
+def log_tail(path: Path, chars: int = 6000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
 def manage(*args: str, broker: str, extra: dict[str, str] | None = None) -> str:

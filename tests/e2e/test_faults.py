@@ -131,12 +131,13 @@ def test_with_the_broker_down_the_api_records_the_work_and_it_finishes_after_the
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_database_outage_while_training_is_retried_and_the_run_succeeds_once():
+def test_a_database_outage_while_training_is_retried_and_the_run_succeeds_once(tmp_path):
     proxy = faults.FaultProxy(faults.database_port())
     queue = "faults-db-outage"
+    log = tmp_path / "worker.log"
     worker = faults.start_worker(
         "db-outage", queue=queue, database=faults.database_url(host="127.0.0.1", port=proxy.port),
-        extra={"TASK_LEASE_SECONDS": LEASE},
+        extra={"TASK_LEASE_SECONDS": LEASE}, log=log,
     )
     try:
         run = mlops_services.training_run_queue(
@@ -148,7 +149,10 @@ def test_a_database_outage_while_training_is_retried_and_the_run_succeeds_once()
         proxy.cut()  # every connection of the worker is reset; new ones are refused
         time.sleep(3)
         proxy.restore()
-        run = wait_for_run(run.pk, timeout=300)
+        try:
+            run = wait_for_run(run.pk, timeout=300)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; worker log:\n{faults.log_tail(log)}") from None
     finally:
         faults.stop(worker)
         proxy.close()
