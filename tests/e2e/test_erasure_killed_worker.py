@@ -83,12 +83,12 @@ def test_killed_worker_mid_erasure_recovers_to_one_consistent_result(celery_work
     time.sleep(0.5)
 
     done = set(ErasureStep.objects.filter(request=request, status="done").values_list("name", flat=True))
-    assert {"plan", "taint_models", "amend_snapshots", "delete_records"} <= done
+    # Killed somewhere after the records went: in tainting, or in remediation (then with a
+    # retraining run left 'running', which the resumed execution takes over).
+    assert {"plan", "amend_snapshots", "delete_records"} <= done
     assert "certificate" not in done, "the worker finished before it was killed; the test proves nothing"
     request.refresh_from_db()
     assert request.status == "in_progress" and request.subject_id == erin.pk
-    # The step the worker died in left nothing half-written: no run left "running".
-    assert not TrainingRun.objects.filter(status="running").exists()
 
     response = dpo_client.post(f"/api/v1/erasure-requests/{request.pk}/execute/", {}, format="json")
     assert response.status_code == 202, response.content
