@@ -17,12 +17,13 @@ module, at the bottom of the layers, knows none of them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -63,20 +64,33 @@ def task_publish(task: Any, *, args: list, task_id: str | None = None, queue: st
 
 def task_dispatch_on_commit(
     task: Any, *, args: list, task_id: str | None = None, queue: str | None = None,
-    on_sent: Callable[[], None] | None = None,
+    outbox: QuerySet | None = None,
 ) -> None:
-    """Publish ``task`` after the current transaction commits; ``on_sent`` (e.g. stamping
-    ``dispatched_at``) runs once the broker has accepted it. Never raises for the broker."""
+    """Publish ``task`` after the current transaction commits; ``outbox``, the row recording
+    the work, gets its ``dispatched_at`` once the broker has accepted it. Never raises for
+    the broker."""
 
     def publish() -> None:
-        if task_publish(task, args=args, task_id=task_id, queue=queue) and on_sent is not None:
+        if task_publish(task, args=args, task_id=task_id, queue=queue) and outbox is not None:
             try:
-                on_sent()
+                outbox.update(dispatched_at=timezone.now())
             except Exception:
                 # Not knowing it was sent only costs a duplicate message later, never the work.
                 logger.warning("could not record that %s%s was sent", task.name, args, exc_info=True)
 
     transaction.on_commit(publish)
+
+
+def tasks_redispatch(task: Any, *, outbox: QuerySet, stalled: Iterable[tuple[int, str | None, str | None]]) -> int:
+    """A sweep's sending: ``task`` again for each stalled (row id, task id, queue); one
+    UPDATE stamps ``dispatched_at`` on the rows the broker accepted. Returns how many."""
+    sent = [
+        pk for pk, task_id, queue in stalled
+        if task_publish(task, args=[pk], task_id=task_id or None, queue=queue or None)
+    ]
+    if sent:
+        outbox.filter(pk__in=sent).update(dispatched_at=timezone.now())
+    return len(sent)
 
 
 def unsent_cutoff(now: datetime | None = None) -> datetime:

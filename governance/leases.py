@@ -47,6 +47,12 @@ def lease_is_live(heartbeat_at: datetime | None, now: datetime | None = None) ->
     return heartbeat_at is not None and heartbeat_at > lease_cutoff(now)
 
 
+def lease_refuse_if_held(heartbeat_at: datetime | None, *, what: str) -> None:
+    """Raise ``LeaseHeld`` if a live worker holds the work whose heartbeat is ``heartbeat_at``."""
+    if lease_is_live(heartbeat_at):
+        raise LeaseHeld(what, retry_after=lease_retry_after(heartbeat_at))
+
+
 def lease_retry_after(heartbeat_at: datetime | None, now: datetime | None = None) -> float:
     """Seconds until a lease last refreshed at ``heartbeat_at`` expires, plus a margin."""
     if heartbeat_at is None:

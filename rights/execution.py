@@ -26,7 +26,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from governance.leases import LeaseHeld, lease_heartbeat, lease_is_live, lease_retry_after
+from governance.leases import lease_heartbeat, lease_refuse_if_held
 from governance.services import ServiceConflict, ServiceError, audit_event_record
 from rights.models import (
     ErasureReceipt,
@@ -431,8 +431,7 @@ def _lease_take(request_id: int) -> None:
     waits for the first's lease instead of blocking a worker behind its locks."""
     with transaction.atomic():
         request = ErasureRequest.objects.select_for_update().get(pk=request_id)
-        if lease_is_live(request.heartbeat_at):
-            raise LeaseHeld(f"erasure request {request_id}", retry_after=lease_retry_after(request.heartbeat_at))
+        lease_refuse_if_held(request.heartbeat_at, what=f"erasure request {request_id}")
         ErasureRequest.objects.filter(pk=request_id).update(heartbeat_at=timezone.now())
 
 

@@ -17,7 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from governance.dispatch import task_dispatch_on_commit, task_publish, unsent_cutoff, unstarted_cutoff
+from governance.dispatch import task_dispatch_on_commit, tasks_redispatch, unsent_cutoff, unstarted_cutoff
 from governance.leases import lease_cutoff
 from governance.services import ServiceConflict, ServiceError, audit_event_record, moment_for_field
 from rights import deadlines
@@ -394,7 +394,7 @@ def erasure_request_dispatch_on_commit(*, request_id: int) -> None:
 
     task_dispatch_on_commit(
         tasks.execute_erasure_request, args=[request_id],
-        on_sent=lambda: ErasureRequest.objects.filter(pk=request_id).update(dispatched_at=timezone.now()),
+        outbox=ErasureRequest.objects.filter(pk=request_id),
     )
 
 
@@ -411,19 +411,16 @@ def erasure_requests_redispatch() -> int:
         .filter(
             Q(dispatched_at__isnull=True, execution_started_at__lt=unsent_cutoff(now))
             | Q(heartbeat_at__isnull=True, dispatched_at__lt=unstarted_cutoff(now))
-            | Q(heartbeat_at__lt=lease_cutoff(now), dispatched_at__lt=F("heartbeat_at"))
-            | Q(heartbeat_at__lt=lease_cutoff(now), dispatched_at__isnull=True)
+            | Q(heartbeat_at__lt=lease_cutoff(now))
+            & (Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=F("heartbeat_at")))
         )
         .exclude(steps__status=ErasureStepStatus.FAILED)
         .values_list("pk", flat=True)
         .distinct()
     )
-    sent = 0
-    for request_id in stalled:
-        if task_publish(tasks.execute_erasure_request, args=[request_id]):
-            ErasureRequest.objects.filter(pk=request_id).update(dispatched_at=timezone.now())
-            sent += 1
-    return sent
+    return tasks_redispatch(
+        tasks.execute_erasure_request, outbox=ErasureRequest.objects, stalled=[(pk, None, None) for pk in stalled]
+    )
 
 
 # --- Art. 17(1)(b): consent withdrawal opens a request ------------------------------

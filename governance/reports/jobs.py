@@ -20,8 +20,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from governance.dispatch import task_dispatch_on_commit, task_publish, unsent_cutoff, unstarted_cutoff
-from governance.leases import LeaseHeld, lease_cutoff, lease_heartbeat, lease_is_live, lease_retry_after
+from governance.dispatch import task_dispatch_on_commit, tasks_redispatch, unsent_cutoff, unstarted_cutoff
+from governance.leases import lease_cutoff, lease_heartbeat, lease_refuse_if_held
 from governance.models import ReportJob, ReportKind, ReportStatus
 from governance.services import SYSTEM_ACTOR, ServiceError, audit_event_record
 
@@ -104,10 +104,7 @@ def report_job_request(*, kind: str, actor: Any, object_id: Any = None, enqueue:
 def report_job_dispatch_on_commit(*, job_id: int) -> None:
     from governance.reports.tasks import generate_report
 
-    task_dispatch_on_commit(
-        generate_report, args=[job_id],
-        on_sent=lambda: ReportJob.objects.filter(pk=job_id).update(dispatched_at=timezone.now()),
-    )
+    task_dispatch_on_commit(generate_report, args=[job_id], outbox=ReportJob.objects.filter(pk=job_id))
 
 
 def report_jobs_redispatch() -> int:
@@ -121,12 +118,8 @@ def report_jobs_redispatch() -> int:
         | Q(status=ReportStatus.QUEUED, dispatched_at__lt=unstarted_cutoff(now))
         | Q(status=ReportStatus.RUNNING, heartbeat_at__lt=lease_cutoff(now))
     ).values_list("pk", flat=True)
-    sent = 0
-    for job_id in stalled:
-        if task_publish(generate_report, args=[job_id]):
-            ReportJob.objects.filter(pk=job_id).update(dispatched_at=timezone.now())
-            sent += 1
-    return sent
+    # Report jobs have no task id or queue of their own.
+    return tasks_redispatch(generate_report, outbox=ReportJob.objects, stalled=[(pk, None, None) for pk in stalled])
 
 
 def report_file_path(job: ReportJob) -> Path:
@@ -143,9 +136,9 @@ def report_job_run(*, job_id: int) -> ReportJob:
         job = ReportJob.objects.select_for_update().get(pk=job_id)
         if job.status == ReportStatus.SUCCEEDED and report_file_path(job).is_file():
             return job
-        if job.status == ReportStatus.RUNNING and lease_is_live(job.heartbeat_at):
-            # Another worker renders it now (this is a duplicate or an early redelivery).
-            raise LeaseHeld(f"report job {job.pk}", retry_after=lease_retry_after(job.heartbeat_at))
+        if job.status == ReportStatus.RUNNING:
+            # Another worker may render it now (this is a duplicate or an early redelivery).
+            lease_refuse_if_held(job.heartbeat_at, what=f"report job {job.pk}")
         job.status, job.started_at, job.error = ReportStatus.RUNNING, timezone.now(), ""
         job.heartbeat_at = job.started_at
         job.save(update_fields=["status", "started_at", "error", "heartbeat_at"])

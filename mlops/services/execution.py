@@ -16,7 +16,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from governance.dispatch import task_dispatch_on_commit
-from governance.leases import LeaseHeld, lease_heartbeat, lease_is_live, lease_retry_after
+from governance.leases import lease_heartbeat, lease_refuse_if_held
 from governance.services import ServiceConflict, audit_event_record
 from mlops import artifacts, ledger
 from mlops.models import (
@@ -64,8 +64,8 @@ def _claim(*, run_id: int, takeover: bool = False) -> tuple[TrainingRun | None, 
     if run is None or run.status in FINISHED_STATUSES:
         return run, False
     redelivered = run.status == RunStatus.RUNNING
-    if redelivered and not takeover and lease_is_live(run.heartbeat_at):
-        raise LeaseHeld(f"training run {run_id}", retry_after=lease_retry_after(run.heartbeat_at))
+    if redelivered and not takeover:
+        lease_refuse_if_held(run.heartbeat_at, what=f"training run {run_id}")
     if redelivered and run.attempts >= settings.MLOPS_MAX_ATTEMPTS:
         _abandon(run_id=run_id, status=RunStatus.FAILED, reason=(
             f"the worker training it was lost {run.attempts} times (MLOPS_MAX_ATTEMPTS); not started again"

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from governance.dispatch import task_dispatch_on_commit, task_publish, unsent_cutoff, unstarted_cutoff
+from governance.dispatch import task_dispatch_on_commit, tasks_redispatch, unsent_cutoff, unstarted_cutoff
 from governance.leases import lease_cutoff
 from governance.models import Purpose
 from governance.services import ServiceConflict, ServiceError, audit_event_record
@@ -270,7 +270,7 @@ def _enqueue_training(*, run_id: int, task_id: str, queue: str | None) -> None:
         TrainingRun.objects.filter(pk=run_id).update(dispatch_queue=queue)
     task_dispatch_on_commit(
         train_model, args=[run_id], task_id=task_id, queue=queue,
-        on_sent=lambda: TrainingRun.objects.filter(pk=run_id).update(dispatched_at=timezone.now()),
+        outbox=TrainingRun.objects.filter(pk=run_id),
     )
 
 
@@ -289,9 +289,4 @@ def training_runs_redispatch() -> int:
         | (lapsed & (Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=F("heartbeat_at"))
                      | Q(dispatched_at__lt=unstarted_cutoff(now))))
     ).values_list("pk", "celery_task_id", "dispatch_queue")
-    sent = 0
-    for run_id, task_id, queue in stalled:
-        if task_publish(train_model, args=[run_id], task_id=task_id or None, queue=queue or None):
-            TrainingRun.objects.filter(pk=run_id).update(dispatched_at=timezone.now())
-            sent += 1
-    return sent
+    return tasks_redispatch(train_model, outbox=TrainingRun.objects, stalled=stalled)

@@ -28,10 +28,6 @@ class _Superseded(Exception):
 ProgressCallback = Callable[[dict], None]
 
 
-def _status_of(run_id: int) -> str | None:
-    return TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-
-
 def _still_ours(run: TrainingRun) -> bool:
     """Still running under this attempt; raises _Superseded if another worker took it over."""
     status, attempts = TrainingRun.objects.filter(pk=run.pk).values_list("status", "attempts").get()

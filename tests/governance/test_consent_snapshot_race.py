@@ -21,8 +21,7 @@ from django.utils import timezone
 
 from governance import selectors
 from governance import services as governance_services
-from governance.models import AuditEvent, ConsentEvent, DataSubject
-from governance.moments import moment_parse
+from governance.models import ConsentEvent, DataSubject
 from governance.pseudonymisation import pseudonymise
 from provenance import services
 from provenance.models import Snapshot, SnapshotMembership
@@ -50,9 +49,8 @@ def _expected_valid(events: list[dict], *, at, known_at) -> set[int]:
 
 
 def _ledger_moment(snapshot: Snapshot):
-    """K: the moment the snapshot read the ledger, as its audit event records it."""
-    details = AuditEvent.objects.get(action="snapshot.created", object_id=str(snapshot.pk)).details
-    return moment_parse(details["consent_known_at"])
+    """K: the moment the snapshot read the ledger (its consent_known_at)."""
+    return Snapshot.objects.values_list("consent_known_at", flat=True).get(pk=snapshot.pk)
 
 
 @pytest.mark.slow
