@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.permissions import DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
+from governance.services.errors import ServiceConflict
 from mlops import artifacts, selectors, services
 from mlops.api import serializers
 from mlops.filtersets import ModelVersionFilterSet, TrainingRunFilterSet
@@ -89,7 +90,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         version = self.get_object()
         path = artifacts.absolute(version.artifact_path)
         if not path.exists() or artifacts.sha256_of(path) != version.artifact_sha256:
-            raise services.ServiceConflict(
+            raise ServiceConflict(
                 f"The weights of model version {version.pk} are missing or do not match their SHA-256."
             )
         response = FileResponse(

@@ -72,6 +72,12 @@ def test_worker_trains_a_dp_model_end_to_end(celery_worker, ml_client, auditor_c
     assert download.status_code == 200
     assert hashlib.sha256(b"".join(download.streaming_content)).hexdigest() == version.artifact_sha256
     assert auditor_client.get(f"/api/v1/models/{version.pk}/artifact/").status_code == 403
+    # Weights changed or gone behind the registry's back are never served: a clear 409.
+    path.write_bytes(path.read_bytes() + b"tampered")
+    tampered = ml_client.get(f"/api/v1/models/{version.pk}/artifact/")
+    assert tampered.status_code == 409 and "do not match" in tampered.json()["detail"]
+    path.unlink()
+    assert ml_client.get(f"/api/v1/models/{version.pk}/artifact/").status_code == 409
 
 
 @pytest.mark.django_db(transaction=True)
