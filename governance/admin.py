@@ -32,7 +32,7 @@ from governance.models import (
     ReportJob,
     ReportStatus,
 )
-from governance.pseudonymisation import pseudonymise
+from governance.pseudonymisation import IdentifierError, pseudonymise
 from governance.reports import jobs
 
 
@@ -41,7 +41,11 @@ def _pseudonymised_search(queryset, search_term: str, field: str):
     term = search_term.strip()
     if not term:
         return queryset.none()
-    return queryset.filter(**{f"{field}__in": [pseudonymise(term), term.lower()]})
+    try:
+        candidates = [pseudonymise(term), term.lower()]
+    except IdentifierError:
+        candidates = [term.lower()]  # nothing visible to pseudonymise: no person matches
+    return queryset.filter(**{f"{field}__in": candidates})
 
 
 class ServiceAdminMixin:
@@ -272,10 +276,11 @@ class ConsentEventAdmin(ReadOnlyAdmin):
 class DataSubjectAdmin(ReadOnlyAdmin):
     """A person by pseudonym, with their consent history per purpose."""
 
-    list_display = ["pseudonym", "reference", "created_at"]
+    list_display = ["pseudonym", "reference", "created_at", "normalisation_version"]
+    list_filter = ["normalisation_version"]
     search_fields = ["pseudonym"]
     search_help_text = "An external identifier (pseudonymised before the search) or a pseudonym."
-    fields = ["pseudonym", "reference", "created_at", "consent_history"]
+    fields = ["pseudonym", "reference", "created_at", "normalisation_version", "consent_history"]
     readonly_fields = fields
 
     def get_search_results(self, request, queryset, search_term):

@@ -13,6 +13,8 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from governance.pseudonymisation import NORMALISATION_VERSION
+
 PURPOSE_CODE_VALIDATOR = RegexValidator(
     r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$",
     "A purpose code is lower-case dotted segments, e.g. 'ml.training.clinical_risk'.",
@@ -310,6 +312,14 @@ class DataSubject(models.Model):
     # of 1.8 million subjects. 122 random bits make a collision negligible.
     reference = models.UUIDField(default=uuid.uuid4, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The identifier normalisation the pseudonym was first computed with (see
+    # governance.pseudonymisation). A database default as well, so set-based inserts that do
+    # not name the column still record the version they were written under.
+    normalisation_version = models.PositiveSmallIntegerField(
+        default=NORMALISATION_VERSION, db_default=NORMALISATION_VERSION, editable=False,
+        help_text="Version of governance.pseudonymisation.normalise_identifier this pseudonym was first computed "
+        "with; rows from before versions were recorded are 1.",
+    )
 
     class Meta:
         ordering = ["id"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 
 from django.db import connection
 from django.utils import timezone
@@ -216,9 +218,21 @@ class ConsentStatus:
 
 
 CONSENT_STATUS_WORK_MEM_MB = 128
+# Pseudonyms are loaded into the database this many at a time, so the web worker holds one
+# chunk's text (about 0.8 MB) rather than a copy of the whole request.
+CONSENT_STATUS_CHUNK = 10_000
 
 
-def _status_input_load_postgresql(cur, pseudonyms: list[str]) -> None:
+def _chunks(pseudonyms: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    """(position of the first, chunk) over ``pseudonyms``, read lazily."""
+    iterator = iter(pseudonyms)
+    start = 0
+    while chunk := list(islice(iterator, size)):
+        yield start, chunk
+        start += len(chunk)
+
+
+def _status_input_load_postgresql(cur, pseudonyms: Iterable[str]) -> None:
     import io
 
     cur.execute(
@@ -226,22 +240,24 @@ def _status_input_load_postgresql(cur, pseudonyms: list[str]) -> None:
         "ON COMMIT DELETE ROWS"
     )
     cur.execute("TRUNCATE pl_consent_status_input")
-    # Pseudonyms are hex digests, so tab-separated text needs no escaping.
-    buffer = io.StringIO("".join(f"{i}\t{p}\n" for i, p in enumerate(pseudonyms)))
-    cur.copy_expert("COPY pl_consent_status_input (idx, pseudonym) FROM STDIN", buffer)
+    for start, chunk in _chunks(pseudonyms, CONSENT_STATUS_CHUNK):
+        # Pseudonyms are hex digests, so tab-separated text needs no escaping.
+        buffer = io.StringIO("".join(f"{start + i}\t{p}\n" for i, p in enumerate(chunk)))
+        cur.copy_expert("COPY pl_consent_status_input (idx, pseudonym) FROM STDIN", buffer)
     cur.execute("ANALYZE pl_consent_status_input")
 
 
 def consent_status_bulk(
-    *, purpose: Purpose, pseudonyms: list[str], at: datetime | None = None, known_at: datetime | None = None
+    *, purpose: Purpose, pseudonyms: Iterable[str], at: datetime | None = None, known_at: datetime | None = None
 ) -> ConsentStatus:
     """Consent state of many subjects (given as pseudonyms) for ``purpose`` at ``at``, set-based.
 
-    On PostgreSQL the pseudonyms are COPied into a temporary table and joined with
-    consent_state_sql in one grouped query; the answer lists, per state, the positions of the
-    submitted pseudonyms, so a caller maps them back to its own identifiers. ``known_at``:
-    count only events recorded at or before it (the ledger as a snapshot that read it then
-    saw it); default: every event recorded so far.
+    On PostgreSQL the pseudonyms are COPied into a temporary table (CONSENT_STATUS_CHUNK at
+    a time, read lazily from ``pseudonyms``) and joined with consent_state_sql in one grouped
+    query; the answer lists, per state, the positions of the submitted pseudonyms, so a
+    caller maps them back to its own identifiers. ``known_at``: count only events recorded
+    at or before it (the ledger as a snapshot that read it then saw it); default: every
+    event recorded so far.
     """
     from django.db import connection, transaction
 
@@ -268,9 +284,11 @@ def consent_status_bulk(
         else:
             cur.execute("CREATE TEMP TABLE IF NOT EXISTS pl_consent_status_input (idx integer, pseudonym text)")
             cur.execute("DELETE FROM pl_consent_status_input")
-            cur.executemany(
-                "INSERT INTO pl_consent_status_input (idx, pseudonym) VALUES (%s, %s)", list(enumerate(pseudonyms))
-            )
+            for start, chunk in _chunks(pseudonyms, CONSENT_STATUS_CHUNK):
+                cur.executemany(
+                    "INSERT INTO pl_consent_status_input (idx, pseudonym) VALUES (%s, %s)",
+                    [(start + i, p) for i, p in enumerate(chunk)],
+                )
             cur.execute(
                 f"""SELECT COALESCE(cs.state, 'no_consent'), t.idx
                     FROM pl_consent_status_input t
@@ -307,8 +325,13 @@ def consent_history(*, subject, at: datetime | None = None) -> list[dict]:
 
 
 def data_subject_find(*, identifier: str):
-    """The subject an external identifier belongs to, looked up by its pseudonym (or None)."""
-    from governance.models import DataSubject
-    from governance.pseudonymisation import pseudonymise
+    """The subject an external identifier belongs to, looked up by its pseudonym (or None).
 
-    return DataSubject.objects.filter(pseudonym=pseudonymise(identifier)).first()
+    Tries the current normalisation's pseudonym first, then earlier versions' (a subject
+    first recorded under version 1 from an identifier with invisible characters)."""
+    from governance.models import DataSubject
+    from governance.pseudonymisation import pseudonym_candidates
+
+    candidates = pseudonym_candidates(identifier)
+    found = {s.pseudonym: s for s in DataSubject.objects.filter(pseudonym__in=candidates)}
+    return next((found[p] for p in candidates if p in found), None)

@@ -34,6 +34,29 @@ def snapshot_amendment_count(*, snapshot_id: int) -> int:
     return SnapshotAmendment.objects.filter(snapshot_id=snapshot_id).aggregate(n=Max("sequence"))["n"] or 0
 
 
+def snapshot_members_no_longer_covered(*, snapshot: Snapshot, at: datetime) -> int:
+    """How many people still in ``snapshot`` have no valid consent for its purpose at ``at``
+    (withdrawn, expired, or no consent event at all), as the ledger stands; one grouped query.
+
+    0 for a snapshot taken under another lawful basis: consent does not decide who is in it.
+    Erased people are not counted: their erasure amended them out of the membership.
+    """
+    from governance.models import LawfulBasis
+    from governance.selectors import consent_state_sql
+
+    if snapshot.lawful_basis != LawfulBasis.CONSENT:
+        return 0
+    consent_sql, params = consent_state_sql(purpose=snapshot.purpose, at=at)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(DISTINCT m.subject_id) FROM {SnapshotMembership._meta.db_table} m "
+            f"LEFT JOIN ({consent_sql}) c ON c.subject_id = m.subject_id "
+            "WHERE m.snapshot_id = %s AND (c.state IS NULL OR c.state <> 'valid')",
+            [*params, snapshot.pk],
+        )
+        return int(cursor.fetchone()[0])
+
+
 def snapshot_current_root(*, snapshot: Snapshot) -> str:
     """The root of the current membership: the last amendment's, or the original."""
     latest = SnapshotAmendment.objects.filter(snapshot=snapshot).order_by("-id").values_list("new_root", flat=True).first()
@@ -229,10 +252,9 @@ def subject_impact(*, subject: DataSubject) -> dict:
 
 def subject_find(*, external_id: str) -> DataSubject | None:
     """Look a person up by external identifier: pseudonymised first, never stored."""
-    from governance.pseudonymisation import pseudonymise
+    from governance.selectors import data_subject_find
 
     try:
-        pseudonym = pseudonymise(external_id)
+        return data_subject_find(identifier=external_id)
     except (TypeError, ValueError):
         return None
-    return DataSubject.objects.filter(pseudonym=pseudonym).first()

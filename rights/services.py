@@ -104,8 +104,8 @@ def erasure_request_receive(
 
     An identifier with no subject is still recorded and answered at once: no data held.
     """
-    from governance.models import DataSubject
     from governance.pseudonymisation import pseudonymise
+    from governance.selectors import data_subject_find
     from rights.selectors import erasure_previous_completed
 
     if not isinstance(identifier, str) or not identifier.strip():
@@ -120,7 +120,7 @@ def erasure_request_receive(
     pseudonym = pseudonymise(identifier)
     receipt_hash = erasure_receipt_hash(pseudonym=pseudonym)
     _conflict_if_open(receipt_hash)
-    subject = DataSubject.objects.filter(pseudonym=pseudonym).first()
+    subject = data_subject_find(identifier=identifier)  # earlier normalisations' subjects too
     received_on = timezone.localtime(received).date()
     due = deadlines.due_date(regime=regime, received_on=received_on, holidays=deadlines.configured_holidays())
     request = ErasureRequest(

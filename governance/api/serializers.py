@@ -1,4 +1,5 @@
 from django.utils.duration import duration_iso_string
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from governance.models import (
@@ -28,6 +29,9 @@ class AuditVerificationSerializer(serializers.Serializer):
     broken_position = serializers.IntegerField(allow_null=True)
     reason = serializers.CharField()
     head_hash = serializers.CharField()
+    checkpoints = serializers.IntegerField(help_text="Signed checkpoints in the checkpoint file.")
+    last_checkpoint_position = serializers.IntegerField(allow_null=True)
+    problems = serializers.ListField(child=serializers.CharField(), help_text="Every problem found, first bad position first.")
 
 
 class WhoAmISerializer(serializers.Serializer):
@@ -195,10 +199,26 @@ class ConsentEventSerializer(serializers.ModelSerializer):
 
 
 class ConsentEvidenceSerializer(serializers.Serializer):
-    form_url = serializers.CharField(required=False)
-    ip = serializers.CharField(required=False, help_text="Truncated on arrival: last IPv4 octet / last 80 IPv6 bits zeroed.")
-    user_agent = serializers.CharField(required=False)
-    source_system = serializers.CharField(required=False)
+    """How consent was given; these keys only. Every value is decoded (percent-encoding, HTML
+    entities, NFKC, invisible characters) before the scan for identifiers, which refuses it."""
+
+    form_url = serializers.CharField(
+        required=False, max_length=1000,
+        help_text="http(s) URL of the form. Stored without its query string and fragment; refused if any part holds "
+        "an e-mail address or the person's identifier, or names a user before the host.",
+    )
+    ip = serializers.CharField(
+        required=False, max_length=100,
+        help_text="IPv4 or IPv6 address; truncated on arrival: last IPv4 octet / last 80 IPv6 bits zeroed.",
+    )
+    user_agent = serializers.CharField(required=False, max_length=1000, help_text="No control characters.")
+    source_system = serializers.CharField(
+        required=False, max_length=100, help_text="Name of the system: letters, digits, spaces and . _ : / -.",
+    )
+    note = serializers.CharField(
+        required=False, max_length=1000,
+        help_text="Free text; refused if it holds an e-mail address, a phone number or the person's identifier.",
+    )
 
 
 class ConsentEventInputSerializer(serializers.Serializer):
@@ -225,20 +245,41 @@ class ConsentIngestResultSerializer(serializers.Serializer):
         help_text="New withdrawals under an activity that erases on withdrawal: an Art. 17(1)(b) erasure request "
         "is opened for each person once the batch is committed (see GET /api/v1/erasure-requests/).",
     )
+    evidence_urls_trimmed = serializers.IntegerField(
+        required=False,
+        help_text="Events whose evidence.form_url was stored without its query string or fragment.",
+    )
+
+
+_POSITIONS = {"type": "array", "items": {"type": "integer"}}
+
+
+@extend_schema_field({"oneOf": [
+    {"type": "object", "additionalProperties": _POSITIONS, "description": "The DPO's answer: by reason."},
+    {**_POSITIONS, "description": "Other roles' answer: one list, no reasons."},
+]})
+class ConsentStatusRefusedField(serializers.JSONField):
+    """Positions by reason (the DPO) or one list (other roles)."""
 
 
 class ConsentStatusRequestSerializer(serializers.Serializer):
     purpose = serializers.CharField()
-    at = serializers.DateTimeField(required=False, help_text="Default: now.")
+    at = serializers.DateTimeField(
+        required=False,
+        help_text="Default: now. DPO only for any other moment: other roles may give now (within 5 minutes) "
+        "and are answered as of the server's now; a moment further off is 400.",
+    )
     known_at = serializers.DateTimeField(
         required=False,
-        help_text="Count only consent events recorded at or before this moment (the ledger as it stood then). "
+        help_text="DPO only (400 for other roles). Count only consent events recorded at or before this moment "
+        "(the ledger as it stood then). "
         "A snapshot's membership is the answer for its taken_for as `at` and the moment it read the ledger "
         "(its taken_for when taken for now; consent_known_at in its audit event) as `known_at`. Default: "
         "every event recorded so far.",
     )
     subjects = serializers.ListField(
-        child=serializers.CharField(), help_text="External identifiers, up to 1,000,000; pseudonymised on arrival."
+        child=serializers.CharField(),
+        help_text="External identifiers, up to 100,000 (more is 400 naming the limit); pseudonymised on arrival.",
     )
 
 
@@ -249,9 +290,12 @@ class ConsentStatusResponseSerializer(serializers.Serializer):
     consent_required = serializers.BooleanField()
     lawful_bases = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
     detail = serializers.CharField()
-    counts = serializers.DictField(child=serializers.IntegerField())
+    counts = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="The DPO: per state (valid, withdrawn, expired, no_consent); other roles: allowed and refused.",
+    )
     allowed = serializers.ListField(child=serializers.IntegerField(), help_text="Positions in `subjects` that may be processed.")
-    refused = serializers.DictField(
-        child=serializers.ListField(child=serializers.IntegerField()),
-        help_text="Positions in `subjects` by reason: no_consent, withdrawn, expired.",
+    refused = ConsentStatusRefusedField(
+        help_text="The DPO: positions in `subjects` by reason (no_consent, withdrawn, expired). Other roles: "
+        "one ascending list of the positions that may not be processed, without reasons.",
     )

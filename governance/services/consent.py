@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import json
+import re
+import unicodedata
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,12 +23,20 @@ from django.utils import timezone
 
 from governance.consent_clock import consent_recorded_at_stamp
 from governance.moments import EARLIEST_RECORDED, moment_parse
+from governance.pseudonymisation import (
+    NORMALISATION_VERSION,
+    IdentifierError,
+    invisible_strip,
+    normalise_identifier,
+)
 from governance.services.audit import audit_event_record
 from governance.services.errors import ServiceError
 from governance.services.subjects import data_subject_ensure_many
 
 MAX_CONSENT_BATCH = 10_000
-CONSENT_EVIDENCE_KEYS = ("form_url", "ip", "user_agent", "source_system")
+# The closed set of evidence keys, each with its own rule (_evidence_value_clean) and bound.
+CONSENT_EVIDENCE_KEYS = ("form_url", "ip", "user_agent", "source_system", "note")
+CONSENT_EVIDENCE_MAX_LENGTH = {"form_url": 1000, "ip": 100, "user_agent": 1000, "source_system": 100, "note": 1000}
 CONSENT_EVENT_KEYS = frozenset(
     {"event_id", "subject", "purpose", "action", "occurred_at", "notice_version", "notice_text", "notice_sha256",
      "method", "evidence", "expires_at"}
@@ -44,8 +56,155 @@ def ip_truncate(value: str) -> str:
     import ipaddress
 
     address = ipaddress.ip_address(value.strip())
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:203.0.113.57 is an IPv4 address: keep its /24
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+# Decoding rounds before a value is refused as encoded too many times over: real clients
+# encode once, maybe twice (a URL inside a URL); more is an attempt to hide something.
+_MAX_DECODING_ROUNDS = 6
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Nine to fifteen digits (E.164 allows 15) with the usual separators; free text only, where a
+# run of digits that long is a phone or another person's number rather than a version.
+_PHONE = re.compile(r"(?<![\w.])\+?\d(?:[ ().-]{0,2}\d){8,14}(?![\w.])")
+_SOURCE_SYSTEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_IDENTIFIER_REFUSAL = "identifiers of people are never stored (Art. 4(5)); remove it"
+
+
+def evidence_decoded(value: str) -> str:
+    """``value`` as a reader would see it, for the identifier scan: invisible code points
+    removed, NFKC, percent-encoding and HTML entities undone until nothing changes, case folded.
+
+    "bob%2540example.com", "bob&#64;example.com", "ｂｏｂ＠ｅｘａｍｐｌｅ．ｃｏｍ" and
+    "bob\u200b@example.com" all decode to "bob@example.com".
+    """
+    text = value
+    if not text.isascii() or "%" in text or "&" in text:
+        for _ in range(_MAX_DECODING_ROUNDS):
+            # NFKC inside the loop: full-width "％４０" only becomes "%40" after it.
+            decoded = html.unescape(urllib.parse.unquote(unicodedata.normalize("NFKC", invisible_strip(text))))
+            if decoded == text:
+                break
+            text = decoded
+        else:
+            raise ValueError(f"encoded more than {_MAX_DECODING_ROUNDS - 1} times over; send it decoded once")
+    # U+3002 (ideographic full stop) is not folded by NFKC, and reads as a dot in an address.
+    return text.replace("\u3002", ".").casefold()
+
+
+def _identifiers_refuse(decoded: str, *, phone: bool = False) -> None:
+    if _EMAIL.search(decoded):
+        raise ValueError(f"contains an e-mail address (after decoding); {_IDENTIFIER_REFUSAL}.")
+    if phone and _PHONE.search(decoded):
+        raise ValueError(f"contains what looks like a phone number (after decoding); {_IDENTIFIER_REFUSAL}.")
+
+
+def _form_url_clean(value: str) -> tuple[str, str, bool]:
+    if _CONTROL.search(value) or any(c.isspace() for c in value):
+        raise ValueError("a URL has no spaces or control characters; percent-encode them.")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc}).") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError("expected an http or https URL, e.g. https://portal.example/consent.")
+    if not parts.hostname:
+        raise ValueError("the URL has no host, e.g. https://portal.example/consent.")
+    if "@" in parts.netloc:
+        raise ValueError(f"the URL names a user before its host; {_IDENTIFIER_REFUSAL}.")
+    decoded = evidence_decoded(value)
+    # The whole URL is scanned, query included: a source system that puts identifiers in its
+    # URLs is told so. What is stored is the page without its query string and fragment,
+    # which carry session and tracking values as often as identifiers.
+    _identifiers_refuse(decoded)
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host if port is None else f"{host}:{port}"
+    stored = urllib.parse.urlunsplit((scheme, netloc, parts.path, "", ""))
+    return stored, decoded, bool(parts.query or parts.fragment or value.endswith(("?", "#")))
+
+
+# A batch repeats a few form URLs and user agents thousands of times; bounded because values
+# run to 1,000 characters and a worker lives long.
+@functools.lru_cache(maxsize=4096)
+def _evidence_value_clean(key: str, value: str) -> tuple[str, str, bool]:
+    """One evidence value by its key's rule: (value to store, decoded text for the scan of the
+    person's identifier, whether a part of it was dropped). Raises ValueError("<reason>").
+
+    Cached on (key, value), so the rules cost little on the repeated values of a bulk batch.
+    """
+    if key == "form_url":
+        return _form_url_clean(value)
+    if key == "ip":
+        try:
+            stored = ip_truncate(value)
+        except ValueError:
+            raise ValueError(
+                "not an IPv4 or IPv6 address, e.g. 203.0.113.0 (the host part is zeroed on arrival)."
+            ) from None
+        return stored, stored, False
+    if key == "source_system":
+        if not _SOURCE_SYSTEM.fullmatch(value):
+            raise ValueError(
+                "expected the name of a system: letters, digits, spaces and . _ : / -, starting with a letter or digit."
+            )
+        decoded = value.casefold()
+        _identifiers_refuse(decoded)
+        return value, decoded, False
+    if key == "user_agent":
+        if _CONTROL.search(value):
+            raise ValueError("a user agent has no control characters.")
+        decoded = evidence_decoded(value)
+        _identifiers_refuse(decoded)
+        return value, decoded, False
+    # note: free text from the source system, where people write whatever they like.
+    decoded = evidence_decoded(value)
+    _identifiers_refuse(decoded, phone=True)
+    return value, decoded, False
+
+
+def consent_evidence_clean(evidence_in: Any, *, normalised_subject: str) -> tuple[dict[str, str], bool]:
+    """Validate a consent event's evidence: (what is stored, whether a URL lost its query string
+    or fragment). Raises ValueError("evidence.<key>: <reason>").
+
+    Each value is decoded before the identifier scan (see evidence_decoded), so an identifier
+    hidden by percent-encoding, HTML entities, full-width forms or invisible characters is
+    found; the person's own identifier is refused in every key.
+    """
+    if evidence_in in (None, ""):
+        return {}, False
+    if not isinstance(evidence_in, dict):
+        raise ValueError("evidence: expected an object.")
+    evidence: dict[str, str] = {}
+    trimmed = False
+    for key, value in evidence_in.items():
+        max_length = CONSENT_EVIDENCE_MAX_LENGTH.get(key)
+        if max_length is None:
+            raise ValueError(f"evidence.{key}: unknown; allowed: {', '.join(CONSENT_EVIDENCE_KEYS)}.")
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"evidence.{key}: expected a string of at most {max_length} characters.")
+        value = value.strip()
+        if not value:
+            continue
+        if len(value) > max_length:
+            raise ValueError(f"evidence.{key}: expected a string of at most {max_length} characters.")
+        try:
+            stored, decoded, dropped = _evidence_value_clean(key, value)
+        except ValueError as exc:
+            raise ValueError(f"evidence.{key}: {exc}") from None
+        if normalised_subject in decoded:
+            raise ValueError(
+                f"evidence.{key}: contains the person's identifier, which is never stored (Art. 4(5)); remove it."
+            )
+        evidence[key] = stored
+        trimmed = trimmed or dropped
+    return evidence, trimmed
 
 
 @functools.lru_cache(maxsize=256)
@@ -79,8 +238,6 @@ def _text(event: dict, key: str, *, required: bool, max_length: int) -> str:
 
 def _consent_event_clean(event: Any, purpose_ids: dict[str, int], now: datetime) -> tuple:
     """Validate one submitted event; raise ValueError("<field>: <reason>")."""
-    from governance.pseudonymisation import normalise_identifier
-
     if not isinstance(event, dict):
         raise ValueError("(event): expected a JSON object.")
     unknown = set(event) - CONSENT_EVENT_KEYS
@@ -89,7 +246,13 @@ def _consent_event_clean(event: Any, purpose_ids: dict[str, int], now: datetime)
     subject = event.get("subject")
     if not isinstance(subject, str) or not subject.strip():
         raise ValueError("subject: the person's external identifier is required.")
-    normalised_subject = normalise_identifier(subject)
+    try:
+        normalised_subject = normalise_identifier(subject)
+    except IdentifierError:
+        raise ValueError(
+            "subject: has no visible character; invisible characters (zero-width, bidi controls, soft hyphens) "
+            "are removed before pseudonymisation."
+        ) from None
     code = event.get("purpose")
     if not isinstance(code, str) or not code:
         raise ValueError("purpose: a purpose code is required.")
@@ -130,38 +293,22 @@ def _consent_event_clean(event: Any, purpose_ids: dict[str, int], now: datetime)
         notice_sha256 = computed
     elif not notice_sha256:
         raise ValueError("notice_text: either notice_text or notice_sha256 is required (Art. 7(1)).")
-    evidence_in = event.get("evidence") or {}
-    if not isinstance(evidence_in, dict):
-        raise ValueError("evidence: expected an object.")
-    evidence = {}
-    for key, value in evidence_in.items():
-        if key not in CONSENT_EVIDENCE_KEYS:
-            raise ValueError(f"evidence.{key}: unknown; allowed: {', '.join(CONSENT_EVIDENCE_KEYS)}.")
-        if value in (None, ""):
-            continue
-        if not isinstance(value, str) or len(value) > 1000:
-            raise ValueError(f"evidence.{key}: expected a string of at most 1000 characters.")
-        if normalised_subject in value.casefold():
-            raise ValueError(
-                f"evidence.{key}: contains the person's identifier, which is never stored (Art. 4(5)); remove it."
-            )
-        if key == "ip":
-            try:
-                value = ip_truncate(value)
-            except ValueError:
-                raise ValueError("evidence.ip: not an IPv4 or IPv6 address.") from None
-        evidence[key] = value
+    evidence, url_trimmed = consent_evidence_clean(event.get("evidence"), normalised_subject=normalised_subject)
     event_id = event.get("event_id")
     if event_id not in (None, ""):
         if not isinstance(event_id, str) or len(event_id) > 100:
             raise ValueError("event_id: expected a string of at most 100 characters.")
-        if normalised_subject in event_id.casefold():
+        try:
+            decoded_id = evidence_decoded(event_id)
+        except ValueError as exc:
+            raise ValueError(f"event_id: {exc}") from None
+        if normalised_subject in decoded_id:
             raise ValueError("event_id: contains the person's identifier, which is never stored (Art. 4(5)).")
     else:
         event_id = None
     return (
         event_id, subject, code, purpose_id, action, occurred_at, notice_version, notice_sha256, method,
-        evidence, expires_at,
+        evidence, expires_at, url_trimmed,
     )
 
 
@@ -202,11 +349,12 @@ def _consent_rows_insert_postgresql(rows: list[tuple], recorded_at: datetime) ->
         cur.execute("TRUNCATE pl_consent_ingest")
         cur.copy_expert("COPY pl_consent_ingest FROM STDIN WITH (FORMAT csv)", buffer)
         cur.execute(
-            """INSERT INTO governance_datasubject (pseudonym, reference, created_at)
-               SELECT pseudonym, gen_random_uuid(), now()
+            """INSERT INTO governance_datasubject (pseudonym, reference, created_at, normalisation_version)
+               SELECT pseudonym, gen_random_uuid(), now(), %s
                FROM (SELECT DISTINCT pseudonym FROM pl_consent_ingest) new_subjects
                ORDER BY pseudonym
-               ON CONFLICT (pseudonym) DO NOTHING"""
+               ON CONFLICT (pseudonym) DO NOTHING""",
+            [NORMALISATION_VERSION],
         )
         cur.execute(
             """WITH inserted AS (
@@ -260,6 +408,8 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
     (``events[17].purpose``). Subjects are pseudonymised on arrival. An event whose
     ``event_id`` (supplied, or derived from its content) is already in the ledger is counted
     as already present and not written again. One audit event records the whole batch.
+    Evidence is validated per key (consent_evidence_clean); ``evidence_urls_trimmed`` in the
+    answer counts the events whose form URL was stored without its query string or fragment.
     """
     from governance.models import ProcessingActivity, Purpose
     from governance.pseudonymisation import pseudonymise_many
@@ -297,9 +447,10 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
     pseudonyms = pseudonymise_many([c[1] for c in cleaned])
     rows: dict[str, tuple] = {}
     given = withdrawn = 0
+    urls_trimmed = sum(1 for c in cleaned if c[11])
     withdrawn_codes: dict[str, int] = {}
     for c, pseudonym in zip(cleaned, pseudonyms, strict=True):
-        event_id, _, code, purpose_id, action, occurred_at, version, sha, method, evidence, expires_at = c
+        event_id, _, code, purpose_id, action, occurred_at, version, sha, method, evidence, expires_at, _ = c
         if event_id is None:
             event_id = consent_event_derive_id(
                 pseudonym=pseudonym, purpose=code, action=action, occurred_at=occurred_at, notice_version=version,
@@ -369,9 +520,12 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
             "purposes": sorted({c[2] for c in cleaned}),
             "withdrawals_under_erasure_on_withdrawal": flagged,
             "erasure_activities": sorted(set(erasure_activities)),
+            "evidence_urls_trimmed": urls_trimmed,
         },
     )
     result = {"created": created, "already_present": already_present}
     if flagged:
         result["withdrawals_under_erasure_on_withdrawal"] = flagged
+    if urls_trimmed:
+        result["evidence_urls_trimmed"] = urls_trimmed
     return result

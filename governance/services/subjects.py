@@ -14,10 +14,13 @@ from django.db import transaction
 def data_subject_ensure_many(*, pseudonyms: list[str], chunk_size: int = 20000) -> dict[str, int]:
     """Map pseudonyms to DataSubject ids, creating the missing subjects in bulk.
 
-    Takes pseudonyms (see governance.pseudonymisation), never raw identifiers. Set-based:
-    one INSERT … ON CONFLICT DO NOTHING and one SELECT per chunk.
+    Takes pseudonyms (see governance.pseudonymisation), never raw identifiers, computed under
+    the current NORMALISATION_VERSION, which a new subject records. An existing subject keeps
+    the version it was created under: a pseudonym that matches it is the same under both.
+    Set-based: one INSERT … ON CONFLICT DO NOTHING and one SELECT per chunk.
     """
     from governance.models import DataSubject
+    from governance.pseudonymisation import NORMALISATION_VERSION
 
     # Sorted: concurrent callers then insert shared keys in the same order, so they queue on
     # the unique index instead of deadlocking.
@@ -27,7 +30,8 @@ def data_subject_ensure_many(*, pseudonyms: list[str], chunk_size: int = 20000) 
         for start in range(0, len(unique), chunk_size):
             chunk = unique[start : start + chunk_size]
             DataSubject.objects.bulk_create(
-                [DataSubject(pseudonym=p) for p in chunk], ignore_conflicts=True, batch_size=chunk_size
+                [DataSubject(pseudonym=p, normalisation_version=NORMALISATION_VERSION) for p in chunk],
+                ignore_conflicts=True, batch_size=chunk_size,
             )
             mapping.update(DataSubject.objects.filter(pseudonym__in=chunk).values_list("pseudonym", "id"))
     return mapping
