@@ -6,6 +6,7 @@ class GovernanceConfig(AppConfig):
     verbose_name = "Governance (GDPR records, consent, audit)"
 
     def ready(self) -> None:
+        from governance import checks  # noqa: F401 (registers the system checks)
         from governance.models import ReportKind
         from governance.reports.jobs import report_kind_register
         from governance.reports.ropa import ropa_report_render

@@ -10,12 +10,14 @@ named only by the random subject reference.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
-from governance.models import AuditChainHead, AuditEvent
+from governance.models import AuditEvent
+from governance.services.audit import audit_checkpoint_sign_head
 from rights.models import ErasureGround, ErasureRequest, ErasureStep, RefusalGround, RemediationAction
 
 OUTCOME_WORDS = {
@@ -44,9 +46,15 @@ def certificate_relative_path(request: ErasureRequest) -> str:
     return f"erasure/erasure-certificate-{request.pk}.pdf"
 
 
-def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]:
-    """Write the certificate from the request's step log; returns (path relative to REPORT_ROOT, SHA-256)."""
+def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str, dict]:
+    """Write the certificate from the request's step log; returns (path relative to REPORT_ROOT,
+    SHA-256, the signed checkpoint of the audit chain that covers the request's events)."""
     from governance.reports import toolkit as t
+
+    # Signed before anything of this step is audited: the head then covers every event the
+    # certificate lists, all committed by the earlier steps. Whoever holds the certificate can
+    # later prove, with the public key alone, that the chain still reaches this position.
+    checkpoint = audit_checkpoint_sign_head(reason=f"erasure_certificate:{request.pk}")
 
     steps = {s.name: s.details for s in ErasureStep.objects.filter(request=request)}
     relative = certificate_relative_path(request)
@@ -168,15 +176,29 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str]
     ))
     flows.append(t.heading("Audit chain"))
     flows.append(_audit_events_table(request))
-    head = AuditChainHead.objects.filter(pk=1).values_list("position", "hash").first() or (0, "")
     flows.append(t.paragraph(
-        f"Chain head when this certificate was written: position {head[0]}, hash {head[1]}. The certificate's own "
-        "SHA-256 is recorded in the next event ('erasure.certificate_issued')."
+        f"Chain head when this certificate was written: position {checkpoint.position}, hash {checkpoint.hash}. "
+        "The certificate's own SHA-256 is recorded in the next event ('erasure.certificate_issued')."
     ))
+    flows.append(t.heading("Signed checkpoint of the audit chain", level=2))
+    flows.append(t.key_value_table([
+        ("Position", checkpoint.position), ("Hash", checkpoint.hash), ("Signed at", checkpoint.created_at),
+        ("Key id", checkpoint.key_id), ("Reason", checkpoint.reason),
+        # Two lines of 44 characters: one unbroken line would run past the page's margin.
+        ("Signature (Ed25519, base64; one string)", f"{checkpoint.signature[:44]}\n{checkpoint.signature[44:]}"),
+    ]))
+    flows.append(t.paragraph(
+        "The chain head above is signed with the controller's audit signing key, which the database does not hold. "
+        "With the public key alone anyone can check this signature and, given an export of the audit chain, that the "
+        "chain still holds this hash at this position: a chain cut or rewritten after this certificate is detected "
+        "(tools/verify_audit_checkpoint.py). The checkpoint as one JSON line:"
+    ))
+    # Spaces after the separators let the line wrap; it is the same JSON object.
+    flows.append(t.note(json.dumps(checkpoint.as_dict(), sort_keys=True)))
     path = Path(settings.REPORT_ROOT) / relative
     digest = t.render_pdf(path, flows, title=f"Certificate of erasure — request {request.pk}",
                           subject="GDPR Art. 17 erasure certificate")
-    return relative, digest
+    return relative, digest, checkpoint.as_dict()
 
 
 def refusal_notice_relative_path(request: ErasureRequest) -> str:

@@ -348,7 +348,7 @@ def _certificate(plan: dict) -> Callable[[ErasureRequest], dict]:
         from rights.certificate import certificate_write
 
         request.completed_at = timezone.now()
-        relative, digest = certificate_write(request=request, plan=plan)
+        relative, digest, checkpoint = certificate_write(request=request, plan=plan)
         request.certificate_path = relative
         request.certificate_sha256 = digest
         request.status = ErasureStatus.COMPLETED
@@ -359,9 +359,13 @@ def _certificate(plan: dict) -> Callable[[ErasureRequest], dict]:
         request.save(update_fields=[
             "certificate_path", "certificate_sha256", "status", "completed_at", "outcome", "updated_at",
         ])
-        position = _audit(request, "erasure.certificate_issued", {"sha256": digest, "path": relative})
+        position = _audit(request, "erasure.certificate_issued", {
+            "sha256": digest, "path": relative,
+            "checkpoint": {"position": checkpoint["position"], "key_id": checkpoint["key_id"]},
+        })
         _audit(request, "erasure_request.completed", {})
-        return {"path": relative, "sha256": digest, "audit_positions": [position]}
+        # The JSON form of the certificate (the request's steps) carries the same checkpoint.
+        return {"path": relative, "sha256": digest, "audit_positions": [position], "checkpoint": checkpoint}
 
     return work
 

@@ -1,6 +1,8 @@
 from dataclasses import asdict
+from datetime import timedelta
 
 import django_filters
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -9,6 +11,7 @@ from rest_framework.views import APIView
 
 from governance import filtersets, selectors, services
 from governance.api import serializers
+from governance.audit_anchor import audit_chain_anchored_verify
 from governance.models import (
     AuditEvent,
     ConsentEvent,
@@ -21,7 +24,7 @@ from governance.models import (
 from governance.moments import UTCIsoDateTimeFilter
 from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY, READ_ROLES
 from governance.pseudonymisation import pseudonymise_many
-from governance.roles import roles_of
+from governance.roles import DPO, has_role, roles_of
 
 
 class AuditEventFilterSet(django_filters.FilterSet):
@@ -45,8 +48,8 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(responses=serializers.AuditVerificationSerializer)
     @action(detail=False, methods=["get"])
     def verify(self, request):
-        """Recompute the hash chain and report the first broken position, if any."""
-        result = selectors.audit_chain_verify()
+        """Recompute the hash chain, check it against the signed checkpoints, and report the first bad position."""
+        result = audit_chain_anchored_verify()
         return Response(serializers.AuditVerificationSerializer(asdict(result)).data)
 
 
@@ -260,11 +263,31 @@ class ConsentEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         return Response(result, status=status.HTTP_201_CREATED if result["created"] else status.HTTP_200_OK)
 
 
-MAX_STATUS_SUBJECTS = 1_000_000
+# A 1,000,000-identifier request peaked near 1 GiB in the web worker (issue 14): bounded,
+# and the identifiers are pseudonymised and loaded in chunks (governance.selectors).
+MAX_STATUS_SUBJECTS = 100_000
+# Checked before the body is parsed: parsing 1,000,000 identifiers only to refuse them cost
+# about 150 MB. 100,000 identifiers of up to ~160 characters fit.
+MAX_STATUS_BODY_BYTES = 16 * 1024 * 1024
+# How far from the server's now a non-DPO's ``at`` may lie (clock skew); it is answered as of now.
+STATUS_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _pseudonyms_in_chunks(identifiers: list[str]):
+    from governance.selectors import CONSENT_STATUS_CHUNK
+
+    for start in range(0, len(identifiers), CONSENT_STATUS_CHUNK):
+        yield from pseudonymise_many(identifiers[start:start + CONSENT_STATUS_CHUNK])
 
 
 class ConsentStatusView(APIView):
-    """Which of these people may be processed for a purpose at a time (default now), and why not."""
+    """Which of these people may be processed for a purpose now (the DPO: at any time, and why not).
+
+    The DPO's answer gives the reason per person and may ask about a past ``at`` or the
+    ledger as known at ``known_at``. Other roles are told only who may be processed now:
+    allowed positions and one refused list, no reasons, no other moment (bisecting ``at``
+    would date a person's withdrawal).
+    """
 
     role_permissions = {"default": READ_ROLES}
 
@@ -287,9 +310,27 @@ class ConsentStatusView(APIView):
                        "allowed": [0], "refused": {"withdrawn": [2], "expired": [], "no_consent": [1]}},
                 response_only=True,
             ),
+            OpenApiExample(
+                "Answer to an ml_engineer or auditor (now only, no reasons)",
+                value={"purpose": "ml.training.clinical_risk", "at": "2026-12-01T16:00:00Z", "consent_required": True,
+                       "lawful_bases": {"consent": ["Clinical risk model training"]},
+                       "detail": "1 of 3 may be processed under consent.",
+                       "counts": {"allowed": 1, "refused": 2}, "allowed": [0], "refused": [1, 2]},
+                response_only=True,
+            ),
         ],
     )
     def post(self, request):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_STATUS_BODY_BYTES:
+            raise services.ServiceError(
+                f"The request body is {length:,} bytes; at most {MAX_STATUS_BODY_BYTES:,} bytes "
+                f"(and {MAX_STATUS_SUBJECTS:,} subjects) per request. Split the list into several requests.",
+                field="subjects",
+            )
         if not isinstance(request.data, dict):
             raise services.ServiceError("Expected a JSON object with purpose, at and subjects.", field="non_field_errors")
         data = request.data
@@ -311,18 +352,33 @@ class ConsentStatusView(APIView):
             if not isinstance(data["known_at"], str):
                 raise services.ServiceError("Not an ISO 8601 date-time, e.g. 2025-09-01T00:00:00Z.", field="known_at")
             known_at = services.moment_for_field(data["known_at"], field="known_at", recorded=False)
+        dpo = has_role(request.user, DPO)
+        if not dpo:
+            if known_at is not None:
+                raise services.ServiceError(
+                    "Only the DPO may ask about the ledger as it stood at an earlier moment; omit known_at.",
+                    field="known_at",
+                )
+            if at is not None and abs(at - timezone.now()) > STATUS_CLOCK_SKEW:
+                raise services.ServiceError(
+                    "Only the DPO may ask about a moment other than now; omit at (the answer is as of now).",
+                    field="at",
+                )
+            at = None  # answered as of the server's now, whatever the caller's clock says
         subjects = data.get("subjects")
         if not isinstance(subjects, list):
             raise services.ServiceError("A list of external identifiers is required.", field="subjects")
         if len(subjects) > MAX_STATUS_SUBJECTS:
             raise services.ServiceError(
-                f"At most {MAX_STATUS_SUBJECTS} subjects per request; this one has {len(subjects)}.", field="subjects"
+                f"At most {MAX_STATUS_SUBJECTS:,} subjects per request; this one has {len(subjects):,}. "
+                "Split the list into several requests.",
+                field="subjects",
             )
         bad = next((i for i, s in enumerate(subjects) if not isinstance(s, str) or not s.strip()), None)
         if bad is not None:
             raise services.ServiceError("Expected a non-empty string identifier.", field=f"subjects[{bad}]")
         result = selectors.consent_status_bulk(
-            purpose=purpose, pseudonyms=pseudonymise_many(subjects), at=at, known_at=known_at
+            purpose=purpose, pseudonyms=_pseudonyms_in_chunks(subjects), at=at, known_at=known_at
         )
         body = {
             "purpose": result.purpose,
@@ -343,7 +399,12 @@ class ConsentStatusView(APIView):
         body["detail"] = f"{len(states['valid'])} of {len(subjects)} may be processed under consent."
         if not result.lawful_bases:
             body["detail"] += f" No processing activity (Art. 30) records purpose {purpose.code} yet."
-        body["counts"] = {state: len(indices) for state, indices in states.items()}
         body["allowed"] = states["valid"]
+        if not dpo:
+            refused = sorted(i for state in ("no_consent", "withdrawn", "expired") for i in states[state])
+            body["counts"] = {"allowed": len(states["valid"]), "refused": len(refused)}
+            body["refused"] = refused
+            return Response(body)
+        body["counts"] = {state: len(indices) for state, indices in states.items()}
         body["refused"] = {state: states[state] for state in ("no_consent", "withdrawn", "expired")}
         return Response(body)
