@@ -38,6 +38,17 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
 
 
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate, 'N/period' (period s, m, h or d, spelt out or not): checked here, as
+    DRF would only fail on it at the first request."""
+    import re
+
+    value = (os.environ.get(name) or default).strip()
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name} must be a rate like 1200/min (per s, min, hour or day), got {value!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None or value.strip() == "":
@@ -96,6 +107,8 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
+    "axes",
     "governance",
     "provenance",
     "mlops",
@@ -105,13 +118,23 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Permissions-Policy everywhere, Cache-Control: no-store on the API and on downloads.
+    "config.middleware.ResponseHeadersMiddleware",
+    # /healthz answers before the Host header is validated: the container's health check
+    # calls 127.0.0.1, which is not (and should not be) in ALLOWED_HOSTS.
+    "config.middleware.HealthzMiddleware",
+    # Bodies and query strings over the limits answer JSON on /api/ before any view reads them.
+    "config.middleware.ApiRequestLimitsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out admin login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -137,6 +160,10 @@ try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
 except Exception as exc:  # dj_database_url raises several types for malformed URLs
     raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from exc
+if os.environ.get("DATABASE_PASSWORD"):
+    # Given apart from the URL, as it is: a password pasted into DATABASE_URL needs URL escaping
+    # ('@', ':', '/', '%' ...), which a deployer writing it into docker/.env should not have to do.
+    DATABASES["default"]["PASSWORD"] = os.environ["DATABASE_PASSWORD"]
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite is for the embedded quickstart and unit tests: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
@@ -164,7 +191,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = STORAGE_ROOT / "static"
+# The image collects its static files into the image (STATIC_ROOT=/app/static), not into the
+# data volume, so an upgraded image never serves the previous release's files.
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or STORAGE_ROOT / "static")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -190,6 +219,83 @@ if not DEBUG and not SECURE_HSTS_PRELOAD:
     # Preloading is a commitment to the browser vendors that a deployer makes knowingly.
     SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
+# Proxies in front of the service that append the client's address to X-Forwarded-For. 0: the
+# peer's address (REMOTE_ADDR) is the client's, and X-Forwarded-For, which anyone can send, is
+# ignored. Throttles and the admin lockout count per this address (governance.authentication).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+
+# A cache shared by every web worker: throttle counters live in it, so with several gunicorn
+# workers (or hosts) CACHE_URL must name a Redis database (compose uses redis://redis:6379/1).
+# Not the broker's database: clearing the cache would empty the task queue.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+elif CACHE_URL:
+    raise ImproperlyConfigured(f"CACHE_URL must be a redis:// URL (or empty for a per-process cache), got {CACHE_URL!r}")
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Admin login lockout (django-axes): AXES_FAILURE_LIMIT wrong passwords for one username from
+# one address lock that pair out for AXES_COOLOFF_MINUTES. A DPO unlocks at once with
+# `manage.py axes_reset_username NAME` (or axes_reset_ip ADDRESS, or the admin's Access attempts).
+AUTHENTICATION_BACKENDS = [
+    "governance.authentication.LoginLockoutBackend",  # django-axes' AxesStandaloneBackend
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 30))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "governance.authentication.client_address"
+AXES_VERBOSE = False
+
+# Content-Security-Policy (django-csp 4): nothing inline, nothing from elsewhere. The Swagger UI
+# is the split view (its script is a file), so the only inline code left is two fixed <style>
+# blocks, allowed by their hashes alone: Swagger UI's, and the admin change list's (shown only
+# by a ModelAdmin without action bars). Hashed from the installed templates, so an upgrade of
+# either package keeps them right; tests/test_http_hardening.py checks the pages.
+
+
+def _inline_style_hashes() -> list[str]:
+    import base64
+    import hashlib
+    import importlib.util
+    import re
+
+    found = []
+    for package, template in (
+        ("drf_spectacular", "templates/drf_spectacular/swagger_ui.html"),
+        ("django.contrib.admin", "templates/admin/change_list.html"),
+    ):
+        spec = importlib.util.find_spec(package)
+        path = Path(spec.origin).parent / template
+        for block in re.findall(r"<style>(.*?)</style>", path.read_text(), flags=re.S):
+            digest = base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()
+            found.append(f"'sha256-{digest}'")
+    return found
+
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", *_inline_style_hashes()],
+        # Swagger UI draws its icons as data: SVGs.
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+# Browser features no page here uses (middleware: config.middleware.ResponseHeadersMiddleware).
+PERMISSIONS_POLICY = (
+    "accelerometer=(), autoplay=(), camera=(), display-capture=(), geolocation=(), gyroscope=(), "
+    "magnetometer=(), microphone=(), midi=(), payment=(), usb=(), xr-spatial-tracking=()"
+)
+
 # --- REST API ----------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -211,8 +317,24 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "governance.api.exceptions.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    # Per API key (or session user); failed authentications are counted per client address
+    # by governance.authentication itself, since DRF authenticates before it throttles.
+    "DEFAULT_THROTTLE_CLASSES": ["governance.authentication.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "api_key": env_rate("API_THROTTLE_RATE", "1200/min"),
+        "auth_failure": env_rate("API_AUTH_FAILURE_RATE", "20/min"),
+    },
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
+# Request limits. A body larger than this answers 413 (JSON on /api/). Django's limits on the
+# number of fields and files apply as usual and answer JSON 400 on /api/.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 200 * 1024 * 1024)
+# A query string longer than this answers 414 (JSON on /api/). Gunicorn's own request-line
+# limit (docker/entrypoint.sh: 8190 bytes, its maximum) is above it, so Django answers first.
+API_MAX_QUERY_STRING_LENGTH = env_int("API_MAX_QUERY_STRING_LENGTH", 4096)
+# JSON bodies nested deeper than this (arrays and objects) are refused with a 400 before they
+# are decoded (governance.api.parsers). No endpoint takes more than a few levels.
+API_MAX_JSON_DEPTH = env_int("API_MAX_JSON_DEPTH", 64)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Privacy Ledger API",
@@ -302,6 +424,27 @@ CELERY_BEAT_SCHEDULE.update(
         }
     }
 )
+# Signed checkpoints of the audit chain (governance/checkpoints.py): the head is signed with an
+# Ed25519 key the database never holds and appended to a file outside it, so cutting events off
+# the end of the chain is found. The key: PEM or base64 of the 32-byte seed, in the variable or
+# a file (`manage.py audit_signing_key_generate` makes one). Required when DEBUG is off (a
+# deploy-check error); in development a key file is generated under STORAGE_ROOT.
+AUDIT_SIGNING_KEY = os.environ.get("AUDIT_SIGNING_KEY", "")
+AUDIT_SIGNING_KEY_FILE = os.environ.get("AUDIT_SIGNING_KEY_FILE", "")
+AUDIT_SIGNING_KEY_DEVELOPMENT = DEBUG and not (AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY_FILE)
+if AUDIT_SIGNING_KEY_DEVELOPMENT:
+    AUDIT_SIGNING_KEY_FILE = str(STORAGE_ROOT / "dev-audit-signing-key.pem")  # made on first use, with a warning
+# Public keys of earlier signing keys (after a rotation), so their checkpoints still verify.
+AUDIT_PUBLIC_KEYS_FILE = os.environ.get("AUDIT_PUBLIC_KEYS_FILE", "")
+# Append-only location: mount it from storage the database host cannot rewrite.
+AUDIT_CHECKPOINT_DIR = Path(os.environ.get("AUDIT_CHECKPOINT_DIR") or STORAGE_ROOT / "audit-checkpoints")
+AUDIT_CHECKPOINT_EVERY_EVENTS = env_int("AUDIT_CHECKPOINT_EVERY_EVENTS", 1000)
+# audit_verify reports a missing checkpoint past EVERY_EVENTS + this many unanchored events.
+AUDIT_CHECKPOINT_SLACK_EVENTS = env_int("AUDIT_CHECKPOINT_SLACK_EVENTS", AUDIT_CHECKPOINT_EVERY_EVENTS)
+CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
+    "task": "governance.audit_checkpoint",
+    "schedule": timedelta(minutes=env_int("AUDIT_CHECKPOINT_EVERY_MINUTES", 60)),
+}
 
 # --- erasure ---
 # A key separate from the pseudonymisation key, so an erasure receipt (kept after the
@@ -338,6 +481,10 @@ CELERY_BEAT_SCHEDULE.update(
 
 # --- provenance ---
 PROVENANCE_MAX_ROWS_PER_REQUEST = env_int("PROVENANCE_MAX_ROWS_PER_REQUEST", 100_000)
+# Snapshots and report jobs both have a "kind": one named enum each, no hashed names.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {"SnapshotKindEnum": "provenance.models.SnapshotKind", "ReportKindEnum": "governance.models.ReportKind"}
+)
 # OpenLineage: HTTP (Marquez, DataHub…) when OPENLINEAGE_URL is set, else JSON lines in a file.
 OPENLINEAGE_URL = os.environ.get("OPENLINEAGE_URL", "")
 OPENLINEAGE_ENDPOINT = os.environ.get("OPENLINEAGE_ENDPOINT", "api/v1/lineage")

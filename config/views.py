@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
 from django.urls import Resolver404, resolve
+from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
@@ -70,3 +72,53 @@ def api_not_found(request: HttpRequest) -> HttpResponse:
                                            "trailing slash)?"}, status=404)
     return JsonResponse({"detail": f"No endpoint at {request.path}. The endpoints are listed in the OpenAPI "
                                    "schema at /api/schema/ and /api/docs/."}, status=404)
+
+
+# --- Error handlers (config.urls handler400/403/404/500) ------------------------------------
+# Under /api/ every error is JSON, including the ones Django raises before or outside a view:
+# a body or a number of fields over Django's limits (RequestDataTooBig, TooManyFieldsSent), a
+# disallowed Host, a server error.
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
+
+
+def _reason(exception: BaseException | None, default: str) -> str:
+    message = str(exception) if exception is not None else ""
+    if isinstance(exception, RequestDataTooBig):
+        return (f"The request body is larger than the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+                "(DATA_UPLOAD_MAX_MEMORY_SIZE).")
+    if isinstance(exception, TooManyFieldsSent):
+        return (f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} parameters "
+                "(DATA_UPLOAD_MAX_NUMBER_FIELDS).")
+    if isinstance(exception, TooManyFilesSent):
+        return f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files (DATA_UPLOAD_MAX_NUMBER_FILES)."
+    return message or default
+
+
+def error_400(request: HttpRequest, exception: BaseException | None = None) -> HttpResponse:
+    if _is_api(request):
+        status = 413 if isinstance(exception, RequestDataTooBig) else 400
+        return JsonResponse({"detail": _reason(exception, "Bad request.")}, status=status)
+    return defaults.bad_request(request, exception)
+
+
+def error_403(request: HttpRequest, exception: BaseException | None = None) -> HttpResponse:
+    if _is_api(request):
+        return JsonResponse({"detail": _reason(exception, "You do not have permission to perform this action.")},
+                            status=403)
+    return defaults.permission_denied(request, exception)
+
+
+def error_404(request: HttpRequest, exception: BaseException | None = None) -> HttpResponse:
+    if _is_api(request):
+        return JsonResponse({"detail": f"Not found: {request.path}."}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def error_500(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        # No details: they are in the server's log, and may name data the client should not see.
+        return JsonResponse({"detail": "Internal server error; it has been logged."}, status=500)
+    return defaults.server_error(request)

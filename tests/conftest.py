@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from governance import services
 from governance.roles import ALL_ROLES, AUDITOR, DPO, ML_ENGINEER
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """Throttle counters and cached state live in the (per-process) cache: each test starts clean."""
+    cache.clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _own_audit_checkpoints(tmp_path, settings):
+    """Signed audit checkpoints live in a file outside the database, which no test rollback
+    undoes: each test gets its own, so one test's checkpoints never look like a truncation of
+    the next test's chain."""
+    settings.AUDIT_CHECKPOINT_DIR = tmp_path / "audit-checkpoints"
+    yield
 
 
 def make_role_client(role: str, username: str | None = None) -> APIClient:

@@ -9,6 +9,10 @@ import tempfile
 
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("STORAGE_ROOT", tempfile.mkdtemp(prefix="privacy-ledger-test-"))
+# The suite (the fuzz test above all) sends thousands of requests per key and many bad keys from
+# 127.0.0.1; tests/test_throttling.py lowers the rates to see the 429s.
+os.environ.setdefault("API_THROTTLE_RATE", "1000000/min")
+os.environ.setdefault("API_AUTH_FAILURE_RATE", "1000000/min")
 
 from config.settings import *  # noqa: E402,F403
 
