@@ -16,7 +16,7 @@ from mlops.models import FINISHED_STATUSES, MembershipInferenceAudit, ModelVersi
 
 def _fallback_snapshot(ctx: DemoContext, stamp: str):
     """A small synthetic snapshot when the provenance step shared none."""
-    from governance.models import DataSubject, ProcessingActivity, Purpose
+    from governance.models import ConsentEvent, DataSubject, ProcessingActivity, Purpose
     from provenance.merkle import merkle_root
     from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
     from provenance.schema import content_hash
@@ -47,6 +47,12 @@ def _fallback_snapshot(ctx: DemoContext, stamp: str):
     SnapshotMembership.objects.bulk_create(
         [SnapshotMembership(snapshot=snapshot, record=r, subject=r.subject) for r in records]
     )
+    # Its people consented: training re-checks a snapshot's members against the ledger.
+    ConsentEvent.objects.bulk_create([
+        ConsentEvent(event_id=f"mlops-demo-{stamp}-{s.pk}", subject=s, purpose=purpose, action="given",
+                     occurred_at=now, notice_version="demo", notice_sha256="0" * 64, method="demo")
+        for s in subjects
+    ])
     ctx.say(f"no snapshot shared: built a synthetic one (#{snapshot.pk}, 600 records)")
     return snapshot
 

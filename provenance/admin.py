@@ -118,14 +118,15 @@ class SnapshotAdmin(ReadOnlyAdmin):
     """Snapshots are immutable: shown, never changed or deleted."""
 
     list_display = [
-        "id", "dataset", "purpose", "taken_for", "lawful_basis", "included_count", "included_subjects",
+        "id", "dataset", "purpose", "taken_for", "kind", "lawful_basis", "included_count", "included_subjects",
         "exclusions", "short_root", "created_at",
     ]
-    list_filter = ["lawful_basis", "purpose", "dataset"]
+    # A reconstruction (taken for a past moment) is never trained on.
+    list_filter = ["kind", "lawful_basis", "purpose", "dataset"]
     list_select_related = ["dataset", "purpose"]
     date_hierarchy = "taken_for"
     readonly_fields = [
-        "dataset", "purpose", "taken_for", "consent_known_at", "requested_by", "created_at", "completed_at",
+        "dataset", "purpose", "taken_for", "kind", "consent_known_at", "requested_by", "created_at", "completed_at",
         "lawful_basis", "compatibility", "included_count", "included_subjects", "exclusions", "merkle_root", "openlineage_run_id",
     ]
     fields = readonly_fields

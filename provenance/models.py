@@ -91,6 +91,14 @@ class DataRecord(models.Model):
         indexes = [models.Index(fields=["subject"]), models.Index(fields=["dataset", "id"])]
 
 
+class SnapshotKind(models.TextChoices):
+    # taken for (about) the moment it was taken: what a run may train on.
+    CURRENT = "current", "Current (may be trained on)"
+    # taken for a moment in the past: what was lawful then, for the record; never trained on,
+    # since people covered then may have withdrawn since.
+    RECONSTRUCTION = "reconstruction", "Reconstruction of a past moment (never trained on)"
+
+
 class Snapshot(ImmutableModel):
     """The exact set of records a training run may use, frozen at creation.
 
@@ -106,6 +114,11 @@ class Snapshot(ImmutableModel):
     # with known_at=K answers exactly this snapshot's membership. Empty for other bases.
     consent_known_at = models.DateTimeField(
         null=True, blank=True, help_text="The consent ledger as committed at this moment was read (K).",
+    )
+    kind = models.CharField(
+        max_length=20, choices=SnapshotKind.choices, default=SnapshotKind.CURRENT,
+        help_text="current: taken for now (within the clock skew), may be trained on; reconstruction: "
+        "taken for a past moment, a read-only record of what was lawful then.",
     )
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -127,6 +140,10 @@ class Snapshot(ImmutableModel):
 
     def __str__(self) -> str:
         return f"snapshot {self.pk} of {self.dataset_id} for {self.purpose_id}"
+
+    @property
+    def trainable(self) -> bool:
+        return self.kind == SnapshotKind.CURRENT
 
 
 class SnapshotMembership(ImmutableModel):

@@ -27,11 +27,15 @@ from provenance.models import (
     Dataset,
     Snapshot,
     SnapshotAmendment,
+    SnapshotKind,
     SnapshotMembership,
 )
 from provenance.schema import RowError, content_hash, record_validate, schema_validate
 
 EXCLUSION_REASONS = ("no_consent", "withdrawn", "expired", "retention_passed")
+# How far ``at`` may lie from the moment a snapshot is taken and still count as that moment
+# (clocks of the caller and the server disagree): beyond it in the past, a reconstruction.
+SNAPSHOT_CLOCK_SKEW = timedelta(minutes=5)
 MAX_ERRORS_REPORTED = 20
 
 
@@ -312,33 +316,47 @@ def shortest_retention(*, processing_activity: ProcessingActivity) -> timedelta 
     return processing_activity.retention_rules.aggregate(r=Min("retention"))["r"]
 
 
+def _consent_reason_sql(alias: str) -> str:
+    return (
+        f"WHEN {alias}.state IS NULL THEN 'no_consent' WHEN {alias}.state = 'withdrawn' THEN 'withdrawn' "
+        f"WHEN {alias}.state = 'expired' THEN 'expired'"
+    )
+
+
 def _membership_select(
     *, dataset_id: int, purpose: Purpose, at: datetime, consent: bool, cutoff: datetime | None,
-    known_at: datetime | None = None,
+    known_at: datetime | None = None, also_at: datetime | None = None,
 ) -> tuple[str, list]:
     """(classification query, params): every record of the dataset that existed at T,
     with its content hash and why it is excluded, or 'included'. ``known_at``: consent
-    counts only events recorded by then (the moment the snapshot read the ledger)."""
+    counts only events recorded by then (the moment the snapshot read the ledger).
+    ``also_at``: consent must be valid at this moment too (a current snapshot taken for a
+    T a little before or after K must hold only people covered at both)."""
     reason = ["CASE"]
     params: list = []
     if cutoff is not None:
         reason.append("WHEN r.ingested_at < %s THEN 'retention_passed'")
         params.append(cutoff)
     if consent:
-        reason.append(
-            "WHEN c.state IS NULL THEN 'no_consent' WHEN c.state = 'withdrawn' THEN 'withdrawn' "
-            "WHEN c.state = 'expired' THEN 'expired'"
-        )
+        reason.append(_consent_reason_sql("c"))
+        if also_at is not None:
+            reason.append(_consent_reason_sql("c2"))
     reason.append("ELSE 'included' END")
     reason_sql = " ".join(reason) if len(reason) > 2 else "'included'"
     if consent:
         consent_sql, consent_params = consent_state_sql(purpose=purpose, at=at, known_at=known_at)
+        joins = f"LEFT JOIN ({consent_sql}) c ON c.subject_id = r.subject_id"
+        join_params = list(consent_params)
+        if also_at is not None:
+            also_sql, also_params = consent_state_sql(purpose=purpose, at=also_at, known_at=known_at)
+            joins += f" LEFT JOIN ({also_sql}) c2 ON c2.subject_id = r.subject_id"
+            join_params += also_params
         body = (
             f"SELECT r.id AS record_id, r.subject_id AS subject_id, r.content_hash AS content_hash, {reason_sql} AS reason "
-            f"FROM {DataRecord._meta.db_table} r LEFT JOIN ({consent_sql}) c ON c.subject_id = r.subject_id "
+            f"FROM {DataRecord._meta.db_table} r {joins} "
             "WHERE r.dataset_id = %s AND r.ingested_at <= %s"
         )
-        params = [*params, *consent_params, dataset_id, at]
+        params = [*params, *join_params, dataset_id, at]
     else:
         body = (
             f"SELECT r.id AS record_id, r.subject_id AS subject_id, r.content_hash AS content_hash, {reason_sql} AS reason "
@@ -474,9 +492,14 @@ def snapshot_create(
 
     Consent is read from the ledger as committed at the moment K this function reads it
     (consent_ledger_moment: it waits for consent transactions in flight, then reads K), and
-    counts only events recorded at or before K; T defaults to K. So the membership is
-    exactly what consent_status_bulk(at=T, known_at=K) answers, then and ever after. K is
-    in the audit event (``consent_known_at``).
+    counts only events recorded at or before K; T defaults to K. K is in the audit event
+    (``consent_known_at``).
+
+    A T more than the clock skew (5 minutes) before K makes a *reconstruction*: what was
+    lawful at T, exactly what consent_status_bulk(at=T, known_at=K) answers, kept for the
+    record and never trained on (people covered then may have withdrawn since). Otherwise
+    the snapshot is *current*: a run may train on it, so it holds only people whose
+    consent is valid both at T and at K, and retention is counted from the later of the two.
     """
     activity = dataset.processing_activity
     consent = activity.lawful_basis == LawfulBasis.CONSENT
@@ -484,19 +507,24 @@ def snapshot_create(
     known_at = consent_ledger_moment() if consent else None
     now = known_at or timezone.now()
     at = at or now
-    if at > now + timedelta(minutes=5):
+    if at > now + SNAPSHOT_CLOCK_SKEW:
         raise ServiceError("A snapshot cannot be taken for a moment in the future.", field="at")
+    kind = SnapshotKind.RECONSTRUCTION if at < now - SNAPSHOT_CLOCK_SKEW else SnapshotKind.CURRENT
     compatibility = purpose_permission(processing_activity=activity, purpose=purpose)
     retention = shortest_retention(processing_activity=activity)
-    cutoff = at - retention if retention is not None else None
+    # A current snapshot is used from now on: a record past its retention at either moment is out.
+    latest = at if kind == SnapshotKind.RECONSTRUCTION else max(at, now)
+    cutoff = latest - retention if retention is not None else None
+    also_at = now if kind == SnapshotKind.CURRENT and consent and at != now else None
     snapshot = Snapshot.objects.create(
-        dataset=dataset, purpose=purpose, taken_for=at, consent_known_at=known_at,
+        dataset=dataset, purpose=purpose, taken_for=at, consent_known_at=known_at, kind=kind,
         requested_by=requested_by if getattr(requested_by, "pk", None) else None,
         lawful_basis=activity.lawful_basis, compatibility=compatibility,
         included_count=0, included_subjects=0, excluded_counts={}, merkle_root="",
     )
     body, params = _membership_select(
-        dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff, known_at=known_at
+        dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff, known_at=known_at,
+        also_at=also_at,
     )
     counts, included_subjects, root = _fill_membership(snapshot_id=snapshot.pk, body=body, params=params)
     included = counts.get("included", 0)
@@ -510,7 +538,7 @@ def snapshot_create(
     audit_event_record(
         actor=requested_by, action="snapshot.created", object_type="snapshot", object_id=snapshot.pk,
         details={
-            "dataset": dataset.pk, "purpose": purpose.code, "taken_for": at.isoformat(),
+            "dataset": dataset.pk, "purpose": purpose.code, "taken_for": at.isoformat(), "kind": kind,
             "consent_known_at": known_at.isoformat() if known_at else None,
             "lawful_basis": activity.lawful_basis, "compatibility": compatibility.pk if compatibility else None,
             "included": included, "included_subjects": included_subjects, "excluded": excluded,

@@ -112,8 +112,17 @@ def training_run_execute(
     run, claimed = _claim(run_id=run_id, takeover=takeover)
     if not claimed:
         return run
-    run = TrainingRun.objects.select_related("snapshot__dataset").get(pk=run_id)
+    run = TrainingRun.objects.select_related("snapshot__dataset", "snapshot__purpose").get(pk=run_id)
     attempt = run.attempts
+    # Queueing checked the snapshot; the worker checks again before it reads a single record,
+    # since people may withdraw while the run waits in the queue (seconds, or hours if the
+    # broker was down). A remediation retrain (takeover) was checked by the erasure that
+    # started it and must finish, or the erasure would stall.
+    refusal = None if takeover else _snapshot_refusal(run)
+    if refusal is not None:
+        abandoned = _abandon(run_id=run_id, status=RunStatus.FAILED, reason=refusal, attempt=attempt)
+        _emit_openlineage(run_id)
+        return abandoned
     reporter = _ProgressReporter(run, on_progress)
     try:
         with lease_heartbeat(TrainingRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, attempts=attempt)):
@@ -156,6 +165,18 @@ def training_run_execute(
     _emit_openlineage(run_id)
     run.refresh_from_db()
     return run
+
+
+def _snapshot_refusal(run: TrainingRun) -> str | None:
+    """Why ``run`` may not train on its snapshot now (a reconstruction, or people in it no
+    longer covered), or None."""
+    from mlops.services.queueing import snapshot_trainable_check
+
+    try:
+        snapshot_trainable_check(snapshot=run.snapshot)
+    except ServiceConflict as exc:
+        return f"not started: {exc}"
+    return None
 
 
 def _lease_release(*, run_id: int, attempt: int) -> None:

@@ -17,6 +17,7 @@ from governance.leases import lease_cutoff
 from governance.models import Purpose
 from governance.services import ServiceConflict, ServiceError, audit_event_record
 from mlops import data
+from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
 from mlops.engine.spec import ACCOUNTANTS, TASKS, TrainConfig
 from mlops.models import (
     RunStatus,
@@ -38,6 +39,38 @@ from provenance.models import Dataset, Snapshot
 
 logger = logging.getLogger(__name__)
 
+
+
+def snapshot_trainable_check(*, snapshot: Snapshot) -> None:
+    """Refuse (409) to train on ``snapshot`` unless it is current and everyone still in it
+    is covered for its purpose now.
+
+    A reconstruction records what was lawful at a past moment; people covered then may
+    have withdrawn since, so it is never trained on. A current snapshot may be days old:
+    its members are checked against the consent ledger as committed now (one query), and
+    any withdrawal or expiry since it was taken stops the run. Every path that starts
+    training on an existing snapshot calls this.
+    """
+    from governance.consent_clock import consent_ledger_moment
+    from provenance.models import SnapshotKind
+    from provenance.selectors import snapshot_members_no_longer_covered
+
+    if snapshot.kind != SnapshotKind.CURRENT:
+        raise ServiceConflict(
+            f"Snapshot {snapshot.pk} is a reconstruction of {snapshot.taken_for.isoformat()} (what was lawful then) "
+            "and is never trained on: take a snapshot for now and train on that.",
+            field="snapshot",
+        )
+    with transaction.atomic():  # the ledger's moment is read inside the reading transaction
+        lost = snapshot_members_no_longer_covered(snapshot=snapshot, at=consent_ledger_moment())
+    if lost:
+        who = "1 person" if lost == 1 else f"{lost} people"
+        raise ServiceConflict(
+            f"Snapshot {snapshot.pk}: {who} in it {'is' if lost == 1 else 'are'} no longer covered for "
+            f"{snapshot.purpose.code} (consent withdrawn, expired or not recorded) as of now. Take a fresh "
+            "snapshot and train on that.",
+            field="snapshot",
+        )
 
 
 def _resolve_snapshot(*, snapshot: Snapshot | int | None, dataset: Dataset | int | None, purpose, requested_by) -> Snapshot:
@@ -114,10 +147,19 @@ def training_run_queue(
         raise ServiceError(f"model_spec: unknown option {unknown[0]!r}", field="model_spec")
     _check_number(validation_split, "validation_split", low=0.0, high=0.5)
     _check_number(holdout_fraction, "holdout_fraction", low=0.0, high=0.5)
+    # Bounded before any accounting: the σ search runs inside the request (issue 14). A
+    # remediation retrain repeats a run accepted before these bounds existed, and an erasure
+    # must not fail on them (the search itself is bounded in the engine either way).
+    bounded = remediates is None
     if target_epsilon is not None:
-        _check_number(target_epsilon, "target_epsilon", low=0.0, low_inclusive=False)
+        _check_number(target_epsilon, "target_epsilon", low=0.0, low_inclusive=False,
+                      high=MAX_TARGET_EPSILON if bounded else None, high_inclusive=True)
     if noise_multiplier is not None:
-        _check_number(noise_multiplier, "noise_multiplier", low=0.0, low_inclusive=False)
+        _check_number(noise_multiplier, "noise_multiplier", low=0.0, low_inclusive=False,
+                      high=MAX_SIGMA if bounded else None, high_inclusive=True)
+    if target_delta is not None and bounded:
+        _check_number(target_delta, "target_delta", low=0.0, low_inclusive=False,
+                      high=MAX_TARGET_DELTA, high_inclusive=True)
     _check_number(max_grad_norm, "max_grad_norm", low=0.0, low_inclusive=False)
     if allow_non_private and (target_epsilon is not None or noise_multiplier is not None):
         raise ServiceError(
@@ -153,6 +195,9 @@ def training_run_queue(
                 verification_failed_message(verification), field="snapshot",
                 first_difference=verification.first_difference,
             )
+        # After the integrity check, whose answer names what was altered: a snapshot taken by
+        # this call was computed from the ledger just now and needs neither.
+        snapshot_trainable_check(snapshot=snap)
     labelled = np.array([v is not None for v in labels.labels])
     split = data.subject_split(
         subject_ids=labels.subject_ids, seed=seed if isinstance(seed, int) else 0,
@@ -205,6 +250,13 @@ def training_run_queue(
             plan = _plan_single(config=config, n_train=n_train)
     except ValueError as exc:
         raise _engine_error(exc)
+    if bounded and plan.epsilon is not None and plan.epsilon > MAX_TARGET_EPSILON:
+        # A given σ that buys almost no privacy: the same bound as for a target ε.
+        raise ServiceError(
+            f"noise_multiplier: gives ε = {plan.epsilon:.4g} at δ = {target_delta:g}, above the most a private "
+            f"run may spend ({MAX_TARGET_EPSILON:g}); add noise, or train with allow_non_private",
+            field="noise_multiplier",
+        )
 
     run = TrainingRun.objects.create(
         name=name or snap.dataset.name,

@@ -316,6 +316,23 @@ def _sisa_unlearn(*, head: ModelVersion) -> ModelVersion:
     return version
 
 
+def _retraining_refusal(*, head: ModelVersion) -> str | None:
+    """Why ``head``'s snapshot may not be trained on again now (None: it may): retraining and
+    SISA unlearning read it afresh, so they pass the same check as any new run."""
+    from governance.services import ServiceConflict
+    from mlops.services.queueing import snapshot_trainable_check
+
+    if TrainingRun.objects.filter(
+        remediates=head, status__in=(RunStatus.QUEUED, RunStatus.RUNNING), sisa_placements_from__isnull=True,
+    ).exists():
+        return None  # a retraining a dead worker left behind: it passed the check when queued
+    try:
+        snapshot_trainable_check(snapshot=head.training_run.snapshot)
+    except ServiceConflict as exc:
+        return str(exc)
+    return None
+
+
 def _retrain(*, head: ModelVersion) -> ModelVersion:
     """Retrain ``head``'s configuration from scratch on its snapshot as it is now; resumes
     a retraining a dead worker left behind instead of starting (and charging) another."""
@@ -380,6 +397,15 @@ def model_lineage_remediate(
             )
             result.update(outcome="kept_on_dp" if kept else "kept_on_dp_pending_other_erasures",
                           model_version=head.pk, version=head.version, epsilon=head.epsilon)
+        elif (blocked := _retraining_refusal(head=head)) is not None:
+            # Retraining or unlearning would process people the snapshot no longer covers
+            # (or a reconstruction): the erasure must still complete, so the head is taken
+            # out of service instead; a new version is trained on a fresh snapshot.
+            model_version_retire(
+                model_version=head,
+                reason=f"retired after {reason or 'an erasure'} instead of retrained: {blocked}",
+            )
+            result.update(outcome="retired", model_version=head.pk, version=head.version, retired_because=blocked)
         else:
             replaced = head
             if action == SISA_UNLEARN and replaced.is_sisa_ensemble:

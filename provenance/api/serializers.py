@@ -3,7 +3,8 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from governance.models import ProcessingActivity, Purpose
-from provenance.models import Dataset, Snapshot, SnapshotAmendment
+from governance.roles import AUDITOR, DPO, has_role
+from provenance.models import AmendmentReason, Dataset, Snapshot, SnapshotAmendment
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -40,7 +41,26 @@ class RecordIngestResultSerializer(serializers.Serializer):
     ingested_at = serializers.DateTimeField()
 
 
+# What ML engineers see as an amendment's reason: that members were removed, and when, but
+# not why or by which request (issue 14): an erasure request id leads to a person.
+MEMBERS_REMOVED = "members_removed"
+
+
+def sees_erasure_detail(context: dict) -> bool:
+    """The DPO and the auditor see why data changed; everyone else that it changed."""
+    request = context.get("request")
+    return request is not None and has_role(request.user, DPO, AUDITOR)
+
+
 class SnapshotAmendmentSerializer(serializers.ModelSerializer):
+    reason = serializers.ChoiceField(
+        choices=[*AmendmentReason.values, MEMBERS_REMOVED], read_only=True,
+        help_text=f"retention or erasure for the DPO and the auditor; {MEMBERS_REMOVED} for other roles.",
+    )
+    erasure_request_id = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="The DPO's and the auditor's only; null for other roles."
+    )
+
     class Meta:
         model = SnapshotAmendment
         fields = [
@@ -48,17 +68,29 @@ class SnapshotAmendmentSerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if not sees_erasure_detail(self.context):
+            data["reason"], data["erasure_request_id"] = MEMBERS_REMOVED, None
+        return data
+
 
 class SnapshotSerializer(serializers.ModelSerializer):
     purpose = serializers.SlugRelatedField(slug_field="code", read_only=True)
     requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     current_merkle_root = serializers.SerializerMethodField(help_text="Root of the current membership, after amendments.")
+    trainable = serializers.BooleanField(
+        read_only=True,
+        help_text="False for a reconstruction (taken for a past moment): never trained on. A current snapshot "
+        "is also re-checked against the consent ledger when a run is queued.",
+    )
     amendments = SnapshotAmendmentSerializer(many=True, read_only=True)
 
     class Meta:
         model = Snapshot
         fields = [
-            "id", "dataset", "purpose", "taken_for", "consent_known_at", "requested_by", "created_at", "completed_at",
+            "id", "dataset", "purpose", "taken_for", "kind", "trainable", "consent_known_at", "requested_by",
+            "created_at", "completed_at",
             "lawful_basis",
             "compatibility", "included_count", "included_subjects", "excluded_counts", "merkle_root",
             "current_merkle_root", "amendments", "openlineage_run_id",
@@ -73,7 +105,11 @@ class SnapshotSerializer(serializers.ModelSerializer):
 class SnapshotCreateSerializer(serializers.Serializer):
     dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.select_related("processing_activity"))
     purpose = serializers.SlugRelatedField(slug_field="code", queryset=Purpose.objects.all(), help_text="Purpose code.")
-    at = serializers.DateTimeField(required=False, allow_null=True, help_text="The moment T; defaults to now.")
+    at = serializers.DateTimeField(
+        required=False, allow_null=True,
+        help_text="The moment T; defaults to now. More than 5 minutes in the past makes a reconstruction "
+        "(what was lawful then), which is never trained on.",
+    )
 
 
 class SubjectImpactRequestSerializer(serializers.Serializer):

@@ -123,11 +123,12 @@ def test_bulk_status_matches_the_single_subject_rule_on_a_mixed_population():
 
 
 @pytest.mark.django_db
-def test_consent_status_api_answers_by_position_without_echoing_identifiers(ml_client):
+def test_consent_status_api_answers_by_position_without_echoing_identifiers(dpo_client):
+    # The DPO's answer (reasons, a past moment); other roles: tests/governance/test_consent_status_roles.py.
     consent_activity()
     services.consent_events_ingest(events=_population(), actor="test")
     identifiers = list(EXPECTED)
-    response = ml_client.post(
+    response = dpo_client.post(
         "/api/v1/consent-status/",
         {"purpose": CLINICAL, "at": at(50).isoformat(), "subjects": identifiers},
         format="json",

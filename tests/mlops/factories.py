@@ -8,11 +8,12 @@ linear rule (learnable, not trivially).
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import numpy as np
 from django.utils import timezone
 
-from governance.models import DataSubject, ProcessingActivity, Purpose
+from governance.models import ConsentEvent, DataSubject, ProcessingActivity, Purpose
 from provenance.merkle import merkle_root
 from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
 from provenance.schema import content_hash
@@ -84,4 +85,16 @@ def make_snapshot(
     SnapshotMembership.objects.bulk_create(
         [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s, _ in records]
     )
+    # A consent snapshot of people who consented: training re-checks its members' consent.
+    consent_given(subject_ids=[s for _, s, _ in records], purpose=purpose, at=now - timedelta(hours=1))
     return snapshot
+
+
+def consent_given(*, subject_ids, purpose: Purpose, at) -> None:
+    ConsentEvent.objects.bulk_create([
+        ConsentEvent(
+            event_id=f"factory-{uuid.uuid4().hex}", subject_id=sid, purpose=purpose, action="given", occurred_at=at,
+            notice_version="v1", notice_sha256="0" * 64, method="web_form",
+        )
+        for sid in sorted(set(subject_ids))
+    ])

@@ -58,6 +58,14 @@ def snapshot_of(ds: Dataset) -> Snapshot:
     SnapshotMembership.objects.bulk_create(
         [SnapshotMembership(snapshot=snap, record_id=r[0], subject_id=r[1]) for r in records]
     )
+    # A consent snapshot of people who consented (training re-checks its members' consent):
+    # those with no consent event for the purpose yet are given one.
+    from governance.models import ConsentEvent
+    from tests.mlops.factories import consent_given
+
+    known = set(ConsentEvent.objects.filter(purpose=snap.purpose).values_list("subject_id", flat=True))
+    consent_given(subject_ids=[r[1] for r in records if r[1] not in known], purpose=snap.purpose,
+                  at=timezone.now() - timedelta(hours=1))
     return snap
 
 

@@ -27,11 +27,11 @@ def _world():
                                  {"name": "Globex Labs", "third_country": "US"}])
     people = [carol, *h.crowd(40)]
     ds = h.people_dataset(act=act, people=people, records_per_person=2)
-    snap = h.snapshot_of(ds)
     ConsentEvent.objects.create(
         event_id="carol-given", subject=carol, purpose=act.purposes.first(), action="given",
         occurred_at=timezone.now(), notice_version="v1", notice_sha256="0" * 64, method="web",
     )
+    snap = h.snapshot_of(ds)  # gives the others their consent
     return carol, ds, snap
 
 
