@@ -6,9 +6,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from assessments import selectors, services
+from assessments.filtersets import DpiaFilterSet
 from assessments.models import (
     Dpia,
     DpiaRisk,
@@ -18,9 +20,8 @@ from assessments.models import (
     Wp248Criterion,
 )
 from governance.api.reports import pdf_response
-from governance.models import ProcessingActivity, ReportKind, ReportStatus
+from governance.models import ProcessingActivity, ReportStatus
 from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY
-from governance.reports import jobs
 
 # --- Serializers ---------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class DpiaViewSet(
         "report": DPO_AND_AUDITOR,
         "default": DPO_ONLY,
     }
-    filterset_fields = ["processing_activity", "status"]
+    filterset_class = DpiaFilterSet
 
     def get_queryset(self):
         return selectors.dpia_list()
@@ -199,13 +200,47 @@ class DpiaViewSet(
         risk = services.dpia_risk_add(dpia=dpia, actor=request.user, **data.validated_data)
         return Response(DpiaRiskSerializer(risk).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={(200, "application/pdf"): OpenApiTypes.BINARY})
-    @action(detail=True, methods=["get"])
+    @extend_schema(
+        methods=["GET"], request=None,
+        responses={
+            (200, "application/pdf"): OpenApiTypes.BINARY,
+            404: OpenApiResponse(description="Not rendered yet: POST to render it."),
+            409: OpenApiResponse(description="The DPIA changed since its last rendering: POST to render it again."),
+        },
+    )
+    @extend_schema(
+        methods=["POST"], request=None,
+        responses={
+            (201, "application/pdf"): OpenApiTypes.BINARY,
+            500: OpenApiResponse(description="The rendering failed; the failure is recorded."),
+        },
+    )
+    @action(detail=True, methods=["get", "post"])
     def report(self, request, pk=None):
-        """The DPIA as a PDF, rendered now and recorded as a report job."""
+        """GET: the last rendering of the DPIA as a PDF (reading writes nothing). POST: render
+        it now, keep it as a report job and record report.generated in the audit chain."""
         dpia = self.get_object()
-        job = jobs.report_job_request(kind=ReportKind.DPIA, object_id=dpia.pk, actor=request.user, enqueue=False)
-        job = jobs.report_job_run(job_id=job.pk)
-        if job.status != ReportStatus.SUCCEEDED:
-            return Response({"detail": f"The report could not be rendered: {job.error}"}, status=500)
-        return pdf_response(job, filename=f"dpia-{dpia.pk}-v{dpia.version}.pdf")
+        filename = f"dpia-{dpia.pk}-v{dpia.version}.pdf"
+        if request.method == "POST":
+            job = services.dpia_report_render(dpia=dpia, actor=request.user)
+            if job.status != ReportStatus.SUCCEEDED:
+                return Response({"detail": f"The report could not be rendered: {job.error}"}, status=500)
+            response = pdf_response(job, filename=filename)
+            response.status_code = status.HTTP_201_CREATED
+            response["Location"] = f"/api/v1/reports/{job.pk}/"
+            return response
+        job, changed = selectors.dpia_report_latest(dpia=dpia)
+        if job is None:
+            raise NotFound(
+                f"DPIA {dpia.pk} has not been rendered yet: POST /api/v1/dpias/{dpia.pk}/report/ renders it."
+            )
+        if changed:
+            raise services.ServiceConflict(
+                f"DPIA {dpia.pk} changed after its last rendering (report {job.pk}, rendered "
+                f"{job.started_at.isoformat()}): POST /api/v1/dpias/{dpia.pk}/report/ renders it again.",
+                report_job=job.pk,
+            )
+        response = pdf_response(job, filename=filename)
+        response["X-Report-Job"] = str(job.pk)
+        response["X-Rendered-At"] = job.finished_at.isoformat() if job.finished_at else ""
+        return response

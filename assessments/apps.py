@@ -15,5 +15,6 @@ class AssessmentsConfig(AppConfig):
 
         report_kind_register(kind=ReportKind.DPIA, build=dpia_report_render, about=("assessments", "Dpia"))
         report_kind_register(
-            kind=ReportKind.MODEL_LINEAGE, build=model_lineage_report_render, about=("mlops", "ModelVersion")
+            kind=ReportKind.MODEL_LINEAGE, build=model_lineage_report_render, about=("mlops", "ModelVersion"),
+            role_aware=True,
         )

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import Count, Prefetch, Q, QuerySet
 
 from assessments.models import Dpia, DpiaRisk, DpiaScreeningAnswer, Wp248Criterion
-from governance.models import ProcessingActivity
+from governance.models import ProcessingActivity, ReportJob
 
 
 def dpia_list(*, processing_activity_id: int | None = None, status: str | None = None) -> QuerySet[Dpia]:
@@ -141,3 +141,23 @@ def dpia_required_from(answers: dict[str, bool]) -> tuple[bool, list[str]]:
     """WP248: two or more criteria make a DPIA required; so does any Art. 35(3) case."""
     cases = article_35_3_cases(answers)
     return (sum(bool(v) for v in answers.values()) >= 2 or bool(cases)), cases
+
+
+def dpia_report_latest(*, dpia: Dpia) -> tuple[ReportJob | None, bool]:
+    """The last successful rendering of ``dpia``'s report, and whether the DPIA has changed
+    since it was rendered (its content, a risk added or a screening answer confirmed)."""
+    from django.db.models import Max
+
+    from governance.models import ReportKind, ReportStatus
+
+    job = (
+        ReportJob.objects.filter(kind=ReportKind.DPIA, object_id=dpia.pk, status=ReportStatus.SUCCEEDED)
+        .order_by("-started_at", "-id").first()
+    )
+    if job is None:
+        return None, False
+    changes = [dpia.updated_at]
+    changes.append(DpiaRisk.objects.filter(dpia=dpia).aggregate(at=Max("created_at"))["at"])
+    changes.append(DpiaScreeningAnswer.objects.filter(dpia=dpia).aggregate(at=Max("confirmed_at"))["at"])
+    changed_at = max((c for c in changes if c is not None), default=None)
+    return job, changed_at is not None and job.started_at is not None and changed_at > job.started_at

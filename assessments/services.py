@@ -24,7 +24,7 @@ from assessments.models import (
     Wp248Criterion,
     risk_level,
 )
-from governance.models import ProcessingActivity
+from governance.models import ProcessingActivity, ReportJob
 from governance.services import ServiceConflict, ServiceError, audit_event_record
 
 logger = logging.getLogger(__name__)
@@ -384,3 +384,17 @@ def dpia_mark_for_review(
         details={"count": count, "reason": reason[:500], "dpia_ids": ids[:100]},
     )
     return count
+
+
+def dpia_report_render(*, dpia: Dpia, actor: Any) -> ReportJob:
+    """Render ``dpia``'s PDF now and keep it as a report job (audited as report.generated).
+
+    Not atomic on purpose: the job row moves through its states in short transactions of
+    its own (governance.reports.jobs), so a failed rendering is recorded, not rolled back.
+    GET /dpias/{id}/report/ serves the last rendering and never renders.
+    """
+    from governance.models import ReportKind
+    from governance.reports import jobs
+
+    job = jobs.report_job_request(kind=ReportKind.DPIA, object_id=dpia.pk, actor=actor, enqueue=False)
+    return jobs.report_job_run(job_id=job.pk)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import django_filters
+from django import forms
 from django.db.models import Q
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 
 from governance.models import (
     ConsentAction,
@@ -16,6 +19,30 @@ from governance.models import (
     PurposeCompatibility,
 )
 from governance.moments import UTCIsoDateTimeFilter
+
+
+@extend_schema_field(OpenApiTypes.INT64)
+class IdFilter(django_filters.NumberFilter):
+    """A filter on an object's id: an id that matches nothing gives an empty list, not the
+    400 "Select a valid choice" of django-filter's default ModelChoiceFilter, while the
+    schema documents an integer (issue 14). Whole numbers only; an id beyond what a bigint
+    holds matches nothing too, without a query (SQLite raised OverflowError on it)."""
+
+    field_class = forms.IntegerField
+    _BIGINT = 2**63
+
+    def __init__(self, *args, **kwargs):
+        field_name = kwargs.get("field_name")
+        if field_name and "__" not in field_name:
+            # "snapshot" → "snapshot__id": the local column, compared as the target's
+            # integer (whose lookups refuse out-of-range values without a query).
+            kwargs["field_name"] = f"{field_name}__id"
+        super().__init__(*args, **kwargs)
+
+    def filter(self, qs, value):
+        if value is not None and not -self._BIGINT <= value < self._BIGINT:
+            return qs.none()
+        return super().filter(qs, value)
 
 
 def _code_or_descendants(queryset, field: str, code: str):

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import django_filters
 
+from governance.filtersets import IdFilter
 from governance.moments import UTCIsoDateTimeFilter
 from mlops.models import ModelVersion, TrainingRun
 
 
 class TrainingRunFilterSet(django_filters.FilterSet):
-    dataset = django_filters.NumberFilter(field_name="snapshot__dataset_id")
+    dataset = IdFilter(field_name="snapshot__dataset_id")
+    snapshot = IdFilter(field_name="snapshot")
     created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
 
     class Meta:
         model = TrainingRun
-        fields = ["status", "snapshot", "name", "task", "allow_non_private"]
+        fields = ["status", "name", "task", "allow_non_private"]
 
 
 class ModelVersionFilterSet(django_filters.FilterSet):
-    dataset = django_filters.NumberFilter(field_name="training_run__snapshot__dataset_id")
+    dataset = IdFilter(field_name="training_run__snapshot__dataset_id")
+    training_run = IdFilter(field_name="training_run")
 
     class Meta:
         model = ModelVersion
-        fields = ["status", "name", "non_private", "is_sisa_ensemble", "training_run"]
+        fields = ["status", "name", "non_private", "is_sisa_ensemble"]

@@ -9,6 +9,7 @@ from django.db.models import Q, QuerySet
 from mlops import ledger
 from mlops.models import (
     LedgerState,
+    ModelStatus,
     ModelVersion,
     PrivacyBudget,
     PrivacyLedgerEntry,
@@ -18,6 +19,27 @@ from mlops.models import (
 from provenance.models import Dataset
 
 DEFAULT_LEDGER_DELTA = 1e-5
+
+# What ML engineers read instead of a status reason that names an erasure or a withdrawal
+# (issue 14): that the model changed and why in neutral terms, never which request.
+NEUTRAL_STATUS_REASONS = {
+    ModelStatus.TAINTED: "Its training data changed after this version was trained.",
+    ModelStatus.RETIRED: "Retired after its training data changed.",
+}
+
+
+def model_status_reason_shown(
+    *, status: str, status_reason: str, supersedes_version: int | None, erasure_detail: bool
+) -> str:
+    """A model version's status reason as the reader's role may see it."""
+    if erasure_detail:
+        return status_reason
+    if status in NEUTRAL_STATUS_REASONS:
+        return NEUTRAL_STATUS_REASONS[status]
+    if status == ModelStatus.ACTIVE:
+        # "retrained to replace …", "SISA unlearning of …", "kept on DP: accepted risk of erasure …"
+        return f"replaces version {supersedes_version}" if supersedes_version is not None else ""
+    return status_reason  # superseded: the registry's own "superseded by version n"
 
 
 def sisa_placement_run_id(*, run: TrainingRun) -> int:

@@ -163,7 +163,7 @@ def _add_dataset(doc: ProvDocument, dataset: Dataset, seen: set[int]) -> str:
     return ident
 
 
-def _add_snapshot(doc: ProvDocument, snapshot: Snapshot, seen: set[int]) -> str:
+def _add_snapshot(doc: ProvDocument, snapshot: Snapshot, seen: set[int], *, erasure_detail: bool = False) -> str:
     dataset_id = _add_dataset(doc, snapshot.dataset, seen)
     ident = f"pl:snapshot-{snapshot.pk}"
     doc.entity(ident, {
@@ -188,10 +188,16 @@ def _add_snapshot(doc: ProvDocument, snapshot: Snapshot, seen: set[int]) -> str:
         doc.wasAssociatedWith(creation, "pl:privacy-ledger", plan)
     for amendment in snapshot.amendments.all():
         act = f"pl:snapshot-amendment-{amendment.pk}"
-        doc.activity(act, amendment.created_at, amendment.created_at, {
-            "prov:label": f"{amendment.reason} amendment", "pl:records_removed": amendment.records_removed,
+        # Without erasure_detail (roles other than the DPO and the auditor) an amendment
+        # says that members were removed and when, not why: "erasure" points at a person.
+        attributes: dict[str, Any] = {
+            "prov:label": f"{amendment.reason} amendment" if erasure_detail else "membership amendment",
+            "pl:records_removed": amendment.records_removed,
             "pl:previous_root": amendment.previous_root, "pl:new_root": amendment.new_root,
-        })
+        }
+        if erasure_detail:
+            attributes["pl:reason"] = amendment.reason
+        doc.activity(act, amendment.created_at, amendment.created_at, attributes)
         doc.used(act, ident)
     return ident
 
@@ -217,8 +223,10 @@ def _add_model_version(doc: ProvDocument, model_version, run_ident: str, snapsho
     return ident
 
 
-def _add_snapshot_and_downstream(doc: ProvDocument, snapshot: Snapshot, seen: set[int]) -> None:
-    snapshot_ident = _add_snapshot(doc, snapshot, seen)
+def _add_snapshot_and_downstream(
+    doc: ProvDocument, snapshot: Snapshot, seen: set[int], *, erasure_detail: bool = False
+) -> None:
+    snapshot_ident = _add_snapshot(doc, snapshot, seen, erasure_detail=erasure_detail)
     runs, models = trained_on_snapshots([snapshot.pk])
     for run in runs:
         run_ident = _add_training_run(doc, run, snapshot_ident)
@@ -226,29 +234,31 @@ def _add_snapshot_and_downstream(doc: ProvDocument, snapshot: Snapshot, seen: se
             _add_model_version(doc, mv, run_ident, snapshot_ident)
 
 
-def snapshot_prov_document(*, snapshot: Snapshot) -> ProvDocument:
-    """The snapshot's upstream lineage and the training runs and models that used it."""
+def snapshot_prov_document(*, snapshot: Snapshot, erasure_detail: bool = False) -> ProvDocument:
+    """The snapshot's upstream lineage and the training runs and models that used it.
+
+    ``erasure_detail`` (for the DPO and the auditor) names why each amendment removed members."""
     doc = _new_document()
-    _add_snapshot_and_downstream(doc, snapshot, set())
+    _add_snapshot_and_downstream(doc, snapshot, set(), erasure_detail=erasure_detail)
     return doc
 
 
-def dataset_prov_document(*, dataset: Dataset) -> ProvDocument:
+def dataset_prov_document(*, dataset: Dataset, erasure_detail: bool = False) -> ProvDocument:
     """The dataset's ancestry, every snapshot of it and everything trained on them."""
     doc = _new_document()
     seen: set[int] = set()
     _add_dataset(doc, dataset, seen)
     for snapshot in dataset.snapshots.select_related("purpose", "requested_by", "dataset__processing_activity").order_by("pk"):
-        _add_snapshot_and_downstream(doc, snapshot, seen)
+        _add_snapshot_and_downstream(doc, snapshot, seen, erasure_detail=erasure_detail)
     return doc
 
 
-def model_prov_document(*, model_version) -> ProvDocument:
+def model_prov_document(*, model_version, erasure_detail: bool = False) -> ProvDocument:
     """Everything upstream of a model version, down to datasets and processing activities."""
     doc = _new_document()
     run = model_version.training_run
     snapshot = Snapshot.objects.select_related("dataset__processing_activity", "purpose", "requested_by").get(pk=run.snapshot_id)
-    snapshot_ident = _add_snapshot(doc, snapshot, set())
+    snapshot_ident = _add_snapshot(doc, snapshot, set(), erasure_detail=erasure_detail)
     run_ident = _add_training_run(doc, run, snapshot_ident)
     _add_model_version(doc, model_version, run_ident, snapshot_ident)
     return doc

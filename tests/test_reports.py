@@ -42,8 +42,8 @@ def _signed_dpia(client, world) -> dict:
 def test_dpia_pdf_has_every_section_and_the_evidence(dpo_client, auditor_client):
     world = make_world(n_subjects=5, records_per_subject=3)
     dpia = _signed_dpia(dpo_client, world)
-    response = auditor_client.get(f"/api/v1/dpias/{dpia['id']}/report/")
-    assert response.status_code == 200
+    response = auditor_client.post(f"/api/v1/dpias/{dpia['id']}/report/")
+    assert response.status_code == 201
     assert response["Content-Type"] == "application/pdf"
     content = b"".join(response.streaming_content)
     assert response["X-Content-SHA256"] == hashlib.sha256(content).hexdigest()

@@ -99,12 +99,13 @@ def model_lineage_report_data(*, model_version_id: int) -> dict[str, Any]:
 
 def model_lineage_flowables(data: dict[str, Any]) -> list:
     m, mv, run, snap, ds = data["model"], data["model_version"], data["run"], data["snapshot"], data["dataset"]
+    reason = _reason(data, mv.status, m["status_reason"], mv.supersedes_id)
     flows = tk.title_block(
         "Model lineage report",
         subtitle=f"{m['label']}: a model card for auditors",
         facts=[
             ("Model version", f"{m['label']} (#{mv.pk})"),
-            ("Status", m["status"] + (f": {m['status_reason']}" if m["status_reason"] else "")),
+            ("Status", m["status"] + (f": {reason}" if reason else "")),
             ("Registered", mv.created_at),
             ("Artifact SHA-256", mv.artifact_sha256),
             ("Training run", f"#{run.pk}, {run.get_status_display()}, finished {tk.text(run.finished_at)}"),
@@ -132,7 +133,7 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
     flows.append(
         tk.data_table(
             ["Amendment", "Reason", "Records removed", "Subjects removed", "Root before", "Root after"],
-            [[a.created_at, a.get_reason_display(), a.records_removed, a.subjects_removed, a.previous_root[:16] + "…", a.new_root[:16] + "…"] for a in data["amendments"]],
+            [[a.created_at, a.get_reason_display() if data["erasure_detail"] else "Members removed", a.records_removed, a.subjects_removed, a.previous_root[:16] + "…", a.new_root[:16] + "…"] for a in data["amendments"]],
             empty="No amendment: the snapshot is as created.",
         )
     )
@@ -190,20 +191,21 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
         tk.data_table(
             ["Version", "Status", "Reason", "ε", "Registered", "Supersedes"],
             [
-                [f"v{h['version']}" + (" (this)" if h["pk"] == mv.pk else ""), h["status"], h["status_reason"],
+                [f"v{h['version']}" + (" (this)" if h["pk"] == mv.pk else ""), h["status"], _reason(data, h["status"], h["status_reason"], h["supersedes_id"]),
                  "∞" if h["epsilon"] is None else f"{h['epsilon']:.3f}", h["created_at"], h["supersedes_id"] and f"#{h['supersedes_id']}"]
                 for h in data["history"]
             ],
             col_widths=[1.2, 1.2, 4, 0.8, 2, 1],
         )
     )
-    flows.append(
-        tk.data_table(
-            ["Erasure request", "Remediation decided", "Justification", "Decided at"],
-            [[f"#{o['request_id']}", o["action"], o["justification"], o["decided_at"]] for o in data["overrides"]],
-            empty="No erasure remediation decision concerns this model version.",
+    if data["erasure_detail"]:
+        flows.append(
+            tk.data_table(
+                ["Erasure request", "Remediation decided", "Justification", "Decided at"],
+                [[f"#{o['request_id']}", o["action"], o["justification"], o["decided_at"]] for o in data["overrides"]],
+                empty="No erasure remediation decision concerns this model version.",
+            )
         )
-    )
     flows.append(tk.heading("Audit events", level=2))
     flows.append(
         tk.data_table(
@@ -223,7 +225,20 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
     return flows
 
 
-def model_lineage_report_render(*, object_id: Any, path: Path) -> str:
-    """Render the model card of model version ``object_id``; returns the PDF's SHA-256."""
-    data = model_lineage_report_data(model_version_id=int(object_id))
+def _reason(data: dict[str, Any], status: str, status_reason: str, supersedes_id: int | None) -> str:
+    from mlops.selectors import model_status_reason_shown
+
+    versions = {h["pk"]: h["version"] for h in data["history"]}
+    return model_status_reason_shown(
+        status=status, status_reason=status_reason, supersedes_version=versions.get(supersedes_id),
+        erasure_detail=data["erasure_detail"],
+    )
+
+
+def model_lineage_report_render(*, object_id: Any, path: Path, erasure_detail: bool = True) -> str:
+    """Render the model card of model version ``object_id``; returns the PDF's SHA-256.
+
+    Without ``erasure_detail`` (asked for by an ML engineer) amendments and status reasons
+    say that the training data changed and when, not which erasure request or why."""
+    data = {**model_lineage_report_data(model_version_id=int(object_id)), "erasure_detail": erasure_detail}
     return tk.render_pdf(path, model_lineage_flowables(data), title=f"Model lineage: {data['model']['label']}")

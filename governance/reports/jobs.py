@@ -38,18 +38,22 @@ class ReportKindSpec:
     build: ReportBuilder
     about: tuple[str, str] | None  # (app label, model) of the object described; None: the whole register
     precheck: ReportPrecheck | None = None
+    # The builder takes ``erasure_detail``: False when an ML engineer asked for the report, who
+    # may learn that data changed and when, never which erasure request or why (issue 14).
+    role_aware: bool = False
 
 
 _KINDS: dict[str, ReportKindSpec] = {}
 
 
 def report_kind_register(
-    *, kind: str, build: ReportBuilder, about: tuple[str, str] | None, precheck: ReportPrecheck | None = None
+    *, kind: str, build: ReportBuilder, about: tuple[str, str] | None, precheck: ReportPrecheck | None = None,
+    role_aware: bool = False,
 ) -> None:
     """Offer a kind of report; called once per kind from its app's ``ready``."""
     if kind not in ReportKind.values:
         raise ValueError(f"{kind!r} is not a ReportKind")
-    _KINDS[kind] = ReportKindSpec(build=build, about=about, precheck=precheck)
+    _KINDS[kind] = ReportKindSpec(build=build, about=about, precheck=precheck, role_aware=role_aware)
 
 
 def report_kinds() -> dict[str, ReportKindSpec]:
@@ -146,6 +150,13 @@ def report_job_run(*, job_id: int) -> ReportJob:
         return _report_job_render(job)
 
 
+def _sees_erasure_detail(job: ReportJob) -> bool:
+    from governance.roles import AUDITOR, DPO, has_role
+
+    # A job with no requester was queued by the system itself (the demo, a beat task).
+    return job.requested_by_id is None or has_role(job.requested_by, DPO, AUDITOR)
+
+
 def _report_job_render(job: ReportJob) -> ReportJob:
     suffix = f"-{job.object_id}" if job.object_id is not None else ""
     relative = f"{job.kind}/{job.kind}{suffix}-job{job.pk}.pdf"
@@ -153,7 +164,8 @@ def _report_job_render(job: ReportJob) -> ReportJob:
     try:
         if spec is None:
             raise RuntimeError(f"{job.kind} reports are not available in this installation.")
-        sha256 = spec.build(object_id=job.object_id, path=Path(settings.REPORT_ROOT) / relative)
+        extra = {"erasure_detail": _sees_erasure_detail(job)} if spec.role_aware else {}
+        sha256 = spec.build(object_id=job.object_id, path=Path(settings.REPORT_ROOT) / relative, **extra)
     except Exception as exc:
         logger.exception("report job %s failed", job.pk)
         with transaction.atomic():

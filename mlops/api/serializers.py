@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 from rest_framework import serializers
 
-from mlops.models import Accountant, MembershipInferenceAudit, ModelVersion, Optimizer, TaskType, TrainingRun
-from mlops.selectors import model_lineage_summary
+from governance.roles import AUDITOR, DPO, has_role
+from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
+from mlops.engine.spec import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
+from mlops.models import (
+    Accountant,
+    MembershipInferenceAudit,
+    ModelVersion,
+    Optimizer,
+    TaskType,
+    TrainingRun,
+)
+from mlops.selectors import model_lineage_summary, model_status_reason_shown
+from mlops.services.config import MAX_SISA_SHARDS, MAX_SISA_SLICES
+from provenance.models import SnapshotAmendment
+
+# The largest values PostgreSQL's integer and bigint columns hold: a body field bounded by
+# them is refused with its name instead of reaching the database ("integer out of range").
+DB_INTEGER_MAX = 2**31 - 1
+DB_BIGINT_MAX = 2**63 - 1
 
 
 class FiniteFloatField(serializers.FloatField):
@@ -19,21 +37,28 @@ class FiniteFloatField(serializers.FloatField):
 
 
 class ModelSpecSerializer(serializers.Serializer):
-    hidden_sizes = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
+    hidden_sizes = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_HIDDEN_WIDTH), required=False,
+        max_length=MAX_HIDDEN_LAYERS,
+    )
     activation = serializers.ChoiceField(choices=["relu", "tanh", "gelu"], required=False)
-    dropout = serializers.FloatField(required=False, min_value=0.0)
+    dropout = serializers.FloatField(required=False, min_value=0.0, max_value=0.999)
 
 
 class SisaSerializer(serializers.Serializer):
-    shards = serializers.IntegerField(min_value=1)
-    slices = serializers.IntegerField(min_value=1)
+    shards = serializers.IntegerField(min_value=1, max_value=MAX_SISA_SHARDS)
+    slices = serializers.IntegerField(min_value=1, max_value=MAX_SISA_SLICES)
 
 
 class TrainingRunRequestSerializer(serializers.Serializer):
     """A training request: a snapshot, or a dataset and a purpose to snapshot now."""
 
-    snapshot = serializers.IntegerField(required=False, help_text="Id of a consent-filtered snapshot.")
-    dataset = serializers.IntegerField(required=False, help_text="With purpose: take a snapshot at queue time.")
+    snapshot = serializers.IntegerField(
+        required=False, min_value=1, max_value=DB_BIGINT_MAX, help_text="Id of a consent-filtered snapshot."
+    )
+    dataset = serializers.IntegerField(
+        required=False, min_value=1, max_value=DB_BIGINT_MAX, help_text="With purpose: take a snapshot at queue time."
+    )
     purpose = serializers.CharField(required=False, help_text="Purpose code, e.g. ml.training.credit_risk.")
     name = serializers.CharField(required=False, allow_blank=True, max_length=200)
     task = serializers.ChoiceField(choices=TaskType.choices, default=TaskType.BINARY)
@@ -41,13 +66,24 @@ class TrainingRunRequestSerializer(serializers.Serializer):
     optimizer = serializers.ChoiceField(choices=Optimizer.choices, default=Optimizer.SGD)
     learning_rate = serializers.FloatField(default=0.1)
     epochs = serializers.IntegerField(default=5, min_value=1, max_value=1000)
-    batch_size = serializers.IntegerField(default=256, min_value=1)
-    seed = serializers.IntegerField(default=0, min_value=0)
+    batch_size = serializers.IntegerField(default=256, min_value=1, max_value=DB_INTEGER_MAX)
+    seed = serializers.IntegerField(default=0, min_value=0, max_value=DB_INTEGER_MAX)
     validation_split = serializers.FloatField(default=0.1)
     holdout_fraction = serializers.FloatField(default=0.2)
-    target_epsilon = serializers.FloatField(required=False, allow_null=True)
-    noise_multiplier = serializers.FloatField(required=False, allow_null=True)
-    target_delta = serializers.FloatField(required=False, allow_null=True)
+    target_epsilon = serializers.FloatField(
+        required=False, allow_null=True, max_value=MAX_TARGET_EPSILON,
+        help_text=f"ε to reach, above 0 and at most {MAX_TARGET_EPSILON:g}.",
+    )
+    noise_multiplier = serializers.FloatField(
+        required=False, allow_null=True, max_value=MAX_SIGMA,
+        help_text=f"σ instead of a target ε, above 0 and at most {MAX_SIGMA:g}; the ε it gives must not exceed "
+                  f"{MAX_TARGET_EPSILON:g}.",
+    )
+    target_delta = serializers.FloatField(
+        required=False, allow_null=True, max_value=MAX_TARGET_DELTA,
+        help_text=f"δ, above 0, at most {MAX_TARGET_DELTA:g} and below 1/N of the training set "
+                  "(default min(1e-5, 0.1/N)).",
+    )
     max_grad_norm = serializers.FloatField(default=1.0)
     accountant = serializers.ChoiceField(choices=Accountant.choices, default=Accountant.RDP)
     allow_non_private = serializers.BooleanField(default=False)
@@ -63,6 +99,27 @@ class TrainingRunRequestSerializer(serializers.Serializer):
                 {"target_epsilon": ["Give target_epsilon or noise_multiplier (or allow_non_private: true)."]}
             )
         return attrs
+
+
+def _sees_erasure_detail(context: dict) -> bool:
+    """The DPO and the auditor see why a model or run changed; ML engineers that it changed
+    and when, not the erasure behind it (issue 14)."""
+    request = context.get("request")
+    return request is not None and has_role(request.user, DPO, AUDITOR)
+
+
+ERASURE_CANCELLED = "cancelled by erasure-worker"  # mlops.services.execution.training_run_cancel's text
+
+
+def _training_data_changed_at(*, run: TrainingRun) -> datetime | None:
+    # One indexed read per version (snapshot, sequence is unique): the latest amendment the
+    # run had not seen when it read its data. Any reason counts: the role decides what is said.
+    seen = run.trained_on_amendment or 0
+    latest = (
+        SnapshotAmendment.objects.filter(snapshot_id=run.snapshot_id, sequence__gt=seen)
+        .order_by("-sequence").values_list("created_at", flat=True).first()
+    )
+    return latest
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
@@ -86,6 +143,12 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if data.get("error") == ERASURE_CANCELLED and not _sees_erasure_detail(self.context):
+            data["error"] = "cancelled: its training data changed while it trained"
+        return data
+
 
 class MembershipInferenceAuditSerializer(serializers.ModelSerializer):
     class Meta:
@@ -100,18 +163,36 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     membership_inference_audits = MembershipInferenceAuditSerializer(many=True, read_only=True)
     lineage = serializers.SerializerMethodField()
     accountant = serializers.CharField(source="training_run.accountant", read_only=True)
+    status_reason = serializers.SerializerMethodField(
+        help_text="Why the status changed. For ML engineers a neutral text: that the training data changed, "
+        "not which request or why (the DPO and the auditor see the reason)."
+    )
+    training_data_changed_at = serializers.SerializerMethodField(
+        help_text="When members were last removed from the training snapshot after this version's run read it; "
+        "null if its data is unchanged."
+    )
 
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "name", "version", "training_run", "status", "status_reason", "epsilon", "delta", "non_private",
-            "accountant", "is_sisa_ensemble", "metrics", "artifact_sha256", "supersedes", "created_at",
-            "membership_inference_audits", "lineage",
+            "id", "name", "version", "training_run", "status", "status_reason", "training_data_changed_at",
+            "epsilon", "delta", "non_private", "accountant", "is_sisa_ensemble", "metrics", "artifact_sha256",
+            "supersedes", "created_at", "membership_inference_audits", "lineage",
         ]
         read_only_fields = fields
 
     def get_lineage(self, obj: ModelVersion) -> dict:
         return model_lineage_summary(model_version=obj)
+
+    def get_status_reason(self, obj: ModelVersion) -> str:
+        return model_status_reason_shown(
+            status=obj.status, status_reason=obj.status_reason,
+            supersedes_version=obj.supersedes.version if obj.supersedes_id else None,
+            erasure_detail=_sees_erasure_detail(self.context),
+        )
+
+    def get_training_data_changed_at(self, obj: ModelVersion) -> datetime | None:
+        return _training_data_changed_at(run=obj.training_run)
 
 
 class PrivacyBudgetRunSerializer(serializers.Serializer):
@@ -140,4 +221,4 @@ class PrivacyBudgetStatusSerializer(serializers.Serializer):
 
 class PrivacyBudgetSetSerializer(serializers.Serializer):
     epsilon_cap = serializers.FloatField()
-    delta = serializers.FloatField()
+    delta = serializers.FloatField(max_value=MAX_TARGET_DELTA, help_text=f"Above 0 and at most {MAX_TARGET_DELTA:g}.")

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.permissions import DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
+from governance.roles import AUDITOR, DPO, has_role
 from governance.services.errors import ServiceConflict
 from mlops import artifacts, selectors, services
 from mlops.api import serializers
@@ -104,7 +105,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 class PrivacyBudgetView(APIView):
     """A dataset's privacy budget: the cap a DPO set, and the ε spent by every training run."""
 
-    role_permissions = {"get": READ_ROLES, "put": DPO_ONLY, "post": DPO_ONLY}
+    role_permissions = {"get": READ_ROLES, "options": READ_ROLES, "put": DPO_ONLY, "post": DPO_ONLY}
 
     @extend_schema(responses=serializers.PrivacyBudgetStatusSerializer)
     def get(self, request, dataset_id: int):
@@ -143,7 +144,9 @@ class ModelProvView(APIView):
         model_version = ModelVersion.objects.select_related("training_run").filter(pk=pk).first()
         if model_version is None:
             raise NotFound(f"Model version {pk} does not exist.")
-        doc = lineage_exports.model_prov_document(model_version=model_version)
+        doc = lineage_exports.model_prov_document(
+            model_version=model_version, erasure_detail=has_role(request.user, DPO, AUDITOR)
+        )
         response = HttpResponse(lineage_exports.prov_json(doc), content_type="application/json")
         response["Content-Disposition"] = f'attachment; filename="model-version-{pk}.prov.json"'
         return response

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from governance.api.parsers import StorableJSONParser, unstorable_reason
 from governance.permissions import DPO_AND_AUDITOR, DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
+from governance.roles import AUDITOR, DPO, has_role
 from provenance import lineage_exports, selectors, services
 from provenance.api import serializers
 from provenance.filtersets import DatasetFilterSet, SnapshotFilterSet
@@ -109,7 +110,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
     def prov(self, request, pk=None):
         """W3C PROV-JSON of the dataset's snapshots and everything trained on them."""
         dataset = self.get_object()
-        doc = lineage_exports.dataset_prov_document(dataset=dataset)
+        doc = lineage_exports.dataset_prov_document(dataset=dataset, erasure_detail=has_role(request.user, DPO, AUDITOR))
         return _download(lineage_exports.prov_json(doc), f"dataset-{dataset.pk}.prov.json")
 
 
@@ -165,6 +166,13 @@ class SnapshotViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         )
         snapshot = self.get_queryset().get(pk=snapshot.pk)
         return Response(self.get_serializer(snapshot).data, status=status.HTTP_201_CREATED)
+
+    # PUT, PATCH and DELETE stay routed (so every role hears why) but are not offered: Allow
+    # and OPTIONS list only what a snapshot answers.
+    http_method_names = ["get", "post", "head", "options"]
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        self._immutable(request)
 
     def _immutable(self, request):
         raise MethodNotAllowed(
@@ -222,7 +230,7 @@ class SnapshotViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def prov(self, request, pk=None):
         """W3C PROV-JSON: the snapshot's upstream lineage and what was trained on it."""
         snapshot = self.get_object()
-        doc = lineage_exports.snapshot_prov_document(snapshot=snapshot)
+        doc = lineage_exports.snapshot_prov_document(snapshot=snapshot, erasure_detail=has_role(request.user, DPO, AUDITOR))
         return _download(lineage_exports.prov_json(doc), f"snapshot-{snapshot.pk}.prov.json")
 
     @extend_schema(responses={(200, "application/json"): {"type": "array", "items": {"type": "object"}}})
