@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import django_filters
-
 from assessments.models import Dpia
-from governance.filtersets import IdFilter
+from governance.filtersets import ApiFilterSet, IdFilter
 
 
-class DpiaFilterSet(django_filters.FilterSet):
+class DpiaFilterSet(ApiFilterSet):
     # An activity id that matches nothing lists nothing (django-filter's default answered 400).
     processing_activity = IdFilter(field_name="processing_activity")
 

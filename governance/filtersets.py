@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import django_filters
 from django import forms
+from django.db import models
 from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -19,6 +20,36 @@ from governance.models import (
     PurposeCompatibility,
 )
 from governance.moments import UTCIsoDateTimeFilter
+
+
+class StrictBooleanField(forms.Field):
+    """``true`` or ``false`` (any case), or absent. django-filter's default reads any other
+    value ("yes", "null", "1") as "not filtered" and serves the whole list, which a client
+    asking for ?vulnerable=yes would take for the vulnerable ones."""
+
+    widget = forms.TextInput  # the raw text, not NullBooleanSelect's silent fallback
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        text = str(value).strip().lower()
+        if text not in ("true", "false"):
+            raise forms.ValidationError(f"Give true or false; got {str(value)[:40]!r}.", code="invalid")
+        return text == "true"
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class StrictBooleanFilter(django_filters.BooleanFilter):
+    field_class = StrictBooleanField
+
+
+class ApiFilterSet(django_filters.FilterSet):
+    """The base of every API filterset: boolean model fields filter strictly."""
+
+    FILTER_DEFAULTS = {
+        **django_filters.filterset.FILTER_FOR_DBFIELD_DEFAULTS,
+        models.BooleanField: {"filter_class": StrictBooleanFilter},
+    }
 
 
 @extend_schema_field(OpenApiTypes.INT64)
@@ -49,7 +80,7 @@ def _code_or_descendants(queryset, field: str, code: str):
     return queryset.filter(Q(**{field: code}) | Q(**{f"{field}__startswith": code + "."}))
 
 
-class PurposeFilterSet(django_filters.FilterSet):
+class PurposeFilterSet(ApiFilterSet):
     parent = django_filters.CharFilter(field_name="parent__code")
     under = django_filters.CharFilter(method="filter_under", help_text="This purpose code and its descendants.")
     search = django_filters.CharFilter(method="filter_search")
@@ -65,7 +96,7 @@ class PurposeFilterSet(django_filters.FilterSet):
         return queryset.filter(Q(code__icontains=value) | Q(name__icontains=value))
 
 
-class PurposeCompatibilityFilterSet(django_filters.FilterSet):
+class PurposeCompatibilityFilterSet(ApiFilterSet):
     original_purpose = django_filters.CharFilter(field_name="original_purpose__code")
     compatible_purpose = django_filters.CharFilter(field_name="compatible_purpose__code")
 
@@ -74,8 +105,8 @@ class PurposeCompatibilityFilterSet(django_filters.FilterSet):
         fields: list[str] = []
 
 
-class DataCategoryFilterSet(django_filters.FilterSet):
-    is_special = django_filters.BooleanFilter(method="filter_is_special", help_text="Art. 9(1) special categories.")
+class DataCategoryFilterSet(ApiFilterSet):
+    is_special = StrictBooleanFilter(method="filter_is_special", help_text="Art. 9(1) special categories.")
 
     class Meta:
         model = DataCategory
@@ -85,20 +116,20 @@ class DataCategoryFilterSet(django_filters.FilterSet):
         return queryset.exclude(special_category="") if value else queryset.filter(special_category="")
 
 
-class DataSubjectCategoryFilterSet(django_filters.FilterSet):
+class DataSubjectCategoryFilterSet(ApiFilterSet):
     class Meta:
         model = DataSubjectCategory
         fields = ["code", "vulnerable"]
 
 
-class ProcessingActivityFilterSet(django_filters.FilterSet):
+class ProcessingActivityFilterSet(ApiFilterSet):
     lawful_basis = django_filters.ChoiceFilter(choices=LawfulBasis.choices)
     purpose = django_filters.CharFilter(
         method="filter_purpose", help_text="Activities whose purposes cover this purpose code."
     )
     data_category = django_filters.CharFilter(field_name="data_categories__code", distinct=True)
     data_subject_category = django_filters.CharFilter(field_name="data_subject_categories__code", distinct=True)
-    special_categories = django_filters.BooleanFilter(
+    special_categories = StrictBooleanFilter(
         method="filter_special", help_text="Activities processing Art. 9(1) special categories."
     )
     name = django_filters.CharFilter(lookup_expr="icontains")
@@ -117,7 +148,7 @@ class ProcessingActivityFilterSet(django_filters.FilterSet):
         return queryset.filter(pk__in=special) if value else queryset.exclude(pk__in=special)
 
 
-class ConsentEventFilterSet(django_filters.FilterSet):
+class ConsentEventFilterSet(ApiFilterSet):
     purpose = django_filters.CharFilter(field_name="purpose__code", help_text="Exact purpose code.")
     purpose_under = django_filters.CharFilter(method="filter_purpose_under", help_text="Code and its descendants.")
     action = django_filters.ChoiceFilter(choices=ConsentAction.choices)

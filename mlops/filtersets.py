@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import django_filters
-
-from governance.filtersets import IdFilter
+from governance.filtersets import ApiFilterSet, IdFilter
 from governance.moments import UTCIsoDateTimeFilter
 from mlops.models import ModelVersion, TrainingRun
 
 
-class TrainingRunFilterSet(django_filters.FilterSet):
+class TrainingRunFilterSet(ApiFilterSet):
     dataset = IdFilter(field_name="snapshot__dataset_id")
     snapshot = IdFilter(field_name="snapshot")
     created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -19,7 +17,7 @@ class TrainingRunFilterSet(django_filters.FilterSet):
         fields = ["status", "name", "task", "allow_non_private"]
 
 
-class ModelVersionFilterSet(django_filters.FilterSet):
+class ModelVersionFilterSet(ApiFilterSet):
     dataset = IdFilter(field_name="training_run__snapshot__dataset_id")
     training_run = IdFilter(field_name="training_run")
 

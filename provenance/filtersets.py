@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import django_filters
 
-from governance.filtersets import IdFilter
+from governance.filtersets import ApiFilterSet, IdFilter
 from governance.moments import UTCIsoDateTimeFilter
 from provenance.models import Dataset, Snapshot
 
 
-class DatasetFilterSet(django_filters.FilterSet):
+class DatasetFilterSet(ApiFilterSet):
     processing_activity = IdFilter(field_name="processing_activity")
     name = django_filters.CharFilter(lookup_expr="icontains")
     owner = django_filters.CharFilter(lookup_expr="icontains")
@@ -17,7 +17,7 @@ class DatasetFilterSet(django_filters.FilterSet):
         fields = ["name", "owner", "source_system"]
 
 
-class SnapshotFilterSet(django_filters.FilterSet):
+class SnapshotFilterSet(ApiFilterSet):
     dataset = IdFilter(field_name="dataset")
     purpose = django_filters.CharFilter(field_name="purpose__code")
     taken_after = UTCIsoDateTimeFilter(field_name="taken_for", lookup_expr="gte")

@@ -20,6 +20,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
+from governance.filtersets import ApiFilterSet, StrictBooleanFilter
 from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY
 from governance.services import ServiceError
 from rights import selectors, services
@@ -137,9 +138,9 @@ class ImpactSerializer(serializers.Serializer):
 # --- Filters and views ----------------------------------------------------------------
 
 
-class ErasureRequestFilterSet(django_filters.FilterSet):
+class ErasureRequestFilterSet(ApiFilterSet):
     status = django_filters.ChoiceFilter(choices=ErasureStatus.choices)
-    overdue = django_filters.BooleanFilter(method="filter_overdue", help_text="Open and past the (extended) deadline.")
+    overdue = StrictBooleanFilter(method="filter_overdue", help_text="Open and past the (extended) deadline.")
     regime = django_filters.ChoiceFilter(choices=ErasureRegime.choices)
     ground = django_filters.ChoiceFilter(choices=ErasureGround.choices)
 
@@ -191,8 +192,8 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     def create(self, request):
         data = _body(request)
         obj = services.erasure_request_receive(
-            identifier=data.get("subject"), ground=data.get("ground"), channel=data.get("channel") or ErasureChannel.API,
-            received_at=data.get("received_at"), regime=data.get("regime") or ErasureRegime.EU, actor=request.user,
+            identifier=data.get("subject"), ground=data.get("ground"), channel=data.get("channel"),
+            received_at=data.get("received_at"), regime=data.get("regime"), actor=request.user,
         )
         return self._respond(obj, status.HTTP_201_CREATED)
 

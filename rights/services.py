@@ -113,8 +113,10 @@ def erasure_request_receive(
     if len(identifier) > 500:
         raise ServiceError("An identifier is at most 500 characters.", field="subject")
     ground = _choice(ground, ErasureGround, "ground", "Art. 17(1) ground")
-    channel = _choice(channel or ErasureChannel.API, ErasureChannel, "channel", "channel")
-    regime = _choice(regime or ErasureRegime.EU, ErasureRegime, "regime", "regime")
+    # Absent or empty means the default; any other value must be one of the choices ({} or 0
+    # are refused, not read as "absent").
+    channel = _choice(ErasureChannel.API if channel in (None, "") else channel, ErasureChannel, "channel", "channel")
+    regime = _choice(ErasureRegime.EU if regime in (None, "") else regime, ErasureRegime, "regime", "regime")
     received = timezone.now() if received_at in (None, "") else _moment(received_at, "received_at")
 
     pseudonym = pseudonymise(identifier)

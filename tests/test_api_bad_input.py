@@ -209,3 +209,18 @@ def test_a_dpia_naming_a_model_id_beyond_the_database_integer_is_a_400(dpo_clien
                                format="json")
     assert response.status_code == 400, response.content
     assert "model_version_ids" in response.json(), response.json()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("field,value", [("regime", {}), ("regime", 0), ("channel", []), ("channel", False), ("regime", "mars")])
+def test_an_erasure_request_refuses_a_channel_or_regime_it_does_not_know_rather_than_defaulting(dpo_client, field, value):
+    """Found fuzzing as the DPO: {"regime": {}} was read as "absent" and the request recorded under EU rules."""
+    from rights.models import ErasureRequest
+
+    body = {"subject": "fuzzed@example.org", "ground": "17_1_b", field: value}
+    answer = dpo_client.post("/api/v1/erasure-requests/", body, format="json")
+    assert answer.status_code == 400, answer.content
+    assert field in answer.json() and "choose one of" in answer.json()[field][0]
+    assert not ErasureRequest.objects.exists()
+    # Absent or empty still means the default.
+    assert dpo_client.post("/api/v1/erasure-requests/", {**body, field: ""}, format="json").status_code == 201

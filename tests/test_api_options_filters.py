@@ -102,3 +102,26 @@ def test_a_database_refusal_without_a_suspect_field_does_not_echo_the_database(r
     response = exception_handler(DataError("value too long for type character varying(200)\n"), {"request": request})
     assert response.status_code == 400
     assert "character varying" not in str(response.data) and "detail" in response.data
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", [
+    "/api/v1/data-subject-categories/?vulnerable={}",
+    "/api/v1/processing-activities/?special_categories={}",
+    "/api/v1/erasure-requests/?overdue={}",
+    "/api/v1/models/?non_private={}",
+    "/api/v1/data-categories/?is_special={}",
+])
+def test_a_boolean_filter_takes_true_or_false_and_refuses_anything_else(dpo_client, url):
+    """django-filter's default served the whole, unfiltered list for ?vulnerable=yes."""
+    for value in ("true", "false", "True", "FALSE"):
+        assert dpo_client.get(url.format(value)).status_code == 200, value
+    name = url.split("?")[1].split("=")[0]
+    for value in ("yes", "null", "1", "unknown"):
+        answer = dpo_client.get(url.format(value))
+        assert answer.status_code == 400, (value, answer.content)
+        assert "true or false" in answer.json()[name][0]
+    schema = dpo_client.get("/api/schema/?format=json").json()
+    path = url.split("?")[0]
+    [parameter] = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == name]
+    assert parameter["schema"]["type"] == "boolean"

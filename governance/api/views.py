@@ -1,7 +1,6 @@
 from dataclasses import asdict
 from datetime import timedelta
 
-import django_filters
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -27,7 +26,7 @@ from governance.pseudonymisation import pseudonymise_many
 from governance.roles import DPO, has_role, roles_of
 
 
-class AuditEventFilterSet(django_filters.FilterSet):
+class AuditEventFilterSet(filtersets.ApiFilterSet):
     occurred_after = UTCIsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
     occurred_before = UTCIsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
 
