@@ -10,10 +10,11 @@
 - ``purposes``: purposes, their Art. 6(4) compatibility assessments, data categories and
   data-subject categories;
 - ``activities``: records of processing activities (Art. 30(1)): validate, create, update;
-- ``consent``: the consent ledger (Art. 7): validating and ingesting batches of consent events.
+- ``consent``: the consent ledger (Art. 7): validating and ingesting batches of consent events;
+- ``consent_evidence``: the closed set of evidence keys, each decoded and checked by its own rule.
 
 Inside the package the imports run one way: ``errors`` <- ``audit`` <- everything else, and
-``subjects`` <- ``consent``. Keyword-only, atomic, audited. Callers import from here.
+``subjects`` and ``consent_evidence`` <- ``consent``. Keyword-only, atomic, audited. Callers import from here.
 """
 
 from governance.services.access import (
@@ -34,12 +35,11 @@ from governance.services.audit import audit_chain_verification_record, audit_eve
 from governance.services.consent import (
     CONSENT_CLOCK_TOLERANCE,
     CONSENT_EVENT_KEYS,
-    CONSENT_EVIDENCE_KEYS,
     MAX_CONSENT_BATCH,
     consent_event_derive_id,
     consent_events_ingest,
-    ip_truncate,
 )
+from governance.services.consent_evidence import CONSENT_EVIDENCE_KEYS, ip_truncate
 from governance.services.errors import SYSTEM_ACTOR, ServiceConflict, ServiceError, moment_for_field
 from governance.services.purposes import (
     COMPATIBILITY_FACTORS,
