@@ -49,12 +49,13 @@ def test_every_operation_documents_its_error_answers():
     assert len(operations) > 50
     for path, method, op in operations:
         responses = op["responses"]
-        for code in ("401", "403"):
+        # Every operation is authenticated, throttled (429) and bounded in its query string (414).
+        for code in ("401", "403", "414", "429"):
             assert responses[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (
                 method, path, code)
         if "{" in path:
             assert "404" in responses, (method, path)
         if op.get("requestBody"):
-            assert "400" in responses, (method, path)
+            assert "400" in responses and "413" in responses, (method, path)
         if method != "get":
             assert "409" in responses, (method, path)
