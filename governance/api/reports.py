@@ -18,6 +18,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from governance.filtersets import ApiFilterSet, IdFilter
 from governance.models import ReportJob, ReportKind, ReportStatus
 from governance.permissions import DPO_AND_AUDITOR, READ_ROLES
 from governance.reports import jobs
@@ -54,12 +55,20 @@ def pdf_response(job: ReportJob, *, filename: str) -> FileResponse:
     return response
 
 
+class ReportJobFilterSet(ApiFilterSet):
+    object_id = IdFilter(foreign_key=False, help_text="The id of the object the report describes.")
+
+    class Meta:
+        model = ReportJob
+        fields = ["kind", "status", "object_id"]
+
+
 class ReportJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
     """Report jobs: request a PDF (202), follow its status, download it."""
 
     serializer_class = ReportJobSerializer
     role_permissions = {"default": READ_ROLES}
-    filterset_fields = ["kind", "status", "object_id"]
+    filterset_class = ReportJobFilterSet
 
     def get_queryset(self):
         qs = ReportJob.objects.select_related("requested_by").order_by("-created_at", "-id")
