@@ -94,3 +94,23 @@ def test_ordinary_searches_still_give_opacus_sigma():
 
     kwargs = {"target_epsilon": 1.0, "target_delta": 1e-6, "sample_rate": 0.01, "steps": 2000}
     assert accounting.noise_multiplier_for(**kwargs) == get_noise_multiplier(**kwargs, accountant="rdp")
+
+
+@pytest.mark.django_db
+def test_privacy_parameters_above_zero_are_stated_in_the_schema_and_zero_is_refused_naming_the_field(dpo_client):
+    """Schemathesis generated epsilon_cap 0 from a schema that allowed it; the server refused it."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    components = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
+    for component, field in (("PrivacyBudgetSetRequest", "epsilon_cap"), ("PrivacyBudgetSetRequest", "delta"),
+                             ("TrainingRunRequestRequest", "target_epsilon"), ("TrainingRunRequestRequest", "target_delta"),
+                             ("TrainingRunRequestRequest", "noise_multiplier")):
+        documented = components[component]["properties"][field]
+        assert documented["minimum"] == 0 and documented["exclusiveMinimum"] is True, (component, field)
+    from tests.governance.reports_helpers import make_world
+
+    world = make_world(n_subjects=2, records_per_subject=1, with_model=False)
+    url = f"/api/v1/datasets/{world.snapshot.dataset_id}/privacy-budget/"
+    for body, field in (({"epsilon_cap": 0, "delta": 1e-5}, "epsilon_cap"), ({"epsilon_cap": 1, "delta": 0}, "delta")):
+        answer = dpo_client.put(url, body, format="json")
+        assert answer.status_code == 400 and answer.json()[field] == ["Must be above 0."], answer.content

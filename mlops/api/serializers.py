@@ -7,6 +7,7 @@ from datetime import datetime
 
 from rest_framework import serializers
 
+from governance.api.fields import PositiveFloatField
 from governance.roles import AUDITOR, DPO, has_role
 from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
 from mlops.engine.spec import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
@@ -70,16 +71,16 @@ class TrainingRunRequestSerializer(serializers.Serializer):
     seed = serializers.IntegerField(default=0, min_value=0, max_value=DB_INTEGER_MAX)
     validation_split = serializers.FloatField(default=0.1)
     holdout_fraction = serializers.FloatField(default=0.2)
-    target_epsilon = serializers.FloatField(
+    target_epsilon = PositiveFloatField(
         required=False, allow_null=True, max_value=MAX_TARGET_EPSILON,
         help_text=f"ε to reach, above 0 and at most {MAX_TARGET_EPSILON:g}.",
     )
-    noise_multiplier = serializers.FloatField(
+    noise_multiplier = PositiveFloatField(
         required=False, allow_null=True, max_value=MAX_SIGMA,
         help_text=f"σ instead of a target ε, above 0 and at most {MAX_SIGMA:g}; the ε it gives must not exceed "
                   f"{MAX_TARGET_EPSILON:g}.",
     )
-    target_delta = serializers.FloatField(
+    target_delta = PositiveFloatField(
         required=False, allow_null=True, max_value=MAX_TARGET_DELTA,
         help_text=f"δ, above 0, at most {MAX_TARGET_DELTA:g} and below 1/N of the training set "
                   "(default min(1e-5, 0.1/N)).",
@@ -220,5 +221,5 @@ class PrivacyBudgetStatusSerializer(serializers.Serializer):
 
 
 class PrivacyBudgetSetSerializer(serializers.Serializer):
-    epsilon_cap = serializers.FloatField()
-    delta = serializers.FloatField(max_value=MAX_TARGET_DELTA, help_text=f"Above 0 and at most {MAX_TARGET_DELTA:g}.")
+    epsilon_cap = PositiveFloatField()
+    delta = PositiveFloatField(max_value=MAX_TARGET_DELTA, help_text=f"Above 0 and at most {MAX_TARGET_DELTA:g}.")
