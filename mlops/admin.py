@@ -105,12 +105,39 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         self.message_user(request, f"{cancelled} run(s) cancelled.")
 
 
-class MembershipInferenceAuditInline(admin.TabularInline):
+class MembershipInferenceAuditInline(admin.StackedInline):
+    """Rounded figures with their 95% intervals and why any figure is not reported."""
+
     model = MembershipInferenceAudit
-    fields = ["auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr", "n_members", "n_nonmembers", "created_at"]
+    fields = ["auc_shown", "advantage_shown", "tpr_1pct_shown", "tpr_01pct_shown", "sizes", "notes_shown", "created_at"]
     readonly_fields = fields
     extra = 0
     can_delete = False
+
+    @admin.display(description="AUC")
+    def auc_shown(self, obj: MembershipInferenceAudit) -> str:
+        return obj.auc_text()
+
+    @admin.display(description="Advantage (max TPR − FPR)")
+    def advantage_shown(self, obj: MembershipInferenceAudit) -> str:
+        return obj.figures_text()[1][1]
+
+    @admin.display(description="TPR at 1% FPR")
+    def tpr_1pct_shown(self, obj: MembershipInferenceAudit) -> str:
+        return obj.figures_text()[2][1]
+
+    @admin.display(description="TPR at 0.1% FPR")
+    def tpr_01pct_shown(self, obj: MembershipInferenceAudit) -> str:
+        return obj.figures_text()[3][1]
+
+    @admin.display(description="Attacked")
+    def sizes(self, obj: MembershipInferenceAudit) -> str:
+        seed = "" if obj.sampling_seed is None else f" (seed {obj.sampling_seed}, {obj.bootstrap_resamples or 0:,} bootstrap resamples)"
+        return obj.sizes_text() + seed
+
+    @admin.display(description="Notes")
+    def notes_shown(self, obj: MembershipInferenceAudit) -> str:
+        return " ".join(obj.notes or []) or "—"
 
 
 @admin.register(ModelVersion)
@@ -130,7 +157,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     @admin.display(description="MIA AUC")
     def mia_auc(self, obj: ModelVersion) -> str:
         audits = list(obj.membership_inference_audits.all())
-        return f"{audits[0].auc:.3f}" if audits else "—"
+        return audits[0].auc_text() if audits else "—"
 
 
 @admin.register(PrivacyBudget)

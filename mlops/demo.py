@@ -106,8 +106,9 @@ def run(ctx: DemoContext) -> None:
              f"σ = {dp_run.noise_multiplier:.3f}, val. accuracy {version.metrics.get('val_accuracy') or 0:.3f}")
     audit = _mia(version)
     if audit:
-        ctx.fact("DP model MIA (loss threshold)", f"AUC {audit.auc:.3f}, advantage {audit.advantage:.3f}, "
-                 f"TPR@1%FPR {audit.tpr_at_1pct_fpr:.3f} ({audit.n_members} members vs {audit.n_nonmembers} held out)")
+        figures = dict(audit.figures_text())
+        ctx.fact("DP model MIA (loss threshold)", f"{audit.auc_text()}, advantage {figures['Advantage (max TPR − FPR)']}, "
+                 f"TPR@1%FPR {figures['TPR at 1% FPR']} ({audit.sizes_text()})")
     ctx.shared["model_version"] = version
 
     sisa_run = services.training_run_queue(
@@ -124,7 +125,7 @@ def run(ctx: DemoContext) -> None:
              f"{sisa_run.sisa_assignments.count()} subjects assigned, {sisa_run.sisa_checkpoints.count()} checkpoints")
     sisa_audit = _mia(sisa_version)
     if sisa_audit:
-        ctx.fact("SISA ensemble MIA", f"AUC {sisa_audit.auc:.3f}, advantage {sisa_audit.advantage:.3f}")
+        ctx.fact("SISA ensemble MIA", f"{sisa_audit.auc_text()}, advantage {dict(sisa_audit.figures_text())['Advantage (max TPR − FPR)']}")
     ctx.shared["sisa_model_version"] = sisa_version
 
     status = selectors.privacy_budget_status(dataset=dataset)

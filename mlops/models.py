@@ -206,22 +206,70 @@ class SisaCheckpoint(models.Model):
 
 
 class MembershipInferenceAudit(models.Model):
-    """A loss-threshold membership-inference attack (Yeom et al. 2018) against a model version."""
+    """A loss-threshold membership-inference attack (Yeom et al. 2018) against a model version.
+
+    Every figure has a 95% percentile-bootstrap interval (``*_low``/``*_high``); audits
+    recorded before intervals existed have none (``bootstrap_resamples`` null). A TPR at an
+    FPR is null when the non-members were too few to measure it; ``notes`` says why.
+    """
 
     model_version = models.ForeignKey(
         ModelVersion, on_delete=models.CASCADE, related_name="membership_inference_audits"
     )
     auc = models.FloatField()
+    auc_low = models.FloatField(null=True, blank=True)
+    auc_high = models.FloatField(null=True, blank=True)
     advantage = models.FloatField(help_text="max(TPR − FPR)")
-    tpr_at_1pct_fpr = models.FloatField()
-    tpr_at_01pct_fpr = models.FloatField()
-    n_members = models.PositiveIntegerField()
-    n_nonmembers = models.PositiveIntegerField()
+    advantage_low = models.FloatField(null=True, blank=True)
+    advantage_high = models.FloatField(null=True, blank=True)
+    tpr_at_1pct_fpr = models.FloatField(null=True, blank=True, help_text="Null when there were fewer than 100 non-members.")
+    tpr_at_1pct_fpr_low = models.FloatField(null=True, blank=True)
+    tpr_at_1pct_fpr_high = models.FloatField(null=True, blank=True)
+    tpr_at_01pct_fpr = models.FloatField(
+        null=True, blank=True, help_text="Null when there were fewer than 1,000 non-members."
+    )
+    tpr_at_01pct_fpr_low = models.FloatField(null=True, blank=True)
+    tpr_at_01pct_fpr_high = models.FloatField(null=True, blank=True)
+    n_members = models.PositiveIntegerField(help_text="Members attacked (a sample of those available).")
+    n_nonmembers = models.PositiveIntegerField(help_text="Non-members attacked (a sample of those available).")
+    members_available = models.PositiveIntegerField(null=True, blank=True)
+    nonmembers_available = models.PositiveIntegerField(null=True, blank=True)
+    sampling_seed = models.BigIntegerField(null=True, blank=True, help_text="Seed of the sample and of the bootstrap.")
+    sampling_rule = models.CharField(max_length=300, blank=True, default="")
+    bootstrap_resamples = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Null: computed before intervals were recorded."
+    )
+    notes = models.JSONField(default=list, blank=True, help_text="Why a figure is not reported, and caveats.")
     roc = models.JSONField(default=list, help_text="[[fpr, tpr], ...]")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def figures_text(self) -> list[tuple[str, str]]:
+        """(label, rounded figure with its interval) for people; the API keeps full floats."""
+        from mlops.engine.mia import figure_text
+
+        return [
+            ("AUC", figure_text(self.auc, self.auc_low, self.auc_high)),
+            ("Advantage (max TPR − FPR)", figure_text(self.advantage, self.advantage_low, self.advantage_high)),
+            ("TPR at 1% FPR", figure_text(self.tpr_at_1pct_fpr, self.tpr_at_1pct_fpr_low, self.tpr_at_1pct_fpr_high)),
+            ("TPR at 0.1% FPR", figure_text(self.tpr_at_01pct_fpr, self.tpr_at_01pct_fpr_low, self.tpr_at_01pct_fpr_high)),
+        ]
+
+    def auc_text(self) -> str:
+        """``AUC 0.52 (95% CI 0.44–0.60, 65 non-members)``."""
+        if self.auc_low is None or self.auc_high is None:
+            return f"AUC {self.auc:.2f} (no interval: computed before intervals were recorded, {self.n_nonmembers:,} non-members)"
+        return f"AUC {self.auc:.2f} (95% CI {self.auc_low:.2f}–{self.auc_high:.2f}, {self.n_nonmembers:,} non-members)"
+
+    def sizes_text(self) -> str:
+        if self.members_available is None or self.nonmembers_available is None:
+            return f"{self.n_members:,} members / {self.n_nonmembers:,} non-members"
+        return (
+            f"{self.n_members:,} of {self.members_available:,} members / "
+            f"{self.n_nonmembers:,} of {self.nonmembers_available:,} non-members"
+        )
 
 
 class PrivacyBudget(models.Model):

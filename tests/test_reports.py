@@ -65,7 +65,7 @@ def test_dpia_pdf_has_every_section_and_the_evidence(dpo_client, auditor_client)
     ):
         assert section in text, section
     assert f"{EPSILON:.3f}" in text  # ε of the covered model
-    assert f"{AUC:.3f}" in text and f"{TPR_1PCT:.3f}" in text
+    assert f"{AUC:.2f}" in text and f"{TPR_1PCT:.2f}" in text
     assert "Data subjects (distinct) 5" in text and "Records 15" in text
     assert dpia["review_date"] in text
     assert "Signed by test_dpo" in text or "test_dpo" in text
@@ -117,8 +117,8 @@ def test_model_lineage_pdf(tmp_path):
     for expected in (
         "Model lineage report", "Upstream lineage", "Snapshot and Merkle roots", "Differential-privacy guarantee",
         "Membership-inference audit", "Remediation history", world.derived.name, world.datasets[0].name,
-        world.datasets[1].name, "ancestor (generation 1)", "ab" * 32, f"ε = {EPSILON:.3f}", f"{AUC:.3f}",
-        f"{TPR_1PCT:.3f}", "Clipping norm", "1.2",
+        world.datasets[1].name, "ancestor (generation 1)", "ab" * 32, f"ε = {EPSILON:.3f}", f"{AUC:.2f}",
+        f"{TPR_1PCT:.2f}", "Clipping norm", "1.2",
     ):
         assert expected in text, expected
 

@@ -66,6 +66,11 @@ def model_versions_evidence(model_versions) -> list[dict[str, Any]]:
                     "tpr_at_01pct_fpr": latest.tpr_at_01pct_fpr,
                     "n_members": latest.n_members,
                     "n_nonmembers": latest.n_nonmembers,
+                    # Rounded, with 95% intervals, for people ("AUC 0.52 (95% CI 0.44–0.60, 65 non-members)").
+                    "auc_text": latest.auc_text(),
+                    "figures_text": latest.figures_text(),
+                    "sizes_text": latest.sizes_text(),
+                    "notes": list(latest.notes or []),
                     "roc": [(float(p[0]), float(p[1])) for p in (latest.roc or []) if len(p) == 2],
                     "created_at": latest.created_at,
                 },

@@ -165,15 +165,15 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
             tk.key_value_table(
                 [
                     ("Attack", "loss-threshold (Yeom et al. 2018)"),
-                    ("AUC", f"{mia['auc']:.3f}"),
-                    ("Advantage (max TPR − FPR)", f"{mia['advantage']:.3f}"),
-                    ("TPR at 1% FPR", f"{mia['tpr_at_1pct_fpr']:.3f}"),
-                    ("TPR at 0.1% FPR", f"{mia['tpr_at_01pct_fpr']:.3f}"),
-                    ("Members / non-members", f"{mia['n_members']} / {mia['n_nonmembers']}"),
+                    ("Summary", mia["auc_text"]),
+                    *mia["figures_text"],
+                    ("Members / non-members attacked", mia["sizes_text"]),
                     ("Audited", mia["created_at"]),
                 ]
             )
         )
+        for note in mia["notes"]:
+            flows.append(tk.note(note))
     else:
         flows.append(tk.note("No membership-inference audit recorded for this model version."))
     flows.append(

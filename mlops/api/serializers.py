@@ -152,10 +152,21 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 
 
 class MembershipInferenceAuditSerializer(serializers.ModelSerializer):
+    """Full-precision figures for machines, each with its 95% bootstrap interval (``*_low``/``*_high``,
+    null for audits computed before intervals were recorded)."""
+
+    notes = serializers.ListField(
+        child=serializers.CharField(), read_only=True,
+        help_text="Why a figure is null (e.g. too few non-members for a TPR at 0.1% FPR) and caveats.",
+    )
+
     class Meta:
         model = MembershipInferenceAudit
-        fields = ["id", "auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_01pct_fpr", "n_members", "n_nonmembers",
-                  "roc", "created_at"]
+        fields = ["id", "auc", "auc_low", "auc_high", "advantage", "advantage_low", "advantage_high",
+                  "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_low", "tpr_at_1pct_fpr_high",
+                  "tpr_at_01pct_fpr", "tpr_at_01pct_fpr_low", "tpr_at_01pct_fpr_high",
+                  "n_members", "n_nonmembers", "members_available", "nonmembers_available", "sampling_seed",
+                  "sampling_rule", "bootstrap_resamples", "notes", "roc", "created_at"]
         read_only_fields = fields
 
 

@@ -30,7 +30,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import numpy
 import torch
 import torch.nn.functional as F
 from opacus.accountants import create_accountant
@@ -544,25 +543,6 @@ def predict_proba(*, model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     if not parts:
         return torch.zeros((0, _n_outputs(model)))
     return torch.cat(parts)
-
-
-def per_example_losses(*, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> numpy.ndarray:
-    """Cross-entropy loss of every example under the model (float64), for the MIA audit."""
-    was_training = model.training
-    model.eval()
-    X = X.to(torch.float32)
-    y = y.to(torch.int64)
-    try:
-        with torch.no_grad():
-            parts = [
-                F.cross_entropy(model(X[s : s + _EVAL_CHUNK]), y[s : s + _EVAL_CHUNK], reduction="none")
-                for s in range(0, len(X), _EVAL_CHUNK)
-            ]
-    finally:
-        model.train(was_training)
-    if not parts:
-        return numpy.zeros(0)
-    return torch.cat(parts).double().numpy()
 
 
 def _n_outputs(model: nn.Module) -> int:

@@ -6,27 +6,108 @@ gap is exactly what differential privacy bounds. Sweeping the threshold gives a 
 curve; we report its AUC, the advantage ``max(TPR − FPR)`` (Yeom et al.'s membership
 advantage), and the TPR at 1% and 0.1% FPR — the low-FPR regime Carlini et al. (2022)
 argue is what matters for the people actually exposed.
+
+Honest numerics (issue 15, item 1):
+
+* losses are float64 cross-entropies computed from the logits, in a form that does not
+  round to 0 for confident predictions (float32 softmax probabilities gave 79–81% of an
+  over-fitted model's examples a loss of exactly 0, i.e. ties no threshold can split);
+* every figure carries a 95% percentile-bootstrap interval (members and non-members
+  resampled independently, seeded, so an audit is reproducible);
+* the TPR at an FPR ``f`` is reported only when there are at least ``1/f`` non-members,
+  the fewest for which a single false positive is an FPR of ``f`` or less; below that the
+  figure is ``None`` and a note says why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import math
+from dataclasses import dataclass, field
 
 import numpy
 from scipy.stats import rankdata
 
 MAX_ROC_POINTS = 200
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+# Resamples evaluated at once: bounds memory to a few (chunk × pooled examples) arrays.
+_BOOTSTRAP_CHUNK = 50
+# The bootstrap's random stream is SeedSequence([seed, _BOOTSTRAP_STREAM]), independent
+# of the stream that chose the members and non-members from the same seed.
+_BOOTSTRAP_STREAM = 1
+# (result attribute, FPR, how it is written)
+FPR_TARGETS = (("tpr_at_1pct_fpr", 0.01, "1%"), ("tpr_at_01pct_fpr", 0.001, "0.1%"))
+
+
+def min_nonmembers_for(fpr: float) -> int:
+    """Fewest non-members for which a TPR at ``fpr`` is reported (one false positive ≤ fpr)."""
+    return math.ceil(1.0 / fpr - 1e-9)
 
 
 @dataclass
 class MIAResult:
     auc: float
     advantage: float
-    tpr_at_1pct_fpr: float
-    tpr_at_01pct_fpr: float
+    tpr_at_1pct_fpr: float | None  # None: too few non-members to measure it (see notes)
+    tpr_at_01pct_fpr: float | None
     n_members: int
     n_nonmembers: int
     roc: list[list[float]]  # [[fpr, tpr], ...] from (0, 0) to (1, 1)
+    auc_low: float | None = None
+    auc_high: float | None = None
+    advantage_low: float | None = None
+    advantage_high: float | None = None
+    tpr_at_1pct_fpr_low: float | None = None
+    tpr_at_1pct_fpr_high: float | None = None
+    tpr_at_01pct_fpr_low: float | None = None
+    tpr_at_01pct_fpr_high: float | None = None
+    bootstrap_resamples: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def per_example_losses(*, models: list, X, y) -> numpy.ndarray:
+    """Cross-entropy of every example under a model or a SISA ensemble, in float64.
+
+    Each model runs in float64 (on a copy; the caller's model is untouched). A single
+    model's loss is ``−log_softmax(logits)[y]`` written as
+    ``softplus(logsumexp_{j≠y}(z_j − z_y))``: the same number, but it stays non-zero for
+    margins up to ~700 logits, where ``log_softmax`` itself rounds to 0 above ~37 in
+    float64 (and the old ``−log(softmax)`` in float32 above ~17).
+    A SISA ensemble predicts the mean of its shard models' probabilities
+    (``sisa.ensemble_predict_proba``), so its loss is ``−log(mean_k p_k[y])``, computed
+    from the shard losses without forming the rounded probabilities.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not models:
+        raise ValueError("models: the ensemble has no models")
+    X = torch.as_tensor(X).to(torch.float64)
+    y = torch.as_tensor(numpy.asarray(y)).to(torch.int64)
+    if len(X) == 0:
+        return numpy.zeros(0)
+    losses = []
+    with torch.no_grad():
+        for model in models:
+            m = copy.deepcopy(model).double().eval()
+            parts = []
+            for s in range(0, len(X), 4096):
+                logits = m(X[s : s + 4096])
+                ys = y[s : s + 4096]
+                margins = logits - logits.gather(1, ys[:, None])
+                margins.scatter_(1, ys[:, None], -math.inf)
+                parts.append(F.softplus(torch.logsumexp(margins, dim=1)))
+            losses.append(torch.cat(parts))
+    stacked = torch.stack(losses)  # [K, N]
+    if len(models) == 1:
+        return stacked[0].numpy()
+    k = len(models)
+    # −log(mean p): in log space when the mean probability is at most ½ …
+    log_space = math.log(k) - torch.logsumexp(-stacked, dim=0)
+    # … and through 1 − p = −expm1(−loss) when it is above, where log space rounds to 0.
+    near_one = -torch.log1p(-(-torch.expm1(-stacked)).mean(0))
+    return torch.where(near_one < math.log(2), near_one, log_space).numpy()
 
 
 def roc_curve(*, member_scores: numpy.ndarray, nonmember_scores: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -45,14 +126,27 @@ def roc_curve(*, member_scores: numpy.ndarray, nonmember_scores: numpy.ndarray) 
     return fpr, tpr
 
 
-def loss_threshold_attack(*, member_losses: numpy.ndarray, nonmember_losses: numpy.ndarray) -> MIAResult:
-    """Attack with score = −loss; needs at least one member and one non-member."""
+def loss_threshold_attack(
+    *,
+    member_losses: numpy.ndarray,
+    nonmember_losses: numpy.ndarray,
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> MIAResult:
+    """Attack with score = −loss; needs at least one member and one non-member.
+
+    ``bootstrap_resamples`` = 0 skips the intervals; ``seed`` (≥ 0) makes them reproducible.
+    """
     members = numpy.asarray(member_losses, dtype=numpy.float64).ravel()
     nonmembers = numpy.asarray(nonmember_losses, dtype=numpy.float64).ravel()
     if len(members) == 0:
         raise ValueError("member_losses: the attack needs at least one member")
     if len(nonmembers) == 0:
         raise ValueError("nonmember_losses: the attack needs at least one non-member")
+    if isinstance(bootstrap_resamples, bool) or not isinstance(bootstrap_resamples, int) or bootstrap_resamples < 0:
+        raise ValueError("bootstrap_resamples: must be a non-negative integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError("seed: must be a non-negative integer")
     if not (numpy.isfinite(members).all() and numpy.isfinite(nonmembers).all()):
         # An infinite loss is a confident mistake; rank it as the least member-like.
         members = numpy.nan_to_num(members, nan=numpy.inf, posinf=numpy.finfo(numpy.float64).max)
@@ -65,15 +159,107 @@ def loss_threshold_attack(*, member_losses: numpy.ndarray, nonmember_losses: num
     auc = (ranks[:n_m].sum() - n_m * (n_m + 1) / 2) / (n_m * n_n)
 
     fpr, tpr = roc_curve(member_scores=member_scores, nonmember_scores=nonmember_scores)
-    return MIAResult(
+    result = MIAResult(
         auc=float(auc),
         advantage=float(numpy.max(tpr - fpr)),
-        tpr_at_1pct_fpr=_tpr_at(fpr, tpr, 0.01),
-        tpr_at_01pct_fpr=_tpr_at(fpr, tpr, 0.001),
+        tpr_at_1pct_fpr=None,
+        tpr_at_01pct_fpr=None,
         n_members=n_m,
         n_nonmembers=n_n,
         roc=_thin(fpr, tpr),
+        bootstrap_resamples=bootstrap_resamples,
     )
+    reported = []
+    for name, target, shown in FPR_TARGETS:
+        needed = min_nonmembers_for(target)
+        if n_n >= needed:
+            setattr(result, name, _tpr_at(fpr, tpr, target))
+            reported.append((name, target))
+        else:
+            result.notes.append(
+                f"TPR at {shown} FPR not reported: {shown} FPR needs ≥ {needed:,} non-members; this audit had {n_n:,}."
+            )
+    if bootstrap_resamples:
+        intervals = bootstrap_intervals(
+            member_scores=member_scores, nonmember_scores=nonmember_scores, resamples=bootstrap_resamples,
+            seed=seed, fprs=[t for _, t in reported],
+        )
+        result.auc_low, result.auc_high = intervals["auc"]
+        result.advantage_low, result.advantage_high = intervals["advantage"]
+        for name, target in reported:
+            setattr(result, f"{name}_low", intervals[target][0])
+            setattr(result, f"{name}_high", intervals[target][1])
+        if result.auc_low <= 0.5 <= result.auc_high:
+            result.notes.append(
+                "The AUC interval includes 0.5: this loss attack cannot tell members from non-members here. "
+                "That is weak evidence of privacy; a stronger attack may still find leakage."
+            )
+    return result
+
+
+def bootstrap_intervals(
+    *,
+    member_scores: numpy.ndarray,
+    nonmember_scores: numpy.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    fprs: list[float] | tuple[float, ...] = (),
+    confidence: float = CONFIDENCE,
+) -> dict:
+    """Percentile-bootstrap intervals of AUC, advantage and the TPR at each FPR in ``fprs``.
+
+    Members and non-members are resampled independently, with replacement, at their own
+    sizes. All resamples share one sort of the pooled scores: a resample is a vector of
+    multiplicities, so its ROC is a cumulative sum of weights in that fixed order, and its
+    AUC the trapezoid under it (equal to the Mann–Whitney AUC with ties counted ½).
+    Returns ``{"auc": (low, high), "advantage": (low, high), fpr: (low, high), ...}``.
+    """
+    m = numpy.asarray(member_scores, dtype=numpy.float64).ravel()
+    n = numpy.asarray(nonmember_scores, dtype=numpy.float64).ravel()
+    n_m, n_n = len(m), len(n)
+    if n_m == 0 or n_n == 0:
+        raise ValueError("member_scores: the bootstrap needs at least one member and one non-member")
+    if resamples < 1:
+        raise ValueError("resamples: must be at least 1")
+    scores = numpy.concatenate([m, n])
+    order = numpy.argsort(-scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ends = numpy.concatenate([numpy.flatnonzero(numpy.diff(sorted_scores)), [len(scores) - 1]])
+    rng = numpy.random.default_rng(numpy.random.SeedSequence([seed, _BOOTSTRAP_STREAM]))
+    stats: dict = {"auc": [], "advantage": [], **{f: [] for f in fprs}}
+    for start in range(0, resamples, _BOOTSTRAP_CHUNK):
+        b = min(_BOOTSTRAP_CHUNK, resamples - start)
+        weights_m = numpy.zeros((b, n_m + n_n))
+        weights_n = numpy.zeros((b, n_m + n_n))
+        weights_m[:, :n_m] = _multiplicities(rng, n_m, b)
+        weights_n[:, n_m:] = _multiplicities(rng, n_n, b)
+        zeros = numpy.zeros((b, 1))
+        tpr = numpy.hstack([zeros, numpy.cumsum(weights_m[:, order], axis=1)[:, ends] / n_m])
+        fpr = numpy.hstack([zeros, numpy.cumsum(weights_n[:, order], axis=1)[:, ends] / n_n])
+        stats["auc"].append((numpy.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2).sum(axis=1))
+        stats["advantage"].append((tpr - fpr).max(axis=1))
+        for f in fprs:
+            stats[f].append(numpy.where(fpr <= f + 1e-12, tpr, 0.0).max(axis=1))
+    tail = (1 - confidence) / 2
+    return {
+        key: tuple(float(q) for q in numpy.quantile(numpy.concatenate(values), [tail, 1 - tail]))
+        for key, values in stats.items()
+    }
+
+
+def _multiplicities(rng: numpy.random.Generator, n: int, b: int) -> numpy.ndarray:
+    """``b`` rows: how often each of ``n`` items is drawn in ``n`` draws with replacement."""
+    draws = rng.integers(0, n, size=(b, n)) + (numpy.arange(b) * n)[:, None]
+    return numpy.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
+
+
+def figure_text(value: float | None, low: float | None, high: float | None, *, decimals: int = 2) -> str:
+    """``0.52 (95% CI 0.44–0.60)`` for people, rounded; ``not reported`` for a figure left out."""
+    if value is None:
+        return "not reported"
+    if low is None or high is None:
+        return f"{value:.{decimals}f} (no interval: computed before intervals were recorded)"
+    return f"{value:.{decimals}f} (95% CI {low:.{decimals}f}–{high:.{decimals}f})"
 
 
 def _tpr_at(fpr: numpy.ndarray, tpr: numpy.ndarray, max_fpr: float) -> float:

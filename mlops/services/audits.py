@@ -46,15 +46,17 @@ def model_version_load(*, model_version: ModelVersion):
 
 
 def _per_example_losses(models: list, X, y: np.ndarray) -> np.ndarray:
-    import torch
+    """float64 losses from the logits (single model or SISA mean of probabilities)."""
+    from mlops.engine import mia
 
-    from mlops.engine import sisa
+    return mia.per_example_losses(models=models, X=X, y=y)
 
-    with torch.no_grad():
-        for m in models:
-            m.eval()
-        proba = sisa.ensemble_predict_proba(models=models, X=X).numpy()
-    return -np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0))
+
+SAMPLING_RULE = (
+    "members: the run's training records; non-members: the records of persons held out for the audit; "
+    "each side, when above the limit, sampled uniformly without replacement with numpy default_rng(seed), "
+    "members first"
+)
 
 
 @transaction.atomic
@@ -62,7 +64,9 @@ def membership_inference_audit_run(*, model_version_id: int, max_examples: int |
     """Loss-threshold membership inference (Yeom et al. 2018) against a model version.
 
     Members are the run's training records, non-members the records of the persons held
-    out of training for this purpose. Idempotent: one audit per model version.
+    out of training for this purpose. The sample (at most ``max_examples`` of each) and the
+    bootstrap are seeded from the run's seed, so the same version always gets the same
+    audit. Idempotent: one audit per model version.
     """
     import torch
 
@@ -77,9 +81,14 @@ def membership_inference_audit_run(*, model_version_id: int, max_examples: int |
     tensors, split, labelled = _split_tensors(run)
     members = np.nonzero(labelled & (split == data.SPLIT_TRAIN))[0]
     nonmembers = np.nonzero(labelled & (split == data.SPLIT_HOLDOUT))[0]
-    if len(nonmembers) == 0:
+    members_available, nonmembers_available = len(members), len(nonmembers)
+    if nonmembers_available == 0:
         raise ServiceConflict(f"Training run {run.pk} held out no one: there are no non-members to audit against.")
-    rng = np.random.default_rng(run.seed)
+    if members_available == 0:
+        raise ServiceConflict(f"Training run {run.pk} trained on no labelled record: there are no members to audit.")
+    # A negative seed cannot seed a SeedSequence; the API only accepts seeds ≥ 0.
+    seed = abs(int(run.seed))
+    rng = np.random.default_rng(seed)
     if len(members) > limit:
         members = np.sort(rng.choice(members, size=limit, replace=False))
     if len(nonmembers) > limit:
@@ -87,16 +96,23 @@ def membership_inference_audit_run(*, model_version_id: int, max_examples: int |
     models = model_version_load(model_version=version)
     member_losses = _per_example_losses(models, torch.from_numpy(tensors.X[members]), tensors.y[members])
     nonmember_losses = _per_example_losses(models, torch.from_numpy(tensors.X[nonmembers]), tensors.y[nonmembers])
-    result = mia.loss_threshold_attack(member_losses=member_losses, nonmember_losses=nonmember_losses)
+    result = mia.loss_threshold_attack(member_losses=member_losses, nonmember_losses=nonmember_losses, seed=seed)
     audit = MembershipInferenceAudit.objects.create(
-        model_version=version, auc=result.auc, advantage=result.advantage,
-        tpr_at_1pct_fpr=result.tpr_at_1pct_fpr, tpr_at_01pct_fpr=result.tpr_at_01pct_fpr,
-        n_members=result.n_members, n_nonmembers=result.n_nonmembers, roc=result.roc,
+        model_version=version, auc=result.auc, auc_low=result.auc_low, auc_high=result.auc_high,
+        advantage=result.advantage, advantage_low=result.advantage_low, advantage_high=result.advantage_high,
+        tpr_at_1pct_fpr=result.tpr_at_1pct_fpr, tpr_at_1pct_fpr_low=result.tpr_at_1pct_fpr_low,
+        tpr_at_1pct_fpr_high=result.tpr_at_1pct_fpr_high, tpr_at_01pct_fpr=result.tpr_at_01pct_fpr,
+        tpr_at_01pct_fpr_low=result.tpr_at_01pct_fpr_low, tpr_at_01pct_fpr_high=result.tpr_at_01pct_fpr_high,
+        n_members=result.n_members, n_nonmembers=result.n_nonmembers, members_available=members_available,
+        nonmembers_available=nonmembers_available, sampling_seed=seed,
+        sampling_rule=f"{SAMPLING_RULE}; at most {limit:,} of each", bootstrap_resamples=result.bootstrap_resamples,
+        notes=result.notes, roc=result.roc,
     )
     audit_event_record(
         actor=None, action="membership_inference_audit.completed", object_type="model_version", object_id=version.pk,
-        details={"audit": audit.pk, "auc": result.auc, "advantage": result.advantage,
-                 "tpr_at_1pct_fpr": result.tpr_at_1pct_fpr, "n_members": result.n_members,
-                 "n_nonmembers": result.n_nonmembers},
+        details={"audit": audit.pk, "auc": result.auc, "auc_interval": [result.auc_low, result.auc_high],
+                 "advantage": result.advantage, "tpr_at_1pct_fpr": result.tpr_at_1pct_fpr,
+                 "n_members": result.n_members, "n_nonmembers": result.n_nonmembers,
+                 "members_available": members_available, "nonmembers_available": nonmembers_available},
     )
     return audit

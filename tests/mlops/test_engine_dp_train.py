@@ -13,11 +13,11 @@ from opacus.optimizers import DPOptimizer
 from mlops.engine.dp_train import (
     Trainer,
     clipped_grad_sum_linear,
-    per_example_losses,
     predict_proba,
     supports_linear_clipping,
     train,
 )
+from mlops.engine.mia import per_example_losses
 from mlops.engine.models import build_model
 from mlops.engine.spec import TrainConfig
 from tests.mlops.engine_data import linear_task
@@ -232,7 +232,7 @@ def test_predictions_and_losses():
     proba = predict_proba(model=model, X=X)
     assert proba.shape == (50, 2)
     torch.testing.assert_close(proba.sum(1), torch.ones(50))
-    losses = per_example_losses(model=model, X=X, y=y)
+    losses = per_example_losses(models=[model], X=X, y=y)  # the audit's float64 losses
     assert losses.shape == (50,) and (losses >= 0).all()
     torch.testing.assert_close(
         torch.from_numpy(losses).float(), -torch.log(proba[torch.arange(50), y]), rtol=1e-4, atol=1e-5

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy
 import pytest
 
-from mlops.engine.dp_train import load_model, per_example_losses, train
-from mlops.engine.mia import MAX_ROC_POINTS, loss_threshold_attack
+from mlops.engine.dp_train import load_model, train
+from mlops.engine.mia import MAX_ROC_POINTS, loss_threshold_attack, per_example_losses
 from mlops.engine.spec import TrainConfig
 from tests.mlops.engine_data import noisy_task
 
@@ -20,18 +20,22 @@ def test_perfectly_separated_losses_give_full_advantage():
     result = loss_threshold_attack(member_losses=numpy.array([0.1, 0.2, 0.3]), nonmember_losses=numpy.array([1.0, 2.0]))
     assert result.auc == 1.0
     assert result.advantage == 1.0
-    assert result.tpr_at_1pct_fpr == 1.0
-    assert result.tpr_at_01pct_fpr == 1.0
+    # Two non-members cannot measure a 1% or 0.1% FPR: not reported rather than a made-up 1.0.
+    assert result.tpr_at_1pct_fpr is None and result.tpr_at_01pct_fpr is None
     assert (result.n_members, result.n_nonmembers) == (3, 2)
     assert result.roc[0] == [0.0, 0.0] and result.roc[-1] == [1.0, 1.0]
+    result = loss_threshold_attack(member_losses=numpy.linspace(0.1, 0.3, 10), nonmember_losses=numpy.linspace(1, 2, 1000))
+    assert result.tpr_at_1pct_fpr == 1.0 and result.tpr_at_01pct_fpr == 1.0
+    assert result.tpr_at_01pct_fpr_low == result.tpr_at_01pct_fpr_high == 1.0
 
 
 def test_identical_losses_give_no_advantage():
-    losses = numpy.full(50, 0.7)
+    losses = numpy.full(100, 0.7)
     result = loss_threshold_attack(member_losses=losses, nonmember_losses=losses.copy())
     assert result.auc == 0.5
     assert result.advantage == 0.0
     assert result.tpr_at_1pct_fpr == 0.0
+    assert result.auc_low == result.auc_high == 0.5  # every resample is all ties
 
 
 def test_metrics_match_brute_force_with_ties():
@@ -89,8 +93,8 @@ def attack(config: TrainConfig):
     )
     model = load_model(state_dict=result.state_dict, n_features=20, n_classes=2, config=config)
     audit = loss_threshold_attack(
-        member_losses=per_example_losses(model=model, X=X[members], y=y[members]),
-        nonmember_losses=per_example_losses(model=model, X=X[nonmembers], y=y[nonmembers]),
+        member_losses=per_example_losses(models=[model], X=X[members], y=y[members]),
+        nonmember_losses=per_example_losses(models=[model], X=X[nonmembers], y=y[nonmembers]),
     )
     return result, audit
 

@@ -158,7 +158,7 @@ def test_non_private_model_leaks_membership_more_than_dp_at_epsilon_1():
     assert private.epsilon <= 1.0
     assert plain.epsilon is None and ModelVersion.objects.get(training_run=plain).non_private
     assert aucs["overfit"] > 0.62, aucs
-    assert aucs["overfit"] > aucs["dp-eps1"] + 0.08, aucs  # measured 0.679 vs 0.555
+    assert aucs["overfit"] > aucs["dp-eps1"] + 0.08, aucs  # measured 0.712 vs 0.549 (float64 losses)
 
 
 @pytest.mark.django_db
