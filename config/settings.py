@@ -176,6 +176,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # analysed after a bulk load) otherwise spends a quarter of a second compiling itself.
     pg_options = DATABASES["default"].setdefault("OPTIONS", {})
     pg_options["options"] = f"{pg_options.get('options', '')} -c jit=off".strip()
+    # A connection whose peer vanished without a reset (a network partition, a dropped NAT
+    # entry) must fail, not block a worker for ever while its heartbeat thread, on a fresh
+    # connection, keeps the lease alive: connecting is bounded, idle connections are probed,
+    # and unacknowledged data times out.
+    pg_options.setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT_SECONDS", 10))
+    pg_options.setdefault("keepalives", 1)
+    pg_options.setdefault("keepalives_idle", 30)
+    pg_options.setdefault("keepalives_interval", 10)
+    pg_options.setdefault("keepalives_count", 3)
+    pg_options.setdefault("tcp_user_timeout", env_int("DB_TCP_USER_TIMEOUT_MS", 60_000))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

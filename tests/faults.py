@@ -190,6 +190,11 @@ class FaultProxy:
             # SO_LINGER 0: the peer gets a reset, as when a server dies, not a clean close.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         with contextlib.suppress(OSError):
+            # A close() alone does not wake a pump thread blocked in recv() on this socket: the
+            # socket then lives on (no reset reaches the peer, whose query waits for ever) and
+            # its descriptor number can be reused by the next connection. shutdown() wakes it.
+            s.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             s.close()
 
     def cut(self) -> None:
