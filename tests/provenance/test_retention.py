@@ -7,6 +7,7 @@ from django.utils import timezone
 from governance.models import AuditEvent
 from provenance import selectors, services
 from provenance.models import DataRecord, Snapshot, SnapshotAmendment, SnapshotMembership
+from provenance.services import removal
 from provenance.tasks import retention_purge
 from tests.provenance.helpers import SCHEMA, activity, merkle_root_independent, purpose, row
 
@@ -101,7 +102,7 @@ def test_an_amendment_counts_a_person_as_removed_only_when_none_of_their_rows_re
 
 @pytest.mark.django_db
 def test_removal_in_chunks_counts_a_person_whose_rows_span_chunks_once(monkeypatch):
-    monkeypatch.setattr(services, "_REMOVAL_CHUNK", 1)  # PostgreSQL path: one record id per statement
+    monkeypatch.setattr(removal, "_REMOVAL_CHUNK", 1)  # PostgreSQL path: one record id per statement
     act = activity(lawful_basis="contract")
     dataset = services.dataset_create(name=f"chunks {time.time()}", owner="ml", processing_activity=act, schema=SCHEMA)
     services.dataset_records_ingest(
