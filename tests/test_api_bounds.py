@@ -114,3 +114,22 @@ def test_privacy_parameters_above_zero_are_stated_in_the_schema_and_zero_is_refu
     for body, field in (({"epsilon_cap": 0, "delta": 1e-5}, "epsilon_cap"), ({"epsilon_cap": 1, "delta": 0}, "delta")):
         answer = dpo_client.put(url, body, format="json")
         assert answer.status_code == 400 and answer.json()[field] == ["Must be above 0."], answer.content
+
+
+@pytest.mark.django_db
+def test_a_queued_runs_unknown_epsilon_is_a_null_the_schema_allows(ml_client):
+    """Schemathesis as an ML engineer: a queued run answered epsilon null against a schema
+    saying number."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    from mlops import services
+    from tests.mlops.factories import make_snapshot
+
+    run = services.training_run_queue(
+        snapshot=make_snapshot(n=60, d=3), target_epsilon=3.0, epochs=1, batch_size=16, enqueue=False
+    )
+    answer = ml_client.get(f"/api/v1/training-runs/{run.pk}/").json()
+    assert answer["status"] == "queued" and answer["epsilon"] is None
+    components = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]
+    for component, field in (("TrainingRun", "epsilon"), ("TrainingRun", "planned_epsilon"), ("ModelVersion", "epsilon")):
+        assert components[component]["properties"][field].get("nullable") is True, (component, field)

@@ -30,7 +30,13 @@ DB_BIGINT_MAX = 2**63 - 1
 
 
 class FiniteFloatField(serializers.FloatField):
-    """A float that is null when infinite (JSON has no ∞; ε = ∞ means non-private)."""
+    """A float that is null when infinite (JSON has no ∞; ε = ∞ means non-private), or not
+    yet known (a queued run has no ε): nullable in the schema too, so a generated client
+    accepts the null it will receive."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
 
     def to_representation(self, value):
         value = super().to_representation(value)
