@@ -22,7 +22,7 @@ def client_address(request: HttpRequest) -> str | None:
     """The client's address: the peer's, or the one TRUSTED_PROXY_COUNT proxies saw.
 
     None when the request has no peer address (a login made in-process); django-axes stores
-    the value in an ``inet`` column on PostgreSQL, which takes no placeholder text.
+    the value in an ``inet`` column on PostgreSQL, which refuses anything but an address.
 
     Only the entries our own proxies appended to X-Forwarded-For are believed (counted from
     the right); whatever a client puts there itself is ignored, or it could pick a fresh

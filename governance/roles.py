@@ -34,3 +34,9 @@ def roles_of(user: AbstractBaseUser | AnonymousUser | None) -> frozenset[str]:
 
 def has_role(user, *roles: str) -> bool:
     return bool(roles_of(user) & set(roles))
+
+
+def sees_erasure_detail(user) -> bool:
+    """The DPO and the auditor are told which erasure request changed a snapshot or a model,
+    and why; ML engineers only that it changed and when (issue 14)."""
+    return has_role(user, DPO, AUDITOR)

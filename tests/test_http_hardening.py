@@ -248,7 +248,7 @@ def test_healthz_answers_the_containers_probe_whatever_its_host():
 @pytest.mark.django_db
 def test_a_login_without_a_peer_address_is_recorded_without_one(client):
     """force_login (and any in-process login) has no REMOTE_ADDR: axes stores NULL, which an
-    ``inet`` column on PostgreSQL takes, where placeholder text was a DataError."""
+    ``inet`` column on PostgreSQL takes, where made-up text was a DataError."""
     from axes.models import AccessLog
 
     client.force_login(get_user_model().objects.create_superuser("dpo-admin", "dpo@example.org", "pw"))

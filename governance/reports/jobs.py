@@ -151,10 +151,10 @@ def report_job_run(*, job_id: int) -> ReportJob:
 
 
 def _sees_erasure_detail(job: ReportJob) -> bool:
-    from governance.roles import AUDITOR, DPO, has_role
+    from governance.roles import sees_erasure_detail
 
     # A job with no requester was queued by the system itself (the demo, a beat task).
-    return job.requested_by_id is None or has_role(job.requested_by, DPO, AUDITOR)
+    return job.requested_by_id is None or sees_erasure_detail(job.requested_by)
 
 
 def _report_job_render(job: ReportJob) -> ReportJob:

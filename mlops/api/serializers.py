@@ -8,7 +8,7 @@ from datetime import datetime
 from rest_framework import serializers
 
 from governance.api.fields import PositiveFloatField
-from governance.roles import AUDITOR, DPO, has_role
+from governance.roles import sees_erasure_detail
 from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
 from mlops.engine.spec import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
 from mlops.models import (
@@ -112,7 +112,7 @@ def _sees_erasure_detail(context: dict) -> bool:
     """The DPO and the auditor see why a model or run changed; ML engineers that it changed
     and when, not the erasure behind it (issue 14)."""
     request = context.get("request")
-    return request is not None and has_role(request.user, DPO, AUDITOR)
+    return request is not None and sees_erasure_detail(request.user)
 
 
 ERASURE_CANCELLED = "cancelled by erasure-worker"  # mlops.services.execution.training_run_cancel's text

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.permissions import DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
-from governance.roles import AUDITOR, DPO, has_role
+from governance.roles import sees_erasure_detail
 from governance.services.errors import ServiceConflict
 from mlops import artifacts, selectors, services
 from mlops.api import serializers
@@ -145,7 +145,7 @@ class ModelProvView(APIView):
         if model_version is None:
             raise NotFound(f"Model version {pk} does not exist.")
         doc = lineage_exports.model_prov_document(
-            model_version=model_version, erasure_detail=has_role(request.user, DPO, AUDITOR)
+            model_version=model_version, erasure_detail=sees_erasure_detail(request.user)
         )
         response = HttpResponse(lineage_exports.prov_json(doc), content_type="application/json")
         response["Content-Disposition"] = f'attachment; filename="model-version-{pk}.prov.json"'

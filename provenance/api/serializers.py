@@ -3,7 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from governance.models import ProcessingActivity, Purpose
-from governance.roles import AUDITOR, DPO, has_role
+from governance.roles import sees_erasure_detail
 from provenance.models import AmendmentReason, Dataset, Snapshot, SnapshotAmendment
 
 
@@ -46,10 +46,10 @@ class RecordIngestResultSerializer(serializers.Serializer):
 MEMBERS_REMOVED = "members_removed"
 
 
-def sees_erasure_detail(context: dict) -> bool:
+def _sees_erasure_detail(context: dict) -> bool:
     """The DPO and the auditor see why data changed; everyone else that it changed."""
     request = context.get("request")
-    return request is not None and has_role(request.user, DPO, AUDITOR)
+    return request is not None and sees_erasure_detail(request.user)
 
 
 class SnapshotAmendmentSerializer(serializers.ModelSerializer):
@@ -70,7 +70,7 @@ class SnapshotAmendmentSerializer(serializers.ModelSerializer):
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
-        if not sees_erasure_detail(self.context):
+        if not _sees_erasure_detail(self.context):
             data["reason"], data["erasure_request_id"] = MEMBERS_REMOVED, None
         return data
 

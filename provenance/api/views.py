@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from governance.api.parsers import StorableJSONParser, unstorable_reason
 from governance.permissions import DPO_AND_AUDITOR, DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
-from governance.roles import AUDITOR, DPO, has_role
+from governance.roles import sees_erasure_detail
 from provenance import lineage_exports, selectors, services
 from provenance.api import serializers
 from provenance.filtersets import DatasetFilterSet, SnapshotFilterSet
@@ -110,7 +110,7 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
     def prov(self, request, pk=None):
         """W3C PROV-JSON of the dataset's snapshots and everything trained on them."""
         dataset = self.get_object()
-        doc = lineage_exports.dataset_prov_document(dataset=dataset, erasure_detail=has_role(request.user, DPO, AUDITOR))
+        doc = lineage_exports.dataset_prov_document(dataset=dataset, erasure_detail=sees_erasure_detail(request.user))
         return _download(lineage_exports.prov_json(doc), f"dataset-{dataset.pk}.prov.json")
 
 
@@ -230,7 +230,7 @@ class SnapshotViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def prov(self, request, pk=None):
         """W3C PROV-JSON: the snapshot's upstream lineage and what was trained on it."""
         snapshot = self.get_object()
-        doc = lineage_exports.snapshot_prov_document(snapshot=snapshot, erasure_detail=has_role(request.user, DPO, AUDITOR))
+        doc = lineage_exports.snapshot_prov_document(snapshot=snapshot, erasure_detail=sees_erasure_detail(request.user))
         return _download(lineage_exports.prov_json(doc), f"snapshot-{snapshot.pk}.prov.json")
 
     @extend_schema(responses={(200, "application/json"): {"type": "array", "items": {"type": "object"}}})

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection
 
 from governance.models import AuditChainHead, AuditEvent
 from governance.selectors import audit_chain_verify
 from governance.services import audit_event_record
+from tests.governance.audit_helpers import audit_events_write_concurrently
 
 
 def _write_events(n: int) -> None:
@@ -133,23 +133,7 @@ def test_audit_verify_command_exits_non_zero_naming_the_position(capsys):
 def test_concurrent_writers_keep_one_chain():
     if connection.vendor != "postgresql":
         pytest.skip("concurrent writers need a server database; SQLite serialises writers itself")
-    threads, errors = [], []
-
-    def writer(n: int) -> None:
-        try:
-            for i in range(n):
-                audit_event_record(actor=f"w{threading.get_ident()}", action="test.concurrent", details={"i": i})
-        except Exception as exc:  # surfaced by the assertion below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    for _ in range(6):
-        threads.append(threading.Thread(target=writer, args=(15,)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = audit_events_write_concurrently(writers=6, events_each=15)
     assert not errors, errors
     assert AuditEvent.objects.count() == 90
     assert sorted(AuditEvent.objects.values_list("position", flat=True)) == list(range(1, 91))

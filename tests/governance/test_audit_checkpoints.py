@@ -14,13 +14,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from pypdf import PdfReader
 
@@ -30,6 +29,7 @@ from governance.models import AuditEvent, ConsentEvent
 from governance.selectors import audit_chain_verify
 from governance.services import audit_event_record
 from governance.services.audit import audit_checkpoint_write
+from tests.governance.audit_helpers import audit_events_write_concurrently
 from tests.rights import helpers as h
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -292,22 +292,7 @@ def test_concurrent_writers_produce_valid_checkpoints_in_order(settings):
         pytest.skip("concurrent writers need a server database; SQLite serialises writers itself")
     settings.AUDIT_CHECKPOINT_EVERY_EVENTS = 5
     settings.AUDIT_CHECKPOINT_SLACK_EVENTS = 5
-    errors: list[Exception] = []
-
-    def writer(n: int) -> None:
-        try:
-            for i in range(n):
-                audit_event_record(actor=f"w{threading.get_ident()}", action="test.concurrent", details={"i": i})
-        except Exception as exc:  # surfaced by the assertion below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=writer, args=(25,)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = audit_events_write_concurrently(writers=4, events_each=25)
     assert not errors, errors
     parsed = [checkpoints.checkpoint_parse(line) for line in _lines()]  # every line whole
     positions = [cp.position for cp in parsed]
