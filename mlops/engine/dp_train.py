@@ -51,10 +51,14 @@ _EVAL_CHUNK = 65536
 
 @dataclass
 class EpochReport:
+    """One epoch's figures. ``loss`` (mean over the epoch's sampled batches) and
+    ``train_accuracy`` are computed on training data and are not covered by ε; they are
+    None when ``train(train_metrics=False)``. ``val_accuracy`` is on held-out people."""
+
     epoch: int
     steps: int
-    loss: float
-    train_accuracy: float
+    loss: float | None
+    train_accuracy: float | None
     val_accuracy: float | None
     epsilon: float
 
@@ -337,10 +341,18 @@ class Trainer:
         # Noise is drawn per parameter in model.parameters() order, the order Opacus's
         # DPOptimizer draws it in, so both paths consume the generator identically.
         for p, grad in zip(self.params, grads, strict=True):
-            # normal(mean=grad) draws N(0, std²) exactly as normal(0, std, shape) does and adds grad.
-            p.grad = torch.normal(grad, std, generator=self.generator).mul_(scale)
+            p.grad = self._noised(grad, std).mul_(scale)
         self._optimizer_step(self.params)
         return loss
+
+    def _noised(self, grad: torch.Tensor, std: float) -> torch.Tensor:
+        """``grad + N(0, std²)`` from the run's generator: the linear path's only noise.
+
+        One seam so the canary audit's tests can switch the noise off and check the audit
+        catches it (mlops.engine.canary).
+        """
+        # normal(mean=grad) draws N(0, std²) exactly as normal(0, std, shape) does and adds grad.
+        return torch.normal(grad, std, generator=self.generator)
 
     def _optimizer_step(self, params) -> None:
         if self._sgd_lr is None:
@@ -406,6 +418,7 @@ def train(
     clipping: str = "auto",
     history_prefix: list[list[float]] | None = None,
     require_two_classes: bool = True,
+    train_metrics: bool = True,
 ) -> TrainResult:
     """Train an MLP with DP-SGD (or plainly when ``config.private`` is False).
 
@@ -416,6 +429,9 @@ def train(
     history spent before this call on the same records (SISA stages); it is composed into
     every ε reported. ``require_two_classes=False`` lets a SISA stage train on a slice
     that happens to hold one class (the shard as a whole is checked instead).
+    ``train_metrics=False`` releases no figure computed on the training data (each epoch's
+    ``loss`` and ``train_accuracy`` are None): those figures are outside the DP guarantee.
+    The training itself is unchanged (same draws, bit-identical weights).
     """
     X_train, y_train = check_tensors(X=X_train, y=y_train, n_classes=n_classes, name="train")
     config.validate(len(X_train))
@@ -460,7 +476,11 @@ def train(
             loss, _ = trainer.run_epoch()
             seconds.append(time.perf_counter() - start)
             model.eval()
-            train_acc = _accuracy(model, X_train, y_train)
+            # Evaluation draws no random numbers and changes no weight, so leaving it out
+            # cannot change the training; the epoch's loss sum is a by-product of the steps.
+            train_acc = _accuracy(model, X_train, y_train) if train_metrics else None
+            if not train_metrics:
+                loss = None
             val_acc = _accuracy(model, X_val, y_val) if X_val is not None else None
             eps = _epsilon(prefix + trainer.history(), config) if config.private else math.inf
             report = EpochReport(

@@ -17,6 +17,10 @@ Honest numerics (issue 15, item 1):
 * the TPR at an FPR ``f`` is reported only when there are at least ``1/f`` non-members,
   the fewest for which a single false positive is an FPR of ``f`` or less; below that the
   figure is ``None`` and a note says why.
+
+Every attack shares those figures through :func:`score_attack` (higher score = more
+member-like): the loss attack scores −loss, LiRA (``mlops.engine.lira``) a per-record
+likelihood ratio of the logit-scaled confidence :func:`logit_confidence`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ _BOOTSTRAP_CHUNK = 50
 # The bootstrap's random stream is SeedSequence([seed, _BOOTSTRAP_STREAM]), independent
 # of the stream that chose the members and non-members from the same seed.
 _BOOTSTRAP_STREAM = 1
+# FPRs at which the ROC's pointwise bootstrap band is drawn (where the non-members suffice).
+ROC_BAND_FPRS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # (result attribute, FPR, how it is written)
 FPR_TARGETS = (("tpr_at_1pct_fpr", 0.01, "1%"), ("tpr_at_01pct_fpr", 0.001, "0.1%"))
 
@@ -64,6 +70,10 @@ class MIAResult:
     tpr_at_01pct_fpr_high: float | None = None
     bootstrap_resamples: int = 0
     notes: list[str] = field(default_factory=list)
+    attack: str = "loss"  # "loss" (Yeom et al.) or "lira" (Carlini et al., with reference models)
+    n_references: int = 0  # reference models LiRA trained; 0 for the loss attack
+    # [[fpr, tpr_low, tpr_high], ...]: the pointwise 95% bootstrap band of the ROC at ROC_BAND_FPRS.
+    roc_band: list[list[float]] = field(default_factory=list)
 
 
 def per_example_losses(*, models: list, X, y) -> numpy.ndarray:
@@ -110,6 +120,35 @@ def per_example_losses(*, models: list, X, y) -> numpy.ndarray:
     return torch.where(near_one < math.log(2), near_one, log_space).numpy()
 
 
+# Bounds of the logit-scaled confidence. −log of the smallest positive float64 (~744.4) is
+# the largest φ a float64 loss can express (a smaller loss is 0); losses are clipped to
+# [that float, PHI_LIMIT] so φ stays finite and in the losses' order, within about
+# [−745, 744.4], whatever the model does: LiRA fits Gaussians to φ, and one infinity
+# would make a whole example's mean infinite.
+_SMALLEST_LOSS = float(numpy.nextafter(0.0, 1.0))
+PHI_LIMIT = 745.0
+
+
+def logit_confidence(*, losses: numpy.ndarray) -> numpy.ndarray:
+    """LiRA's logit-scaled confidence φ = log(p / (1 − p)) of the true class, from losses.
+
+    ``p = exp(−L)`` is the probability the model (or SISA ensemble) gives the true label,
+    so ``φ = −L − log(1 − e^{−L}) = −L − log(−expm1(−L))``: no probability is ever formed,
+    which keeps φ exact for confident predictions where ``p`` rounds to 1 (Carlini et al.
+    2022 use φ because it is close to Gaussian across models, which the likelihood-ratio
+    test assumes). φ is positive when the true class is favoured; it decreases as the
+    loss grows. Losses of exactly 0 (margins beyond ~745 logits) give ~744.4 and losses
+    above ``PHI_LIMIT`` give ``−PHI_LIMIT``: finite values, in the same order as the losses.
+    """
+    L = numpy.asarray(losses, dtype=numpy.float64)
+    if numpy.isnan(L).any():
+        raise ValueError("losses: contain NaN")
+    if (L < 0).any():
+        raise ValueError("losses: cross-entropy losses cannot be negative")
+    L = numpy.clip(L, _SMALLEST_LOSS, PHI_LIMIT)
+    return -L - numpy.log(-numpy.expm1(-L))
+
+
 def roc_curve(*, member_scores: numpy.ndarray, nonmember_scores: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
     """(FPR, TPR) for "member when score ≥ t" at every distinct threshold t, highest first."""
     scores = numpy.concatenate([member_scores, nonmember_scores])
@@ -143,15 +182,66 @@ def loss_threshold_attack(
         raise ValueError("member_losses: the attack needs at least one member")
     if len(nonmembers) == 0:
         raise ValueError("nonmember_losses: the attack needs at least one non-member")
+    # An infinite or NaN loss is a confident mistake: score_attack ranks it as the least
+    # member-like (−inf and NaN scores both become the lowest finite score).
+    return score_attack(
+        member_scores=-members, nonmember_scores=-nonmembers, bootstrap_resamples=bootstrap_resamples, seed=seed
+    )
+
+
+# What a chance-level AUC interval means, per attack: the loss attack is the weakest there
+# is, so its null result says little. LiRA's says more about per-person leaks, but with
+# few reference models it can miss a small leak spread over everyone that the loss
+# attack's single threshold sees (measured at ε = 1), so neither is the guarantee: ε is.
+_CHANCE_NOTES = {
+    "loss": (
+        "The AUC interval includes 0.5: this loss attack cannot tell members from non-members here. "
+        "That is weak evidence of privacy; a stronger attack may still find leakage."
+    ),
+    "lira": (
+        "The AUC interval includes 0.5: LiRA with reference models cannot tell members from non-members here. "
+        "That is evidence of privacy, not proof: with few reference models LiRA can miss a small leak that the "
+        "loss attack sees, so read both; ε is the guarantee."
+    ),
+}
+ATTACKS = tuple(_CHANCE_NOTES)
+
+
+def score_attack(
+    *,
+    member_scores: numpy.ndarray,
+    nonmember_scores: numpy.ndarray,
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    attack: str = "loss",
+) -> MIAResult:
+    """AUC, advantage, TPR at the low FPRs and their bootstrap intervals for any attack's scores.
+
+    A higher score means "more likely a member"; the attack guesses member when the score
+    is at or above a threshold, and every threshold is swept. ``attack`` names the attack
+    in the result and chooses the note written when the AUC interval includes 0.5.
+    NaN and −inf scores rank as the least member-like, +inf as the most (as the largest
+    finite score, so that infinities still tie with each other rather than producing NaN
+    differences). ``bootstrap_resamples`` = 0 skips the intervals; ``seed`` (≥ 0) makes them
+    reproducible.
+    """
+    members = numpy.asarray(member_scores, dtype=numpy.float64).ravel()
+    nonmembers = numpy.asarray(nonmember_scores, dtype=numpy.float64).ravel()
+    if len(members) == 0:
+        raise ValueError("member_scores: the attack needs at least one member")
+    if len(nonmembers) == 0:
+        raise ValueError("nonmember_scores: the attack needs at least one non-member")
     if isinstance(bootstrap_resamples, bool) or not isinstance(bootstrap_resamples, int) or bootstrap_resamples < 0:
         raise ValueError("bootstrap_resamples: must be a non-negative integer")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError("seed: must be a non-negative integer")
+    if attack not in _CHANCE_NOTES:
+        raise ValueError(f"attack: must be one of {', '.join(ATTACKS)}")
     if not (numpy.isfinite(members).all() and numpy.isfinite(nonmembers).all()):
-        # An infinite loss is a confident mistake; rank it as the least member-like.
-        members = numpy.nan_to_num(members, nan=numpy.inf, posinf=numpy.finfo(numpy.float64).max)
-        nonmembers = numpy.nan_to_num(nonmembers, nan=numpy.inf, posinf=numpy.finfo(numpy.float64).max)
-    member_scores, nonmember_scores = -members, -nonmembers
+        big = numpy.finfo(numpy.float64).max
+        members = numpy.nan_to_num(members, nan=-big, posinf=big, neginf=-big)
+        nonmembers = numpy.nan_to_num(nonmembers, nan=-big, posinf=big, neginf=-big)
+    member_scores, nonmember_scores = members, nonmembers
 
     # AUC as the Mann–Whitney statistic: P(score_member > score_nonmember) + ½ P(tie).
     ranks = rankdata(numpy.concatenate([member_scores, nonmember_scores]))
@@ -168,6 +258,7 @@ def loss_threshold_attack(
         n_nonmembers=n_n,
         roc=_thin(fpr, tpr),
         bootstrap_resamples=bootstrap_resamples,
+        attack=attack,
     )
     reported = []
     for name, target, shown in FPR_TARGETS:
@@ -180,20 +271,20 @@ def loss_threshold_attack(
                 f"TPR at {shown} FPR not reported: {shown} FPR needs ≥ {needed:,} non-members; this audit had {n_n:,}."
             )
     if bootstrap_resamples:
+        # The band is drawn only where the non-members can measure the FPR (≥ 1/FPR of them).
+        band = [f for f in ROC_BAND_FPRS if n_n >= min_nonmembers_for(f)]
         intervals = bootstrap_intervals(
             member_scores=member_scores, nonmember_scores=nonmember_scores, resamples=bootstrap_resamples,
-            seed=seed, fprs=[t for _, t in reported],
+            seed=seed, fprs=sorted({t for _, t in reported} | set(band)),
         )
+        result.roc_band = [[f, round(intervals[f][0], 6), round(intervals[f][1], 6)] for f in band]
         result.auc_low, result.auc_high = intervals["auc"]
         result.advantage_low, result.advantage_high = intervals["advantage"]
         for name, target in reported:
             setattr(result, f"{name}_low", intervals[target][0])
             setattr(result, f"{name}_high", intervals[target][1])
         if result.auc_low <= 0.5 <= result.auc_high:
-            result.notes.append(
-                "The AUC interval includes 0.5: this loss attack cannot tell members from non-members here. "
-                "That is weak evidence of privacy; a stronger attack may still find leakage."
-            )
+            result.notes.append(_CHANCE_NOTES[attack])
     return result
 
 

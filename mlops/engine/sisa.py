@@ -96,6 +96,7 @@ def train_shard(
     init_state: dict | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    train_metrics: bool = True,
 ) -> ShardResult:
     """Train one shard slice-incrementally, checkpointing after each slice.
 
@@ -105,7 +106,8 @@ def train_shard(
     the checkpoints were trained with it, and a σ re-derived from the smaller data would
     differ from it.
     A stage whose rows are fewer than ``batch_size`` trains with the whole stage as the
-    expected batch.
+    expected batch. ``train_metrics=False``: no epoch reports a figure computed on the
+    shard's training data (see ``dp_train.train``).
     """
     slice_of_row = numpy.asarray(slice_of_row)
     if slice_of_row.shape != (len(X),):
@@ -190,6 +192,7 @@ def train_shard(
             should_stop=should_stop,
             history_prefix=history,
             require_two_classes=False,
+            train_metrics=train_metrics,
         )
         history = history + last.accountant_history
         steps += last.steps
