@@ -521,6 +521,15 @@ CELERY_BEAT_SCHEDULE.update(
 MLOPS_SWEEP_INTERVAL_SECONDS = env_int("MLOPS_SWEEP_INTERVAL_SECONDS", 300)
 # Members and non-members used by one membership-inference audit (each side, sampled).
 MLOPS_MIA_MAX_EXAMPLES = env_int("MLOPS_MIA_MAX_EXAMPLES", 5000)
+# LiRA (mlops.services.audit_lira): reference models per audit, each one training of the
+# version's configuration on half the audit's pool (0 turns LiRA off unless a policy needs it).
+MLOPS_LIRA_REFERENCES = env_int("MLOPS_LIRA_REFERENCES", 8)
+# Canaries of the one-run ε audit (mlops.services.audit_canary), at most one per training
+# record; the audit run costs one training (0 turns it off unless a policy needs it).
+MLOPS_CANARY_COUNT = env_int("MLOPS_CANARY_COUNT", 1000)
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {"ModelStatusEnum": "mlops.models.ModelStatus", "AuditJobStatusEnum": "mlops.models.AuditJobStatus"}
+)
 # Redis redelivers a task whose worker died only after the visibility timeout; lowering
 # it (e.g. in the killed-worker test) makes redelivery quick, but it must stay above the
 # longest task in production or a live task would be run twice.

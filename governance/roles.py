@@ -40,3 +40,10 @@ def sees_erasure_detail(user) -> bool:
     """The DPO and the auditor are told which erasure request changed a snapshot or a model,
     and why; ML engineers only that it changed and when (issue 14)."""
     return has_role(user, DPO, AUDITOR)
+
+
+def sees_audit_records(user) -> bool:
+    """The DPO and the auditor may be told which records (people) a privacy audit attacked
+    as members and non-members; ML engineers see the audit's figures only, not who was in
+    the training data."""
+    return has_role(user, DPO, AUDITOR)

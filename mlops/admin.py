@@ -12,13 +12,18 @@ from governance.admin_mixins import ReadOnlyAdmin
 from governance.services import ServiceError
 from mlops import selectors, services
 from mlops.models import (
+    AttributeInferenceAudit,
+    AuditPolicy,
+    CanaryAudit,
     MembershipInferenceAudit,
     ModelVersion,
+    PrivacyAuditJob,
     PrivacyBudget,
     PrivacyLedgerEntry,
     RunStatus,
     SisaCheckpoint,
     TrainingRun,
+    UnlearningCheck,
 )
 from provenance import admin as provenance_admin
 from provenance.models import Dataset
@@ -109,10 +114,16 @@ class MembershipInferenceAuditInline(admin.StackedInline):
     """Rounded figures with their 95% intervals and why any figure is not reported."""
 
     model = MembershipInferenceAudit
-    fields = ["auc_shown", "advantage_shown", "tpr_1pct_shown", "tpr_01pct_shown", "sizes", "notes_shown", "created_at"]
+    verbose_name = "membership-inference audit"
+    fields = ["attack_shown", "auc_shown", "advantage_shown", "tpr_1pct_shown", "tpr_01pct_shown", "sizes", "notes_shown", "created_at"]
     readonly_fields = fields
     extra = 0
     can_delete = False
+
+    @admin.display(description="Attack")
+    def attack_shown(self, obj: MembershipInferenceAudit) -> str:
+        refs = f", {obj.n_references} reference models" if obj.n_references else ""
+        return f"{obj.get_attack_display()}{refs}"
 
     @admin.display(description="AUC")
     def auc_shown(self, obj: MembershipInferenceAudit) -> str:
@@ -140,24 +151,151 @@ class MembershipInferenceAuditInline(admin.StackedInline):
         return " ".join(obj.notes or []) or "—"
 
 
+class PrivacyAuditJobInline(admin.TabularInline):
+    model = PrivacyAuditJob
+    verbose_name = "privacy audit"
+    fields = ["kind", "status", "progress_shown", "notes", "finished_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(description="progress")
+    def progress_shown(self, obj: PrivacyAuditJob) -> str:
+        progress = obj.progress or {}
+        if not progress.get("total"):
+            return "—"
+        return f"{progress.get('done', 0)} of {progress['total']} {progress.get('stage', '')}".strip()
+
+
+class CanaryAuditInline(admin.StackedInline):
+    model = CanaryAudit
+    verbose_name = "empirical ε lower bound (canary audit run)"
+    fields = ["verdict", "bound", "counts", "notes_shown", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(description="Verdict")
+    def verdict(self, obj: CanaryAudit) -> str:
+        if obj.flagged:
+            return format_html('<strong style="color:#b00020">{}</strong>', "PRIVACY BUG: the lower bound exceeds the claimed ε")
+        return "Consistent with the claimed ε (a lower bound below the claim proves no more than that)"
+
+    @admin.display(description="Bound")
+    def bound(self, obj: CanaryAudit) -> str:
+        return obj.bound_text()
+
+    @admin.display(description="Canaries")
+    def counts(self, obj: CanaryAudit) -> str:
+        return f"{obj.n_correct:,} of {obj.n_guesses:,} guesses right; {obj.n_canaries:,} canaries, δ = {obj.delta:g}"
+
+    @admin.display(description="Notes")
+    def notes_shown(self, obj: CanaryAudit) -> str:
+        return " ".join(obj.notes or []) or "—"
+
+
+class AttributeInferenceAuditInline(admin.TabularInline):
+    model = AttributeInferenceAudit
+    verbose_name = "attribute-inference audit"
+    fields = ["feature", "special_category", "gain_shown", "accuracies", "sizes"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(description="gain over imputation")
+    def gain_shown(self, obj: AttributeInferenceAudit) -> str:
+        return obj.gain_text()
+
+    @admin.display(description="accuracy: with the model / imputation / most frequent value")
+    def accuracies(self, obj: AttributeInferenceAudit) -> str:
+        majority = "—" if obj.majority_accuracy is None else f"{obj.majority_accuracy:.0%}"
+        return f"{obj.attack_accuracy:.0%} / {obj.imputation_accuracy:.0%} / {majority}"
+
+    @admin.display(description="people")
+    def sizes(self, obj: AttributeInferenceAudit) -> str:
+        return f"trained on {obj.n_population:,} held out, tested on {obj.n_members:,} members"
+
+
+class UnlearningCheckInline(admin.TabularInline):
+    model = UnlearningCheck
+    fk_name = "model_version"
+    verbose_name = "unlearning check"
+    fields = ["erasure_request_id", "summary"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(description="result")
+    def summary(self, obj: UnlearningCheck) -> str:
+        return obj.summary_text()
+
+
 @admin.register(ModelVersion)
 class ModelVersionAdmin(ReadOnlyAdmin):
-    list_display = ["name", "version", "status", "epsilon_display", "delta", "mia_auc", "is_sisa_ensemble", "created_at"]
-    list_filter = ["status", "non_private", "is_sisa_ensemble"]
+    list_display = ["name", "version", "status", "epsilon_display", "delta", "mia_auc", "privacy_bug",
+                    "is_sisa_ensemble", "created_at"]
+    list_filter = ["status", "non_private", "is_sisa_ensemble", "canary_audit__flagged"]
     search_fields = ["name"]
-    inlines = [MembershipInferenceAuditInline]
+    inlines = [PrivacyAuditJobInline, MembershipInferenceAuditInline, CanaryAuditInline,
+               AttributeInferenceAuditInline, UnlearningCheckInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).prefetch_related("membership_inference_audits")
+        return super().get_queryset(request).select_related("canary_audit").prefetch_related(
+            "membership_inference_audits")
+
+    @admin.display(description="ε audit", boolean=False)
+    def privacy_bug(self, obj: ModelVersion) -> str:
+        audit = getattr(obj, "canary_audit", None)
+        if audit is None:
+            return "—"
+        if audit.flagged:
+            return format_html('<strong style="color:#b00020">privacy bug: {}</strong>', audit.bound_text())
+        return audit.bound_text()
 
     @admin.display(description="ε", ordering="epsilon")
     def epsilon_display(self, obj: ModelVersion) -> str:
         return _epsilon(obj.epsilon, obj.non_private)
 
-    @admin.display(description="MIA AUC")
+    @admin.display(description="membership inference (strongest attack)")
     def mia_auc(self, obj: ModelVersion) -> str:
-        audits = list(obj.membership_inference_audits.all())
-        return audits[0].auc_text() if audits else "—"
+        audits = sorted(obj.membership_inference_audits.all(), key=lambda a: a.attack != "lira")
+        return f"{audits[0].get_attack_display().split(' (')[0]}: {audits[0].auc_text()}" if audits else "—"
+
+
+@admin.register(AuditPolicy)
+class AuditPolicyAdmin(admin.ModelAdmin):
+    """Append-only: saving writes a new policy through the service (DPO only, audited)."""
+
+    list_display = ["__str__", "ceilings", "set_by", "created_at"]
+    fields = ["dataset", "processing_activity", "max_tpr_at_1pct_fpr", "max_auc",
+              "epsilon_lower_bound_within_claim", "max_attribute_gain", "reason"]
+
+    @admin.display(description="ceilings")
+    def ceilings(self, obj: AuditPolicy) -> str:
+        parts = []
+        if obj.max_tpr_at_1pct_fpr is not None:
+            parts.append(f"LiRA TPR at 1% FPR ≤ {obj.max_tpr_at_1pct_fpr:.1%}")
+        if obj.max_auc is not None:
+            parts.append(f"LiRA AUC ≤ {obj.max_auc:.2f}")
+        if obj.epsilon_lower_bound_within_claim:
+            parts.append("canary ε lower bound ≤ claimed ε")
+        if obj.max_attribute_gain is not None:
+            parts.append(f"attribute-inference gain ≤ {obj.max_attribute_gain:.1%}")
+        return "; ".join(parts) or "none (policy lifted)"
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = services.audit_policy_set(
+            actor=request.user, dataset=obj.dataset, processing_activity=obj.processing_activity,
+            max_tpr_at_1pct_fpr=obj.max_tpr_at_1pct_fpr, max_auc=obj.max_auc,
+            epsilon_lower_bound_within_claim=obj.epsilon_lower_bound_within_claim,
+            max_attribute_gain=obj.max_attribute_gain, reason=obj.reason,
+        ).pk
 
 
 @admin.register(PrivacyBudget)

@@ -14,6 +14,7 @@ class MlopsConfig(AppConfig):
         downstream_reader_register(trained_on_snapshots)
 
         from governance.dispatch import redispatch_register
-        from mlops.services import training_runs_redispatch
+        from mlops.services import privacy_audit_jobs_redispatch, training_runs_redispatch
 
         redispatch_register("training runs", training_runs_redispatch)
+        redispatch_register("privacy audits", privacy_audit_jobs_redispatch)

@@ -7,13 +7,19 @@ clean by removing that one folder, and no orphan file survives a killed worker.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 from django.conf import settings
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+# The safetensors metadata key holding a model's reproducibility record (JSON; the format
+# allows str → str only): what ``mlops.data.reproducibility_record`` gives for its run.
+REPRODUCIBILITY_KEY = "reproducibility"
 
 
 def run_dir_relative(run_id: int) -> str:
@@ -45,6 +51,22 @@ def save_weights(*, relative: str, state_dict: dict[str, torch.Tensor], metadata
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return sha256_of(path)
+
+
+def reproducibility_metadata(*, run) -> dict[str, str]:
+    """Safetensors metadata carrying ``run``'s reproducibility record (feature order and
+    encoding, classes, person-split rule without its key, seed), so the weights file alone
+    says how to build the inputs it expects. Never the audit's record ids."""
+    from mlops.data import reproducibility_record
+
+    record = reproducibility_record(run=run)
+    return {REPRODUCIBILITY_KEY: json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)}
+
+
+def read_metadata(*, relative: str) -> dict[str, str]:
+    """The safetensors metadata of a weights file (without loading its tensors)."""
+    with safe_open(str(absolute(relative)), framework="pt") as handle:
+        return dict(handle.metadata() or {})
 
 
 def link_or_copy(*, source: str, target: str) -> None:

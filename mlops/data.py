@@ -140,7 +140,9 @@ def encode_rows(*, record_features: list, labels: list, schema: dict, classes: l
 
     Features follow the dataset schema's order. Numeric features are scaled only with
     bounds published in the schema ("min"/"max"), never with statistics of the data, which
-    would leak outside the DP guarantee. Category features are one-hot encoded over the
+    would leak outside the DP guarantee: ``(clip(x, min, max) − min) / (max − min)``, so a
+    value outside the bounds counts as the nearest bound (the records keep their values);
+    a numeric feature without bounds enters as it is. Category features are one-hot encoded over the
     schema's "categories" when given, else over the sorted distinct values. Passing a run's
     recorded ``encoding`` as the schema reproduces that run's encoding exactly.
     """
@@ -179,9 +181,14 @@ def encode_rows(*, record_features: list, labels: list, schema: dict, classes: l
             columns.append(values.astype(np.float32).reshape(n, 1))
             encoding["features"].append(entry)
     X = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
+    return X, label_codes(labels=labels, classes=classes), encoding
+
+
+def label_codes(*, labels: list, classes: list) -> np.ndarray:
+    """Each label's index in ``classes`` (int64), −1 for a missing or unknown label: the
+    rows with a code ≥ 0 are the labelled ones a run trains, validates and audits on."""
     class_index = {_label_key(c)[0]: i for i, c in enumerate(classes)}
-    y = np.fromiter((class_index.get(_label_key(v)[0], -1) for v in labels), dtype=np.int64, count=n)
-    return X, y, encoding
+    return np.fromiter((class_index.get(_label_key(v)[0], -1) for v in labels), dtype=np.int64, count=len(labels))
 
 
 def n_input_features(schema: dict) -> int:
@@ -193,3 +200,42 @@ def n_input_features(schema: dict) -> int:
         else:
             width += 1
     return width
+
+
+ENCODING_RULE = (
+    "columns in feature order; a numeric feature with min/max: (clip(x, min, max) - min) / (max - min), "
+    "without: x as a number (bool: 1.0/0.0); a category feature: one column per listed category, in order, "
+    "1.0 for the record's category (all 0.0 for a value not listed); float32. "
+    "Label: its index in classes (-1, and left out, when missing or not listed)"
+)
+
+
+def reproducibility_record(*, run) -> dict:
+    """What an outsider needs to rebuild a run's inputs from the raw records: the feature
+    order and encoding (scaling bounds, one-hot categories), the class order, the keyed
+    person-split rule with its thresholds (never the key) and the seed.
+
+    ``run`` is a TrainingRun whose encoding has been recorded (after its data were read);
+    reads only the run and its snapshot (no other query). The same dict, JSON-encoded, is
+    in the safetensors metadata of the run's weights.
+    """
+    encoding = run.encoding or {}
+    features = [dict(f) for f in encoding.get("features") or []]
+    label = (run.snapshot.dataset.schema or {}).get("label") or {}
+    return {
+        "feature_order": [f["name"] for f in features],
+        "features": features,
+        "encoding_rule": ENCODING_RULE,
+        "n_inputs": sum(len(f.get("categories") or []) if f.get("type") == "category" else 1 for f in features),
+        "label": {"name": label.get("name"), "type": label.get("type")},
+        "classes": list(encoding.get("classes") or []),
+        "person_split": {
+            **(encoding.get("split") or person_split_rule(
+                validation_split=run.validation_split, holdout_fraction=run.holdout_fraction)),
+            "seed": int(run.seed),
+            "key": "not disclosed: PERSON_SPLIT_KEY, held by the controller",
+        },
+        "seed": int(run.seed),
+        "snapshot": {"id": run.snapshot_id, "merkle_root": run.snapshot.merkle_root},
+        "release_training_metrics": run.release_training_metrics,
+    }

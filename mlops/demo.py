@@ -11,7 +11,7 @@ from django.utils import timezone
 from governance.demo_context import DemoContext
 from governance.services import ServiceConflict
 from mlops import selectors, services
-from mlops.models import FINISHED_STATUSES, MembershipInferenceAudit, ModelVersion, TrainingRun
+from mlops.models import FINISHED_STATUSES, CanaryAudit, MembershipInferenceAudit, ModelVersion, TrainingRun
 
 
 def _fallback_snapshot(ctx: DemoContext, stamp: str):
@@ -67,13 +67,26 @@ def _wait(run: TrainingRun, timeout: float = 300.0) -> TrainingRun:
     return run
 
 
-def _mia(version: ModelVersion) -> MembershipInferenceAudit | None:
+def _mia(version: ModelVersion, attack: str = "loss") -> MembershipInferenceAudit | None:
     deadline = time.monotonic() + (0 if settings.CELERY_EMBEDDED else 120)
     while True:
-        audit = version.membership_inference_audits.first()
+        audit = version.membership_inference_audits.filter(attack=attack).first()
         if audit is not None or time.monotonic() >= deadline:
             return audit
         time.sleep(0.5)
+
+
+def _strong_audits(ctx: DemoContext, version: ModelVersion, label: str) -> None:
+    """LiRA and the canary ε bound, when they ran (settings may turn them off)."""
+    lira = _mia(version, "lira")
+    if lira:
+        figures = dict(lira.figures_text())
+        ctx.fact(f"{label} MIA (LiRA, {lira.n_references} reference models)",
+                 f"{lira.auc_text()}, TPR@1%FPR {figures['TPR at 1% FPR']}")
+    canary = CanaryAudit.objects.filter(model_version=version).first()
+    if canary:
+        verdict = "PRIVACY BUG" if canary.flagged else "consistent with the claim"
+        ctx.fact(f"{label} empirical ε (canary audit run)", f"{canary.bound_text()}: {verdict}")
 
 
 def _eps(value: float | None) -> str:
@@ -109,6 +122,7 @@ def run(ctx: DemoContext) -> None:
         figures = dict(audit.figures_text())
         ctx.fact("DP model MIA (loss threshold)", f"{audit.auc_text()}, advantage {figures['Advantage (max TPR − FPR)']}, "
                  f"TPR@1%FPR {figures['TPR at 1% FPR']} ({audit.sizes_text()})")
+    _strong_audits(ctx, version, "DP model")
     ctx.shared["model_version"] = version
 
     sisa_run = services.training_run_queue(

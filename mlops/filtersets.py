@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from governance.filtersets import ApiFilterSet, IdFilter
+from governance.filtersets import ApiFilterSet, IdFilter, StrictBooleanFilter
 from governance.moments import UTCIsoDateTimeFilter
-from mlops.models import ModelVersion, TrainingRun
+from mlops.models import AuditPolicy, ModelVersion, TrainingRun
 
 
 class TrainingRunFilterSet(ApiFilterSet):
@@ -20,7 +20,17 @@ class TrainingRunFilterSet(ApiFilterSet):
 class ModelVersionFilterSet(ApiFilterSet):
     dataset = IdFilter(field_name="training_run__snapshot__dataset_id")
     training_run = IdFilter(field_name="training_run")
+    privacy_bug = StrictBooleanFilter(field_name="canary_audit__flagged", help_text="Versions whose canary audit flagged a privacy bug.")
 
     class Meta:
         model = ModelVersion
         fields = ["status", "name", "non_private", "is_sisa_ensemble"]
+
+
+class AuditPolicyFilterSet(ApiFilterSet):
+    dataset = IdFilter(field_name="dataset")
+    processing_activity = IdFilter(field_name="processing_activity")
+
+    class Meta:
+        model = AuditPolicy
+        fields: list[str] = []

@@ -8,6 +8,7 @@ ModelVersion (``training_run``, related ``model_versions``).
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from governance.models import DataSubject
@@ -64,6 +65,9 @@ class TrainingRun(models.Model):
     max_grad_norm = models.FloatField(default=1.0)
     accountant = models.CharField(max_length=5, choices=Accountant.choices, default=Accountant.RDP)
     allow_non_private = models.BooleanField(default=False)
+    # False: no figure computed on the training data is released (per-epoch loss and train
+    # accuracy are null), since such figures fall outside ε; validation figures only.
+    release_training_metrics = models.BooleanField(default=True)
     # {"shards": S, "slices": R} for SISA training; null for a single model.
     sisa = models.JSONField(null=True, blank=True)
     # An unlearning run keeps everyone else where the original run placed them: its
@@ -139,6 +143,12 @@ class TrainingRun(models.Model):
 
 class ModelStatus(models.TextChoices):
     ACTIVE = "active", "Active"
+    # A version whose dataset or processing activity sets an audit policy waits here until
+    # its privacy audits pass (then active) or one fails (then audit_failed). It is the
+    # lineage's head meanwhile (it holds the people it was trained on, so erasure finds it),
+    # but it is not to be served.
+    PENDING_AUDIT = "pending_audit", "Awaiting its privacy audit"
+    AUDIT_FAILED = "audit_failed", "Failed its audit policy"
     TAINTED = "tainted", "Tainted (a subject withdrew consent or asked for erasure)"
     SUPERSEDED = "superseded", "Superseded"
     RETIRED = "retired", "Retired"
@@ -155,7 +165,7 @@ class ModelVersion(models.Model):
     delta = models.FloatField(null=True, blank=True)
     non_private = models.BooleanField(default=False)
     is_sisa_ensemble = models.BooleanField(default=False)
-    status = models.CharField(max_length=12, choices=ModelStatus.choices, default=ModelStatus.ACTIVE, db_index=True)
+    status = models.CharField(max_length=20, choices=ModelStatus.choices, default=ModelStatus.ACTIVE, db_index=True)
     status_reason = models.TextField(blank=True)
     supersedes = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
@@ -205,8 +215,14 @@ class SisaCheckpoint(models.Model):
         ]
 
 
+class MembershipAttack(models.TextChoices):
+    LOSS = "loss", "Loss threshold (Yeom et al. 2018)"
+    LIRA = "lira", "LiRA with reference models (Carlini et al. 2022)"
+
+
 class MembershipInferenceAudit(models.Model):
-    """A loss-threshold membership-inference attack (Yeom et al. 2018) against a model version.
+    """A membership-inference attack against a model version: the cheap loss-threshold
+    baseline (Yeom et al. 2018) or LiRA with reference models (Carlini et al. 2022).
 
     Every figure has a 95% percentile-bootstrap interval (``*_low``/``*_high``); audits
     recorded before intervals existed have none (``bootstrap_resamples`` null). A TPR at an
@@ -215,6 +231,10 @@ class MembershipInferenceAudit(models.Model):
 
     model_version = models.ForeignKey(
         ModelVersion, on_delete=models.CASCADE, related_name="membership_inference_audits"
+    )
+    attack = models.CharField(max_length=10, choices=MembershipAttack.choices, default=MembershipAttack.LOSS)
+    n_references = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Reference models trained for LiRA; null for the loss attack."
     )
     auc = models.FloatField()
     auc_low = models.FloatField(null=True, blank=True)
@@ -241,10 +261,17 @@ class MembershipInferenceAudit(models.Model):
     )
     notes = models.JSONField(default=list, blank=True, help_text="Why a figure is not reported, and caveats.")
     roc = models.JSONField(default=list, help_text="[[fpr, tpr], ...]")
+    roc_band = models.JSONField(
+        default=list, blank=True, help_text="[[fpr, tpr_low, tpr_high], ...]: the ROC's pointwise 95% bootstrap band."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # One audit per attack per version: a redelivered audit task finds it and stops.
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "attack"], name="unique_membership_audit_per_attack")
+        ]
 
     def figures_text(self) -> list[tuple[str, str]]:
         """(label, rounded figure with its interval) for people; the API keeps full floats."""
@@ -270,6 +297,210 @@ class MembershipInferenceAudit(models.Model):
             f"{self.n_members:,} of {self.members_available:,} members / "
             f"{self.n_nonmembers:,} of {self.nonmembers_available:,} non-members"
         )
+
+
+
+class AuditKind(models.TextChoices):
+    LOSS = "loss", "Membership inference: loss threshold"
+    LIRA = "lira", "Membership inference: LiRA with reference models"
+    CANARY = "canary", "Empirical ε lower bound (canaries in one audit run)"
+    ATTRIBUTE = "attribute", "Attribute inference against imputation"
+
+
+class AuditJobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    SKIPPED = "skipped", "Not applicable"
+    FAILED = "failed", "Failed"
+
+
+class PrivacyAuditJob(models.Model):
+    """One privacy audit of one model version, as work: its state, progress and outcome.
+
+    Results live in the audit's own table (membership, canary, attribute inference); this
+    row says whether the audit ran, how far it is and why it did not (``notes``). Unique per
+    version and kind, so a redelivered task finds its job and a finished one is not redone.
+    """
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="audit_jobs")
+    kind = models.CharField(max_length=10, choices=AuditKind.choices)
+    status = models.CharField(max_length=10, choices=AuditJobStatus.choices, default=AuditJobStatus.QUEUED)
+    progress = models.JSONField(default=dict, blank=True, help_text="{'done': n, 'total': m, 'stage': text}")
+    notes = models.TextField(blank=True, help_text="Why the audit was not applicable, or why it failed.")
+    attempts = models.PositiveIntegerField(default=0)
+    # Outbox and lease (governance.dispatch, governance.leases), as for training runs: a
+    # lost message is re-sent by the sweeper, a dead worker's job taken over.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["model_version", "kind"]
+        constraints = [models.UniqueConstraint(fields=["model_version", "kind"], name="unique_audit_job_per_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.model_version}"
+
+
+class CanaryAudit(models.Model):
+    """An empirical lower bound on ε from one audit run (Steinke, Nasr & Jagielski 2023).
+
+    The audit run trains the version's configuration again with canaries, each included
+    with probability ½, and counts how well their scores guess which were included. Its
+    model is never published. ``flagged``: the lower bound exceeds the ε the accountant
+    claims for that run, which can only happen when the implementation or the accounting
+    is wrong — a privacy bug.
+    """
+
+    model_version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="canary_audit")
+    claimed_epsilon = models.FloatField(null=True, blank=True, help_text="ε the accountant claims; null: ∞.")
+    epsilon_lower_bound = models.FloatField()
+    confidence = models.FloatField()
+    delta = models.FloatField()
+    n_canaries = models.PositiveIntegerField()
+    n_guesses = models.PositiveIntegerField()
+    n_correct = models.PositiveIntegerField()
+    flagged = models.BooleanField(default=False)
+    seed = models.BigIntegerField()
+    notes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Canary audit of {self.model_version}"
+
+    def bound_text(self) -> str:
+        """``ε ≥ 0.31 (95% confidence; claimed ε = 1.00)`` for people."""
+        claimed = "∞" if self.claimed_epsilon is None else f"{self.claimed_epsilon:.2f}"
+        return f"ε ≥ {self.epsilon_lower_bound:.2f} ({self.confidence:.0%} confidence; claimed ε = {claimed})"
+
+
+class AttributeInferenceAudit(models.Model):
+    """How much more an attacker with the model infers about one sensitive feature of the
+    people it was trained on than one imputing it from their other features (Jayaraman &
+    Evans 2022). ``gain`` (attack accuracy − imputation accuracy) is the risk, not the raw
+    accuracy: imputation needs no model at all."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="attribute_inference_audits")
+    feature = models.CharField(max_length=200)
+    special_category = models.BooleanField(default=False, help_text="Art. 9 special-category data.")
+    attack_accuracy = models.FloatField()
+    imputation_accuracy = models.FloatField()
+    inversion_accuracy = models.FloatField(null=True, blank=True)
+    majority_accuracy = models.FloatField(null=True, blank=True)
+    gain = models.FloatField()
+    gain_low = models.FloatField(null=True, blank=True)
+    gain_high = models.FloatField(null=True, blank=True)
+    n_population = models.PositiveIntegerField()
+    n_members = models.PositiveIntegerField()
+    notes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_version", "feature"]
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "feature"], name="unique_attribute_audit_per_feature")
+        ]
+
+    def __str__(self) -> str:
+        return f"Attribute inference of {self.feature} against {self.model_version}"
+
+    def gain_text(self) -> str:
+        from mlops.engine.mia import figure_text
+
+        return figure_text(self.gain, self.gain_low, self.gain_high)
+
+
+class UnlearningCheck(models.Model):
+    """Whether a version made to forget people (SISA unlearning or a retrain, for an
+    erasure) remembers them more than models that never saw them (U-LiRA style).
+
+    Scored while the erasure still holds the people's records in memory; the records and
+    their scores are never stored, only the summary figures below.
+    """
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="unlearning_checks")
+    previous_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Not a foreign key: rights stands above mlops and mlops never imports it.
+    erasure_request_id = models.PositiveIntegerField(db_index=True)
+    n_records = models.PositiveIntegerField()
+    reference = models.CharField(max_length=300, help_text="What the version is compared with.")
+    new_score = models.FloatField(help_text="Member-likeness of the erased records under the new version, 0–1.")
+    reference_score = models.FloatField(help_text="The same under the reference, 0–1.")
+    previous_score = models.FloatField(null=True, blank=True, help_text="The same under the version replaced.")
+    threshold = models.FloatField(help_text="Largest new score that still passes (one-sided 95%).")
+    passed = models.BooleanField()
+    notes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "erasure_request_id"], name="unique_unlearning_check")
+        ]
+
+    def summary_text(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        previous = "" if self.previous_score is None else f", {self.previous_score:.2f} under the version replaced"
+        return (
+            f"Unlearning check {verdict}: member-likeness of the {self.n_records:,} erased record(s) "
+            f"{self.new_score:.2f} under the new version against {self.reference_score:.2f} under "
+            f"{self.reference}{previous} (0.50 = like people never seen; fails above {self.threshold:.2f})."
+        )
+
+
+class AuditPolicy(models.Model):
+    """Ceilings a dataset's or processing activity's model versions must pass before they
+    become active. Append-only: a change is a new row, the latest per scope applies, so the
+    history of what was required when stays readable."""
+
+    dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_policies")
+    processing_activity = models.ForeignKey(
+        "governance.ProcessingActivity", null=True, blank=True, on_delete=models.PROTECT, related_name="audit_policies"
+    )
+    # The validators give the admin form the service's ranges (the service checks them again).
+    max_tpr_at_1pct_fpr = models.FloatField(
+        null=True, blank=True, help_text="LiRA's TPR at 1% FPR must not exceed this (0–1).",
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+    )
+    max_auc = models.FloatField(
+        null=True, blank=True, help_text="LiRA's AUC must not exceed this (0.5–1).",
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+    )
+    epsilon_lower_bound_within_claim = models.BooleanField(
+        default=False, help_text="The canary audit's ε lower bound must not exceed the claimed ε."
+    )
+    max_attribute_gain = models.FloatField(
+        null=True, blank=True, help_text="No sensitive feature's attribute-inference gain may exceed this (0–1).",
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+    )
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "audit policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(dataset__isnull=False, processing_activity__isnull=True)
+                | models.Q(dataset__isnull=True, processing_activity__isnull=False),
+                name="audit_policy_one_scope",
+            )
+        ]
+
+    def __str__(self) -> str:
+        scope = f"dataset {self.dataset_id}" if self.dataset_id else f"processing activity {self.processing_activity_id}"
+        return f"Audit policy of {scope}"
+
+    @property
+    def is_empty(self) -> bool:
+        return (self.max_tpr_at_1pct_fpr is None and self.max_auc is None and not self.epsilon_lower_bound_within_claim
+                and self.max_attribute_gain is None)
 
 
 class PrivacyBudget(models.Model):

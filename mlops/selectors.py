@@ -116,8 +116,10 @@ def training_runs_visible() -> QuerySet[TrainingRun]:
 def model_versions_visible() -> QuerySet[ModelVersion]:
     return ModelVersion.objects.select_related(
         "training_run", "training_run__snapshot", "training_run__snapshot__dataset",
-        "training_run__snapshot__dataset__processing_activity", "training_run__snapshot__purpose",
-    ).prefetch_related("membership_inference_audits")
+        "training_run__snapshot__dataset__processing_activity", "training_run__snapshot__purpose", "canary_audit",
+    ).prefetch_related(
+        "membership_inference_audits", "audit_jobs", "attribute_inference_audits", "unlearning_checks",
+    )
 
 
 def model_lineage_summary(*, model_version: ModelVersion) -> dict:
@@ -175,3 +177,23 @@ def trained_on_snapshots(snapshot_ids) -> tuple[list[TrainingRun], list[ModelVer
     runs = list(TrainingRun.objects.filter(snapshot_id__in=snapshot_ids).order_by("pk"))
     models = list(ModelVersion.objects.filter(training_run_id__in=[r.pk for r in runs]).order_by("pk"))
     return runs, models
+
+
+def model_version_reproducibility(*, model_version: ModelVersion, include_audit_records: bool) -> dict:
+    """What an outsider needs to rebuild a version's inputs and re-run its audit from the raw
+    records: feature order, encoding (scaling bounds, one-hot categories), class order, the
+    keyed person-split rule (rule and thresholds, never the key) and the seed, as
+    ``mlops.data.reproducibility_record``; with ``include_audit_records`` (DPO, auditor) also
+    the DataRecord ids the membership-inference audit attacks as members and non-members.
+
+    For a detail view: reads the version's run and snapshot (select_related by
+    ``model_versions_visible``), and with audit records one query over the snapshot's
+    memberships (plus the audits, prefetched by ``model_versions_visible``). Read-only.
+    """
+    from mlops import data
+    from mlops.services.audits import audit_record_ids
+
+    record = data.reproducibility_record(run=model_version.training_run)
+    if include_audit_records:
+        record["membership_inference_audit"] = audit_record_ids(model_version=model_version)
+    return record

@@ -1,4 +1,4 @@
-"""Celery tasks for training, membership-inference audits and the stuck-run sweeper.
+"""Celery tasks for training, privacy audits and the stuck-run sweeper.
 
 Thin: each takes ids and calls a service. acks_late and reject_on_worker_lost are set
 globally, so a task whose worker dies mid-run is redelivered; the service then resets
@@ -57,8 +57,33 @@ def train_model(self, run_id: int) -> dict:
 
 @shared_task(bind=True, name="mlops.audit_membership_inference")
 def audit_membership_inference(self, model_version_id: int) -> dict:
+    """The loss attack alone; kept for messages sent before audits became jobs."""
     audit = services.membership_inference_audit_run(model_version_id=model_version_id)
     return {"model_version_id": model_version_id, "audit_id": audit.pk, "auc": audit.auc}
+
+
+# As for training: a database error is retried with backoff, and a job another live worker
+# runs is waited for and then found finished.
+@shared_task(
+    bind=True, name="mlops.privacy_audit", max_retries=None, autoretry_for=services.DATABASE_FAULTS,
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, retry_kwargs={"max_retries": 20},
+)
+def privacy_audit(self, job_id: int) -> dict:
+    def report(meta: dict) -> None:
+        if self.request.called_directly or self.request.is_eager:
+            return
+        try:
+            self.update_state(state="PROGRESS", meta=meta)
+        except Exception:
+            logger.warning("progress of privacy audit job %s not sent to the result backend", job_id, exc_info=True)
+
+    try:
+        job = services.privacy_audit_job_run(job_id=job_id, on_progress=report)
+    except LeaseHeld as held:
+        return task_wait_for_lease(self, held)
+    if job is None:
+        return {"job_id": job_id, "status": "missing"}
+    return {"job_id": job_id, "kind": job.kind, "status": job.status}
 
 
 @shared_task(bind=True, name="mlops.fail_stuck_training_runs")

@@ -1,7 +1,12 @@
 """Dataset schemas and record validation.
 
 A schema is ``{"features": [{"name": str, "type": T, "categories": [...]?}], "label": {"name": str, "type": T}}``
-with T one of float, int, bool, category. Fields that directly identify a person are
+with T one of float, int, bool, category. A numeric (float, int) feature may publish
+scaling bounds ``"min"`` and ``"max"`` (both or neither, finite, min < max): training
+clips its values to [min, max] and scales them to [0, 1] (``mlops.data.encode_rows``);
+records outside the bounds are still accepted as they are. Any feature may carry
+``"special_category": true`` (Art. 9(1)) and ``"sensitive": true`` (marked by the DPO),
+the features attribute-inference audits target. Fields that directly identify a person are
 refused (Art. 5(1)(c) data minimisation): the person is the record's subject, held as a
 pseudonym, never a feature.
 
@@ -22,6 +27,12 @@ from typing import Any
 from governance.services import ServiceError
 
 FEATURE_TYPES = ("float", "int", "bool", "category")
+NUMERIC_TYPES = ("float", "int")
+# Per-feature flags for the privacy audits (issue 15): ``special_category`` marks an
+# Art. 9(1) special category of data (health, ethnicity, …), ``sensitive`` a feature the
+# DPO wants attribute-inference audited for another reason. Neither changes training.
+RISK_FLAGS = ("special_category", "sensitive")
+FEATURE_ONLY_KEYS = frozenset({"min", "max", *RISK_FLAGS})
 RESERVED_NAMES = {"subject"}
 # Normalised names (lower case, non-alphanumerics folded to "_") that name a direct identifier.
 DIRECT_IDENTIFIER_NAMES = {
@@ -44,7 +55,47 @@ def _normalised_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def _field_spec(spec: Any, where: str) -> dict:
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond float range cannot bound a float column
+        return False
+
+
+def _feature_extras(spec: dict, ftype: str, path: str) -> dict:
+    """A feature's published scaling bounds and its risk flags, checked; ``path`` is
+    ``schema.features[i]`` so a refusal names the exact field."""
+    out: dict = {}
+    has_min, has_max = "min" in spec, "max" in spec
+    if has_min or has_max:
+        if ftype not in NUMERIC_TYPES:
+            raise ServiceError(
+                f"{path}.{'min' if has_min else 'max'}: bounds are for numeric features (float, int) only",
+                field="schema",
+            )
+        if not (has_min and has_max):
+            raise ServiceError(
+                f"{path}.{'max' if has_min else 'min'}: give both min and max, or neither", field="schema"
+            )
+        for key in ("min", "max"):
+            if not _finite_number(spec[key]):
+                raise ServiceError(f"{path}.{key}: must be a finite number", field="schema")
+        if not spec["max"] > spec["min"]:
+            raise ServiceError(f"{path}.max: must be greater than min", field="schema")
+        # Kept as given (an int stays an int): the record's canonical form is not touched.
+        out.update(min=spec["min"], max=spec["max"])
+    for flag in RISK_FLAGS:
+        if flag in spec:
+            if not isinstance(spec[flag], bool):
+                raise ServiceError(f"{path}.{flag}: must be true or false", field="schema")
+            if spec[flag]:
+                out[flag] = True
+    return out
+
+
+def _field_spec(spec: Any, where: str, path: str | None = None) -> dict:
     if not isinstance(spec, dict):
         raise ServiceError(f"{where}: expected an object with 'name' and 'type'.", field="schema")
     name, ftype = spec.get("name"), spec.get("type")
@@ -63,10 +114,15 @@ def _field_spec(spec: Any, where: str) -> dict:
         raise ServiceError(f"{where} '{name}': 'type' must be one of {', '.join(FEATURE_TYPES)}.", field="schema")
     if name in RESERVED_NAMES:
         raise ServiceError(f"{where} '{name}': the name is reserved for the subject column.", field="schema")
-    unknown = set(spec) - {"name", "type", "categories", "identifier", "description"}
+    allowed = {"name", "type", "categories", "identifier", "description"}
+    if path is not None:  # a feature, not the label: bounds and risk flags belong to inputs
+        allowed |= FEATURE_ONLY_KEYS
+    unknown = set(spec) - allowed
     if unknown:
         raise ServiceError(f"{where} '{name}': unknown keys {', '.join(sorted(unknown))}.", field="schema")
     out = {"name": name, "type": ftype}
+    if path is not None:
+        out.update(_feature_extras(spec, ftype, path))
     if "categories" in spec:
         categories = spec["categories"]
         if ftype != "category" or not isinstance(categories, list) or not categories or not all(
@@ -88,7 +144,9 @@ def schema_validate(schema: Any) -> dict:
         raise ServiceError("The schema needs a non-empty 'features' list and a 'label'.", field="schema")
     if not isinstance(schema.get("label"), dict):
         raise ServiceError("The schema needs a 'label' object with 'name' and 'type'.", field="schema")
-    features = [_field_spec(f, f"feature {i + 1}") for i, f in enumerate(schema["features"])]
+    features = [
+        _field_spec(f, f"feature {i + 1}", f"schema.features[{i}]") for i, f in enumerate(schema["features"])
+    ]
     label = _field_spec(schema["label"], "label")
     names = [f["name"] for f in features] + [label["name"]]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -31,6 +31,10 @@ OUTCOME_WORDS = {
 }
 
 
+def _epsilon_text(epsilon) -> str:
+    return "∞ (not private)" if epsilon is None else f"{float(epsilon):.2f}"
+
+
 def _audit_events_table(request: ErasureRequest):
     """The request's audit events with their chain positions and hashes."""
     from governance.reports import toolkit as t
@@ -112,8 +116,34 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
         standing = f"#{done['model_version']} (v{done['version']})" if done.get("model_version") else "—"
         model_rows.append([
             name, OUTCOME_WORDS.get(outcome, outcome), standing,
-            done.get("epsilon") if done.get("model_version") else "—",
+            _epsilon_text(done.get("epsilon")) if done.get("model_version") else "—",
         ])
+    flows.append(t.heading("Models: unlearning check"))
+    flows.append(t.paragraph(
+        "Each version trained or unlearned for this erasure was asked how well it fits the person's records, ranked "
+        "among people it never saw: 0.50 means like anyone never seen, near 1.00 that the model remembers them. It "
+        "passes when it is no higher than a model that never saw them plus a one-sided 95% margin. The records were "
+        "held in the worker's memory for this check only and are stored nowhere."
+    ))
+    check_rows = []
+    for name, done in sorted(latest.items()):
+        check = done.get("unlearning_check")
+        if not check:
+            continue
+        if check.get("status") == "not_run":
+            check_rows.append([name, "not made", "—", "—", "—", check.get("reason", "")])
+            continue
+        previous = check.get("previous_score")
+        check_rows.append([
+            name, check["status"], f"{check['new_score']:.2f}", f"{check['reference_score']:.2f}",
+            "—" if previous is None else f"{previous:.2f}",
+            f"{check['records']:,} record(s); reference: {check['reference']}; fails above {check['threshold']:.2f}",
+        ])
+    flows.append(t.data_table(
+        ["Model", "Check", "New version", "Reference", "Version replaced", "Basis"],
+        check_rows, col_widths=[3, 1.5, 1.5, 1.5, 1.8, 4.2],
+        empty="No version was trained or unlearned for this erasure.",
+    ))
     for model in plan["model_versions"]:
         if model.get("override"):
             exemptions.append((f"{model['name']} v{model['version']}: {model['override']['action']}",

@@ -223,7 +223,51 @@ def _lineage_actions(plan: dict) -> dict[str, str]:
     return actions
 
 
-def _remediate_lineage(request_id: int, step_name: str, name: str, action: str) -> dict:
+def _erased_records(request_id: int, subject_id: int) -> list[dict]:
+    """The person's records, read just before they are deleted and then held only in this
+    worker's memory, so the unlearning check can score them against the remediated models.
+    Empty once deleted (a worker that restarts after the deletion has nothing to score)."""
+    from provenance.models import DataRecord
+
+    if ErasureStep.objects.filter(request_id=request_id, name=DELETE_RECORDS, status=ErasureStepStatus.DONE).exists():
+        return []
+    return [
+        {"dataset_id": d, "features": f, "label": lab}
+        for d, f, lab in DataRecord.objects.filter(subject_id=subject_id).values_list("dataset_id", "features", "label")
+    ]
+
+
+def _unlearning_check(request_id: int, result: dict, erased: list[dict]) -> dict:
+    """The figures of the check, or why it was not made; never the records."""
+    from mlops.services import unlearning_check_record
+
+    if result.get("outcome") not in ("unlearned", "retrained"):
+        return {}
+    if not erased:
+        return {"unlearning_check": {"status": "not_run", "reason": (
+            "the person's records were deleted before this worker reached the check (a worker restarted "
+            "in between), and they are kept nowhere to score")}}
+    try:
+        check = unlearning_check_record(
+            model_version_id=result["model_version"], previous_version_id=result.get("replaced_model_version"),
+            erasure_request_id=request_id, records=erased,
+        )
+    except Exception as exc:
+        # The erasure itself must complete; a check that could not be computed says so.
+        logger.exception("unlearning check of erasure request %s failed", request_id)
+        return {"unlearning_check": {"status": "not_run", "reason": _error_text(exc)}}
+    if check is None:
+        return {"unlearning_check": {"status": "not_run", "reason": "none of the person's records was a labelled "
+                                                                   "record of this model's dataset"}}
+    return {"unlearning_check": {
+        "status": "passed" if check.passed else "failed", "check": check.pk, "records": check.n_records,
+        "new_score": check.new_score, "reference_score": check.reference_score,
+        "previous_score": check.previous_score, "threshold": check.threshold, "reference": check.reference,
+        "text": check.summary_text(),
+    }}
+
+
+def _remediate_lineage(request_id: int, step_name: str, name: str, action: str, erased: list[dict]) -> dict:
     """One lineage, outside any transaction (mlops holds the lineage while it trains), then
     recorded in a step of its own. A worker killed in between finds, on retry, the lineage
     clean and records the version that stands for it."""
@@ -242,19 +286,21 @@ def _remediate_lineage(request_id: int, step_name: str, name: str, action: str) 
     except Exception as exc:
         _record_failure(request_id, step_name, _error_text(exc))
         raise
+    check = _unlearning_check(request_id, result, erased)
 
     def work(request: ErasureRequest) -> dict:
         position = _audit(request, f"erasure.lineage_{result['outcome']}", {
-            k: v for k, v in result.items() if k in (
+            **{k: v for k, v in result.items() if k in (
                 "name", "action", "outcome", "model_version", "version", "replaced_model_version", "new_training_run",
-                "epsilon", "retrained_shards")
+                "epsilon", "retrained_shards")},
+            **{k: {f: v for f, v in c.items() if f != "text"} for k, c in check.items()},
         })
-        return {**result, "planned_action": action, "audit_positions": [position]}
+        return {**result, **check, "planned_action": action, "audit_positions": [position]}
 
     return _run_step(request_id, step_name, work)
 
 
-def _remediate_all(request_id: int, plan: dict, amended: dict, tainted: dict) -> list[dict]:
+def _remediate_all(request_id: int, plan: dict, amended: dict, tainted: dict, erased: list[dict]) -> list[dict]:
     """Every lineage holding the person: the plan's and those tainted; then, in further
     rounds, any whose live version still reads as trained before the amendments (a run
     that finished meanwhile on data read earlier), until none is left."""
@@ -269,7 +315,7 @@ def _remediate_all(request_id: int, plan: dict, amended: dict, tainted: dict) ->
     for round_ in range(MAX_REMEDIATION_ROUNDS):
         for name in todo:
             step_name = f"{REMEDIATE_PREFIX}{name}" if round_ == 0 else f"{REMEDIATE_PREFIX}{round_}:{name}"
-            results[name] = _remediate_lineage(request_id, step_name[:100], name, actions.get(name, ""))
+            results[name] = _remediate_lineage(request_id, step_name[:100], name, actions.get(name, ""), erased)
         kept = {n for n, r in results.items() if str(r.get("outcome", "")).startswith("kept_on_dp")}
         todo = sorted({v["name"] for v in live_versions_trained_before(amendments=_amendment_keys(amended))} - kept)
         if not todo:
@@ -442,9 +488,11 @@ def _lease_take(request_id: int) -> None:
 def _execute_steps(request_id: int) -> dict:
     plan = _run_step(request_id, PLAN, _plan)
     amended = _run_step(request_id, AMEND, _amend(plan))
+    erased = _erased_records(request_id, plan["subject_id"])
     deleted = _run_step(request_id, DELETE_RECORDS, _delete_records(plan))
     tainted = _run_step(request_id, TAINT, _taint(amended))
-    remediated = _remediate_all(request_id, plan, amended, tainted)
+    remediated = _remediate_all(request_id, plan, amended, tainted, erased)
+    del erased  # the last copy of the person's records goes with it
     _run_step(request_id, DELETE_ARTIFACTS, _delete_artifacts(remediated))
     consent = _run_step(request_id, DELETE_CONSENT, _delete_consent(plan))
     _run_step(request_id, NOTIFY, _notify(plan))

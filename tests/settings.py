@@ -23,3 +23,7 @@ os.makedirs(STATIC_ROOT, exist_ok=True)  # noqa: F405
 # Work a killed worker leaves is taken over once its lease lapses: seconds in the tests that
 # kill workers (their subprocesses get the same value), a minute by default.
 TASK_LEASE_SECONDS = 5
+# LiRA and the canary run each cost trainings; the tests of those audits turn them on
+# (tests/mlops/test_privacy_audits.py), the rest of the suite trains without them.
+MLOPS_LIRA_REFERENCES = 0
+MLOPS_CANARY_COUNT = 0

@@ -137,7 +137,54 @@ def _risks(data: dict[str, Any]) -> list:
             ),
             tk.note("Scoring as in the ICO DPIA template: likelihood × severity on three points each; 1–2 low, 3–4 medium, 6–9 high."),
         ),
+        *_measured_model_risk(data["models"]),
     ]
+
+
+def _measured_model_risk(models: list[dict[str, Any]]) -> list:
+    """What the privacy audits measured: the risk a model itself poses to the people it was
+    trained on (membership, an empirical ε, attribute inference)."""
+    flows = [
+        tk.heading("Measured privacy risk of the models", level=2),
+        tk.paragraph(
+            "Membership inference asks whether an attacker can tell that a person's record was in the training data "
+            "(AUC 0.50 and a TPR at 1% FPR of 1% are chance). The canary audit retrains the model's configuration "
+            "with planted records and derives, at 95% confidence, a lower bound on the ε the configuration can "
+            "have: below the claimed ε is expected and proves only that the claim is not contradicted; above it "
+            "is a privacy bug. Attribute inference is the gain, over imputing the feature from a person's other "
+            "data, of an attacker who also queries the model (model inversion); a gain near 0 means the model "
+            "reveals no more than the other data already do."
+        ),
+    ]
+    rows = []
+    for m in models:
+        mia = m["mia"]
+        canary = m.get("canary")
+        gains = "; ".join(
+            f"{a['feature']}{' (Art. 9)' if a['special_category'] else ''}: {a['gain_text']}"
+            for a in m.get("attribute_inference") or []
+        ) or "no sensitive feature audited"
+        rows.append([
+            m["label"],
+            "—" if mia is None else f"{mia['attack']}" + (f", {mia['n_references']} references" if mia.get("n_references") else ""),
+            "—" if mia is None else mia["figures_text"][0][1],
+            "—" if mia is None else mia["figures_text"][2][1],
+            "∞ (no DP)" if m["epsilon"] is None else f"{m['epsilon']:.2f}",
+            "—" if canary is None else (("PRIVACY BUG: " if canary["flagged"] else "") + canary["bound_text"]),
+            gains,
+        ])
+    flows.append(tk.data_table(
+        ["Model", "Strongest attack", "AUC (95% CI)", "TPR @ 1% FPR", "Claimed ε", "Empirical ε (canaries)",
+         "Attribute inference: gain over imputation"],
+        rows, col_widths=[1.8, 2, 1.8, 1.6, 1.1, 2.6, 3.3], empty="This DPIA covers no model version yet.",
+    ))
+    for m in models:
+        if m.get("privacy_bug"):
+            flows.append(tk.note(
+                f"PRIVACY BUG in {m['label']}: the canary audit's {m['canary']['bound_text']} contradicts the claimed "
+                "guarantee. The implementation or the accounting is wrong; the model must not be relied on as private."
+            ))
+    return flows
 
 
 def _measures(data: dict[str, Any]) -> list:
@@ -178,7 +225,7 @@ def _measures(data: dict[str, Any]) -> list:
                 tk.heading(f"{m['label']}: privacy spent and membership-inference risk", level=2),
                 tk.side_by_side(
                     tk.line_chart([(m["label"], m["epsilon_per_epoch"])], title="ε spent per epoch", x_label="epoch", y_label="ε"),
-                    tk.roc_curve([(m["label"], m["mia"]["roc"] if m["mia"] else [])], title="Membership-inference ROC"),
+                    tk.roc_curve(selectors.roc_curves_with_band(m), title="Membership-inference ROC with its 95% band"),
                 ),
             )
         )

@@ -31,12 +31,19 @@ def _model_epochs(run) -> list[tuple[float, float]]:
 
 
 def model_versions_evidence(model_versions) -> list[dict[str, Any]]:
-    """DP guarantee and membership-inference results of model versions already prefetched."""
+    """DP guarantee and privacy-audit results of model versions already prefetched
+    (``model_versions_prefetch``): the strongest membership attack with its ROC and
+    interval band, the loss baseline, the canary ε lower bound, attribute-inference gains."""
     result = []
     for mv in model_versions:
         run = mv.training_run
         audits = list(mv.membership_inference_audits.all())
-        latest = audits[0] if audits else None
+        by_attack = {}
+        for audit in audits:
+            by_attack.setdefault(audit.attack, audit)  # newest first: the latest of each attack
+        # The strongest attack stands for the model: LiRA when it ran, else the loss baseline.
+        latest = by_attack.get("lira") or by_attack.get("loss")
+        canary = getattr(mv, "canary_audit", None)
         result.append(
             {
                 "id": mv.pk,
@@ -72,9 +79,27 @@ def model_versions_evidence(model_versions) -> list[dict[str, Any]]:
                     "sizes_text": latest.sizes_text(),
                     "notes": list(latest.notes or []),
                     "roc": [(float(p[0]), float(p[1])) for p in (latest.roc or []) if len(p) == 2],
+                    "roc_band": [tuple(float(v) for v in p) for p in (latest.roc_band or []) if len(p) == 3],
+                    "attack": latest.get_attack_display(),
+                    "n_references": latest.n_references,
                     "created_at": latest.created_at,
                 },
+                "mia_baseline": None if "loss" not in by_attack or latest.attack == "loss" else {
+                    "auc_text": by_attack["loss"].auc_text(), "figures_text": by_attack["loss"].figures_text(),
+                },
                 "mia_audits": len(audits),
+                "canary": None if canary is None else {
+                    "bound_text": canary.bound_text(), "flagged": canary.flagged,
+                    "epsilon_lower_bound": canary.epsilon_lower_bound, "claimed_epsilon": canary.claimed_epsilon,
+                    "n_canaries": canary.n_canaries, "n_guesses": canary.n_guesses, "n_correct": canary.n_correct,
+                },
+                "privacy_bug": bool(canary is not None and canary.flagged),
+                "attribute_inference": [
+                    {"feature": a.feature, "special_category": a.special_category, "gain": a.gain,
+                     "gain_text": a.gain_text(), "attack_accuracy": a.attack_accuracy,
+                     "imputation_accuracy": a.imputation_accuracy, "n_members": a.n_members}
+                    for a in mv.attribute_inference_audits.all()
+                ],
                 "training_run": run.pk,
                 "snapshot": run.snapshot_id,
                 "dataset": run.snapshot.dataset.name,
@@ -84,11 +109,25 @@ def model_versions_evidence(model_versions) -> list[dict[str, Any]]:
     return result
 
 
+def roc_curves_with_band(m: dict[str, Any]) -> list:
+    """A model's ROC and, when recorded, its pointwise 95% band as two more curves (for tk.roc_curve)."""
+    mia = m["mia"]
+    if not mia:
+        return [(m["label"], [])]
+    curves = [(m["label"], mia["roc"])]
+    band = mia.get("roc_band") or []
+    if band:
+        curves.append(("95% band, lower", [(f, lo) for f, lo, _ in band]))
+        curves.append(("95% band, upper", [(f, hi) for f, _, hi in band]))
+    return curves
+
+
 def model_versions_prefetch(qs):
     from mlops.models import MembershipInferenceAudit
 
-    return qs.select_related("training_run__snapshot__dataset").prefetch_related(
-        Prefetch("membership_inference_audits", queryset=MembershipInferenceAudit.objects.order_by("-created_at", "-id"))
+    return qs.select_related("training_run__snapshot__dataset", "canary_audit").prefetch_related(
+        Prefetch("membership_inference_audits", queryset=MembershipInferenceAudit.objects.order_by("-created_at", "-id")),
+        "attribute_inference_audits",
     )
 
 

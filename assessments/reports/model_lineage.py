@@ -14,7 +14,12 @@ from django.apps import apps
 from django.db import connection
 from django.db.models import Count
 
-from assessments.reports.evidence import model_versions_evidence, model_versions_prefetch, privacy_budgets
+from assessments.reports.evidence import (
+    model_versions_evidence,
+    model_versions_prefetch,
+    privacy_budgets,
+    roc_curves_with_band,
+)
 from governance.reports import toolkit as tk
 
 
@@ -164,7 +169,7 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
         flows.append(
             tk.key_value_table(
                 [
-                    ("Attack", "loss-threshold (Yeom et al. 2018)"),
+                    ("Attack", mia["attack"] + (f", {mia['n_references']} reference models" if mia.get("n_references") else "")),
                     ("Summary", mia["auc_text"]),
                     *mia["figures_text"],
                     ("Members / non-members attacked", mia["sizes_text"]),
@@ -174,12 +179,26 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
         )
         for note in mia["notes"]:
             flows.append(tk.note(note))
+        if m.get("mia_baseline"):
+            flows.append(tk.note(f"Loss-threshold baseline beside it: {m['mia_baseline']['auc_text']}."))
     else:
         flows.append(tk.note("No membership-inference audit recorded for this model version."))
+    canary = m.get("canary")
+    if canary:
+        flows.append(tk.note(
+            ("PRIVACY BUG: " if canary["flagged"] else "") + f"Empirical ε from the canary audit run: {canary['bound_text']}; "
+            f"{canary['n_correct']:,} of {canary['n_guesses']:,} guesses right on {canary['n_canaries']:,} canaries."
+        ))
+    for a in m.get("attribute_inference") or []:
+        flows.append(tk.note(
+            f"Attribute inference of {a['feature']}{' (Art. 9)' if a['special_category'] else ''}: gain over "
+            f"imputation {a['gain_text']} (with the model {a['attack_accuracy']:.0%}, imputation "
+            f"{a['imputation_accuracy']:.0%}, {a['n_members']:,} members)."
+        ))
     flows.append(
         tk.side_by_side(
             tk.line_chart([(m["label"], m["epsilon_per_epoch"])], title="ε spent per epoch", x_label="epoch", y_label="ε"),
-            tk.roc_curve([(m["label"], mia["roc"] if mia else [])]),
+            tk.roc_curve(roc_curves_with_band(m)),
         )
     )
     metrics = {k: v for k, v in sorted(m["metrics"].items()) if isinstance(v, int | float | str)}

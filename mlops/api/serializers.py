@@ -5,23 +5,30 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from governance.api.fields import PositiveFloatField
-from governance.roles import sees_erasure_detail
+from governance.models import ProcessingActivity
+from governance.roles import sees_audit_records, sees_erasure_detail
 from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
 from mlops.engine.spec import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
 from mlops.models import (
     Accountant,
+    AttributeInferenceAudit,
+    AuditPolicy,
+    CanaryAudit,
     MembershipInferenceAudit,
     ModelVersion,
     Optimizer,
+    PrivacyAuditJob,
     TaskType,
     TrainingRun,
+    UnlearningCheck,
 )
-from mlops.selectors import model_lineage_summary, model_status_reason_shown
+from mlops.selectors import model_lineage_summary, model_status_reason_shown, model_version_reproducibility
 from mlops.services.config import MAX_SISA_SHARDS, MAX_SISA_SLICES
-from provenance.models import SnapshotAmendment
+from provenance.models import Dataset, SnapshotAmendment
 
 # The largest values PostgreSQL's integer and bigint columns hold: a body field bounded by
 # them is refused with its name instead of reaching the database ("integer out of range").
@@ -94,6 +101,11 @@ class TrainingRunRequestSerializer(serializers.Serializer):
     max_grad_norm = serializers.FloatField(default=1.0)
     accountant = serializers.ChoiceField(choices=Accountant.choices, default=Accountant.RDP)
     allow_non_private = serializers.BooleanField(default=False)
+    release_training_metrics = serializers.BooleanField(
+        default=True,
+        help_text="false: release no figure computed on the training data (per-epoch loss and train accuracy are "
+        "null in epoch_metrics, progress and the model's metrics), since those are outside ε; validation figures only.",
+    )
     sisa = SisaSerializer(required=False, allow_null=True)
 
     def validate(self, attrs):
@@ -142,7 +154,8 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "snapshot", "dataset", "task", "model_spec", "optimizer", "learning_rate", "epochs",
             "batch_size", "seed", "validation_split", "holdout_fraction", "target_epsilon",
-            "requested_noise_multiplier", "target_delta", "max_grad_norm", "accountant", "non_private", "sisa",
+            "requested_noise_multiplier", "target_delta", "max_grad_norm", "accountant", "non_private",
+            "release_training_metrics", "sisa",
             "status", "progress", "epoch_metrics", "error", "celery_task_id", "attempts", "requested_by",
             "created_at", "started_at", "finished_at", "n_train", "n_validation", "n_holdout", "n_classes",
             "planned_epsilon", "noise_multiplier", "sample_rate", "steps", "accountant_history", "epsilon",
@@ -168,17 +181,114 @@ class MembershipInferenceAuditSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = MembershipInferenceAudit
-        fields = ["id", "auc", "auc_low", "auc_high", "advantage", "advantage_low", "advantage_high",
+        fields = ["id", "attack", "n_references", "auc", "auc_low", "auc_high", "advantage", "advantage_low",
+                  "advantage_high",
                   "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_low", "tpr_at_1pct_fpr_high",
                   "tpr_at_01pct_fpr", "tpr_at_01pct_fpr_low", "tpr_at_01pct_fpr_high",
                   "n_members", "n_nonmembers", "members_available", "nonmembers_available", "sampling_seed",
-                  "sampling_rule", "bootstrap_resamples", "notes", "roc", "created_at"]
+                  "sampling_rule", "bootstrap_resamples", "notes", "roc", "roc_band", "created_at"]
         read_only_fields = fields
+
+
+class PrivacyAuditJobSerializer(serializers.ModelSerializer):
+    """An audit as work: queued, running (with progress), completed, not applicable (why) or failed."""
+
+    class Meta:
+        model = PrivacyAuditJob
+        fields = ["kind", "status", "progress", "notes", "attempts", "created_at", "started_at", "finished_at"]
+        read_only_fields = fields
+
+
+class CanaryAuditSerializer(serializers.ModelSerializer):
+    """The empirical ε lower bound of the version's configuration; ``flagged``: above the claimed ε,
+    a privacy bug (the implementation or the accounting is wrong)."""
+
+    notes = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = CanaryAudit
+        fields = ["epsilon_lower_bound", "confidence", "claimed_epsilon", "delta", "flagged", "n_canaries",
+                  "n_guesses", "n_correct", "seed", "notes", "created_at"]
+        read_only_fields = fields
+
+
+class AttributeInferenceAuditSerializer(serializers.ModelSerializer):
+    """Attribute inference of one sensitive feature: ``gain`` over imputation (the risk) with its 95% interval."""
+
+    notes = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = AttributeInferenceAudit
+        fields = ["feature", "special_category", "gain", "gain_low", "gain_high", "attack_accuracy",
+                  "imputation_accuracy", "inversion_accuracy", "majority_accuracy", "n_population", "n_members",
+                  "notes", "created_at"]
+        read_only_fields = fields
+
+
+class UnlearningCheckSerializer(serializers.ModelSerializer):
+    """Whether the version remembers people it was made to forget (scores 0–1; 0.5 = like people never seen).
+    The erasure request is shown to the DPO and the auditor only."""
+
+    notes = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = UnlearningCheck
+        fields = ["erasure_request_id", "previous_version", "n_records", "reference", "new_score", "reference_score",
+                  "previous_score", "threshold", "passed", "notes", "created_at"]
+        read_only_fields = fields
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if not _sees_erasure_detail(self.context):
+            data["erasure_request_id"] = None
+        return data
+
+
+class AuditPolicySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditPolicy
+        fields = ["id", "dataset", "processing_activity", "max_tpr_at_1pct_fpr", "max_auc",
+                  "epsilon_lower_bound_within_claim", "max_attribute_gain", "reason", "set_by", "created_at"]
+        read_only_fields = fields
+
+
+class AuditPolicySetSerializer(serializers.Serializer):
+    """Either ``dataset`` or ``processing_activity``; every ceiling optional (all empty lifts the policy)."""
+
+    dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all(), required=False, allow_null=True)
+    processing_activity = serializers.PrimaryKeyRelatedField(
+        queryset=ProcessingActivity.objects.all(), required=False, allow_null=True
+    )
+    max_tpr_at_1pct_fpr = serializers.FloatField(
+        required=False, allow_null=True, min_value=0.0, max_value=1.0,
+        help_text="LiRA's TPR at 1% FPR must not exceed this (e.g. 0.02 for 2%).",
+    )
+    max_auc = serializers.FloatField(required=False, allow_null=True, min_value=0.5, max_value=1.0)
+    epsilon_lower_bound_within_claim = serializers.BooleanField(
+        required=False, default=False, help_text="The canary audit's ε lower bound must not exceed the claimed ε."
+    )
+    max_attribute_gain = serializers.FloatField(
+        required=False, allow_null=True, min_value=0.0, max_value=1.0,
+        help_text="No sensitive feature's attribute-inference gain over imputation may exceed this.",
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+    def validate(self, attrs):
+        if (attrs.get("dataset") is None) == (attrs.get("processing_activity") is None):
+            raise serializers.ValidationError({"dataset": "give either a dataset or a processing activity"})
+        return attrs
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     epsilon = FiniteFloatField(read_only=True)
     membership_inference_audits = MembershipInferenceAuditSerializer(many=True, read_only=True)
+    audit_jobs = PrivacyAuditJobSerializer(many=True, read_only=True)
+    canary_audit = serializers.SerializerMethodField()
+    attribute_inference_audits = AttributeInferenceAuditSerializer(many=True, read_only=True)
+    unlearning_checks = UnlearningCheckSerializer(many=True, read_only=True)
+    privacy_bug = serializers.SerializerMethodField(
+        help_text="True when the canary audit's ε lower bound exceeds the claimed ε: the guarantee is false."
+    )
     lineage = serializers.SerializerMethodField()
     accountant = serializers.CharField(source="training_run.accountant", read_only=True)
     status_reason = serializers.SerializerMethodField(
@@ -195,9 +305,19 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "version", "training_run", "status", "status_reason", "training_data_changed_at",
             "epsilon", "delta", "non_private", "accountant", "is_sisa_ensemble", "metrics", "artifact_sha256",
-            "supersedes", "created_at", "membership_inference_audits", "lineage",
+            "supersedes", "created_at", "membership_inference_audits", "lineage", "audit_jobs", "canary_audit",
+            "attribute_inference_audits", "unlearning_checks", "privacy_bug",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(CanaryAuditSerializer(allow_null=True))
+    def get_canary_audit(self, obj: ModelVersion) -> dict | None:
+        audit = _canary_of(obj)
+        return None if audit is None else CanaryAuditSerializer(audit).data
+
+    def get_privacy_bug(self, obj: ModelVersion) -> bool:
+        audit = _canary_of(obj)
+        return bool(audit is not None and audit.flagged)
 
     def get_lineage(self, obj: ModelVersion) -> dict:
         return model_lineage_summary(model_version=obj)
@@ -211,6 +331,113 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
     def get_training_data_changed_at(self, obj: ModelVersion) -> datetime | None:
         return _training_data_changed_at(run=obj.training_run)
+
+
+class EncodedFeatureSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    type = serializers.ChoiceField(choices=["float", "int", "bool", "category"])
+    min = serializers.FloatField(required=False, help_text="Numeric: the lower scaling bound (values below count as it).")
+    max = serializers.FloatField(required=False, help_text="Numeric: the upper scaling bound (values above count as it).")
+    categories = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Category: one input column per entry, in this order."
+    )
+
+
+class PersonSplitSerializer(serializers.Serializer):
+    rule = serializers.CharField(help_text="How a person's draw u in [0, 1) is computed.")
+    version = serializers.IntegerField()
+    holdout_below = serializers.FloatField(help_text="u below this: held out (the audit's non-members).")
+    validation_below = serializers.FloatField(help_text="u below this (and not held out): validation; else training.")
+    seed = serializers.IntegerField()
+    key = serializers.CharField(help_text="Never disclosed: the controller holds it.")
+
+
+class AuditRecordsSerializer(serializers.Serializer):
+    members = serializers.ListField(child=serializers.IntegerField(), help_text="DataRecord ids attacked as members.")
+    nonmembers = serializers.ListField(
+        child=serializers.IntegerField(), help_text="DataRecord ids attacked as non-members (held-out people)."
+    )
+    members_available = serializers.IntegerField()
+    nonmembers_available = serializers.IntegerField()
+    limit_per_side = serializers.IntegerField()
+    sampling_seed = serializers.IntegerField()
+    sampling_rule = serializers.CharField()
+    audit = serializers.IntegerField(allow_null=True, help_text="The loss-threshold audit this sample is of.")
+    matches_audit = serializers.BooleanField(
+        allow_null=True,
+        help_text="False: the snapshot lost people since the audit (erasure), so these are its records now; "
+        "null: no audit recorded yet.",
+    )
+
+
+class SnapshotRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    merkle_root = serializers.CharField()
+
+
+class LabelRefSerializer(serializers.Serializer):
+    name = serializers.CharField(allow_null=True)
+    type = serializers.CharField(allow_null=True)
+
+
+class ReproducibilitySerializer(serializers.Serializer):
+    """How to rebuild the model's inputs from the raw records and re-run its audit; the same
+    record (without audit ids) is in the weights file's safetensors metadata."""
+
+    feature_order = serializers.ListField(child=serializers.CharField())
+    features = EncodedFeatureSerializer(many=True)
+    encoding_rule = serializers.CharField()
+    n_inputs = serializers.IntegerField(help_text="Width of the encoded input.")
+    label = LabelRefSerializer()
+    classes = serializers.ListField(
+        child=serializers.JSONField(), help_text="Class order: output unit i is classes[i]."
+    )
+    person_split = PersonSplitSerializer()
+    seed = serializers.IntegerField()
+    snapshot = SnapshotRefSerializer()
+    release_training_metrics = serializers.BooleanField()
+    membership_inference_audit = AuditRecordsSerializer(
+        required=False, help_text="The DPO and the auditor only: which records the audit attacked."
+    )
+
+
+def _canary_of(version: ModelVersion) -> CanaryAudit | None:
+    try:
+        return version.canary_audit
+    except CanaryAudit.DoesNotExist:
+        return None
+
+
+class AuditPolicyVerdictSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=["none", "waiting", "passed", "failed"],
+        help_text="none: no policy applies; waiting: an audit it needs has not finished.",
+    )
+    reasons = serializers.ListField(child=serializers.CharField())
+
+
+class ModelVersionDetailSerializer(ModelVersionSerializer):
+    reproducibility = serializers.SerializerMethodField()
+    audit_policy = serializers.SerializerMethodField(
+        help_text="The version against the audit policies of its dataset and processing activity, now."
+    )
+
+    class Meta(ModelVersionSerializer.Meta):
+        fields = [*ModelVersionSerializer.Meta.fields, "reproducibility", "audit_policy"]
+        read_only_fields = fields
+
+    @extend_schema_field(AuditPolicyVerdictSerializer)
+    def get_audit_policy(self, obj: ModelVersion) -> dict:
+        from mlops.services.audit_jobs import audit_policy_verdict
+
+        return audit_policy_verdict(model_version=obj)
+
+    @extend_schema_field(ReproducibilitySerializer)
+    def get_reproducibility(self, obj: ModelVersion) -> dict:
+        request = self.context.get("request")
+        return model_version_reproducibility(
+            model_version=obj, include_audit_records=request is not None and sees_audit_records(request.user)
+        )
 
 
 class PrivacyBudgetRunSerializer(serializers.Serializer):

@@ -7,6 +7,7 @@ router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
 router.register("training-runs", views.TrainingRunViewSet, basename="training-run")
 router.register("models", views.ModelVersionViewSet, basename="model-version")
+router.register("audit-policies", views.AuditPolicyViewSet, basename="audit-policy")
 
 urlpatterns = [
     # The model-version end of the lineage: a model is mlops's, its PROV export provenance's.

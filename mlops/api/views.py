@@ -17,8 +17,8 @@ from governance.roles import sees_erasure_detail
 from governance.services.errors import ServiceConflict
 from mlops import artifacts, selectors, services
 from mlops.api import serializers
-from mlops.filtersets import ModelVersionFilterSet, TrainingRunFilterSet
-from mlops.models import ModelVersion
+from mlops.filtersets import AuditPolicyFilterSet, ModelVersionFilterSet, TrainingRunFilterSet
+from mlops.models import AuditPolicy, ModelVersion
 from provenance import lineage_exports
 from provenance.models import Dataset
 
@@ -75,6 +75,13 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["created_at", "epsilon", "version"]
     role_permissions = {"artifact": DPO_AND_ENGINEER, "default": READ_ROLES}
 
+    def get_serializer_class(self):
+        # The detail carries the reproducibility record (one more query for the audit's
+        # records); the list stays one query per page.
+        if self.action == "retrieve":
+            return serializers.ModelVersionDetailSerializer
+        return serializers.ModelVersionSerializer
+
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
     def lineage(self, request, pk=None):
@@ -100,6 +107,34 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         )
         response["X-Content-SHA256"] = version.artifact_sha256
         return response
+
+
+class AuditPolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Audit policies: ceilings a dataset's or processing activity's model versions must pass
+    (LiRA's TPR at 1% FPR or AUC, the canary ε lower bound, attribute-inference gain) before
+    they become active. Append-only: setting one writes a new policy; the latest per scope
+    applies to versions registered from then on."""
+
+    queryset = AuditPolicy.objects.select_related("set_by").order_by("-created_at", "-id")
+    serializer_class = serializers.AuditPolicySerializer
+    filterset_class = AuditPolicyFilterSet
+    role_permissions = {"create": DPO_ONLY, "default": READ_ROLES}
+
+    @extend_schema(
+        request=serializers.AuditPolicySetSerializer,
+        responses={201: serializers.AuditPolicySerializer, 400: OpenApiTypes.OBJECT},
+        examples=[OpenApiExample(
+            "TPR at 1% FPR ≤ 2% and ε bound within the claim",
+            value={"dataset": 3, "max_tpr_at_1pct_fpr": 0.02, "epsilon_lower_bound_within_claim": True},
+            request_only=True,
+        )],
+    )
+    def create(self, request):
+        """Set the audit policy of a dataset or processing activity (DPO only)."""
+        body = serializers.AuditPolicySetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        policy = services.audit_policy_set(actor=request.user, **body.validated_data)
+        return Response(self.get_serializer(policy).data, status=status.HTTP_201_CREATED)
 
 
 class PrivacyBudgetView(APIView):

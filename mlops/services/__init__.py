@@ -10,12 +10,27 @@
   taint, supersede, retire;
 - ``remediation``: retraining and SISA unlearning of a model lineage after people's data
   were removed, serialised per lineage and coalesced;
-- ``audits``: membership-inference audits.
+- ``audits``: loading a version's models, the loss-threshold membership-inference audit;
+- ``audit_jobs``: which audits a version gets, running one under a lease, the audit policy
+  a version must pass before it becomes active;
+- ``audit_lira``, ``audit_canary``, ``audit_attribute``: one module per attack (LiRA with
+  reference models, the canary ε lower bound, attribute inference against imputation);
+- ``audit_unlearning``: checking that a version made to forget people does not remember
+  them.
 
 Keyword-only, atomic where a write must be all-or-nothing, audited; a call in the wrong
 state is refused, so a redelivered task is harmless. Callers import from here.
 """
 
+from mlops.services.audit_jobs import (
+    AuditNotApplicable,
+    audit_policy_set,
+    audit_policy_verdict,
+    model_version_audits_plan,
+    privacy_audit_job_run,
+    privacy_audit_jobs_redispatch,
+)
+from mlops.services.audit_unlearning import unlearning_check_record
 from mlops.services.audits import membership_inference_audit_run, model_version_load
 from mlops.services.budget import privacy_budget_set
 from mlops.services.config import _schema_for, _train_config
@@ -37,6 +52,13 @@ from mlops.services.remediation import ACTIONS as REMEDIATION_ACTIONS
 from mlops.services.remediation import model_lineage_remediate, shard_config, shard_rows
 
 __all__ = [
+    "AuditNotApplicable",
+    "audit_policy_set",
+    "audit_policy_verdict",
+    "model_version_audits_plan",
+    "privacy_audit_job_run",
+    "privacy_audit_jobs_redispatch",
+    "unlearning_check_record",
     "DATABASE_FAULTS",
     "LIVE_STATUSES",
     "REMEDIATION_ACTIONS",

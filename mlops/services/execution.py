@@ -132,7 +132,8 @@ def training_run_execute(
             relative = f"{artifacts.run_dir_relative(run.pk)}/model.safetensors"
             digest = artifacts.save_weights(
                 relative=relative, state_dict=outcome.state_dict,
-                metadata={"training_run": str(run.pk), "format": "sisa-ensemble" if run.sisa else "mlp"},
+                metadata={"training_run": str(run.pk), "format": "sisa-ensemble" if run.sisa else "mlp",
+                          **artifacts.reproducibility_metadata(run=run)},
             )
     except _Superseded:
         logger.warning("training run %s was taken over by another worker; attempt %s stops", run_id, attempt)
@@ -152,16 +153,12 @@ def training_run_execute(
         _emit_openlineage(run_id)
         return abandoned
     try:
-        model_version = _finish(
+        _finish(
             run=run, outcome=outcome, relative=relative, digest=digest, progress=reporter.metrics, attempt=attempt
         )
     except DATABASE_FAULTS:
         _lease_release(run_id=run_id, attempt=attempt)
         raise
-    if model_version is not None and run.n_holdout > 0:
-        from mlops.tasks import audit_membership_inference
-
-        task_dispatch_on_commit(audit_membership_inference, args=[model_version.pk])
     _emit_openlineage(run_id)
     run.refresh_from_db()
     return run

@@ -124,6 +124,7 @@ def training_run_queue(
     max_grad_norm: float = 1.0,
     accountant: str = "rdp",
     allow_non_private: bool = False,
+    release_training_metrics: bool = True,
     sisa: dict | None = None,
     requested_by: Any = None,
     queue: str | None = None,
@@ -136,6 +137,8 @@ def training_run_queue(
     guarantee, and (409, with cap, spent, reserved and planned ε) what would exceed the
     dataset's privacy budget. Nothing is written when it refuses. ``queue`` routes the
     task to a dedicated Celery queue (e.g. workers with more memory).
+    ``release_training_metrics=False``: the run releases no figure computed on its training
+    data (those are outside ε), only validation figures.
     """
     if task not in TASKS:
         raise ServiceError(f"task: must be one of {', '.join(TASKS)}", field="task")
@@ -161,6 +164,8 @@ def training_run_queue(
         _check_number(target_delta, "target_delta", low=0.0, low_inclusive=False,
                       high=MAX_TARGET_DELTA, high_inclusive=True)
     _check_number(max_grad_norm, "max_grad_norm", low=0.0, low_inclusive=False)
+    if not isinstance(release_training_metrics, bool):
+        raise ServiceError("release_training_metrics: must be true or false", field="release_training_metrics")
     if allow_non_private and (target_epsilon is not None or noise_multiplier is not None):
         raise ServiceError(
             "target_epsilon: non-private training takes no target_epsilon or noise_multiplier", field="target_epsilon"
@@ -276,6 +281,7 @@ def training_run_queue(
         max_grad_norm=max_grad_norm,
         accountant=accountant,
         allow_non_private=allow_non_private,
+        release_training_metrics=release_training_metrics,
         sisa=sisa,
         requested_by=requested_by if getattr(requested_by, "pk", None) else None,
         remediates=remediates,
@@ -303,6 +309,7 @@ def training_run_queue(
         object_id=run.pk,
         details={
             "snapshot": snap.pk, "dataset": snap.dataset_id, "private": not allow_non_private,
+            "release_training_metrics": release_training_metrics,
             "planned_epsilon": plan.epsilon, "delta": target_delta, "noise_multiplier": plan.noise_multiplier,
             "accountant": accountant, "sisa": sisa, "n_train": n_train, "n_holdout": n_holdout, **ledger_numbers,
         },

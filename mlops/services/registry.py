@@ -33,7 +33,7 @@ from mlops.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
 from mlops.selectors import read_before
 from provenance.models import AmendmentReason, SnapshotAmendment
 
-LIVE_STATUSES = (ModelStatus.ACTIVE, ModelStatus.TAINTED)
+LIVE_STATUSES = (ModelStatus.ACTIVE, ModelStatus.PENDING_AUDIT, ModelStatus.TAINTED)
 # Version rows are locked FOR NO KEY UPDATE: a run being queued to replace a version holds a
 # foreign key to it (KEY SHARE, checked at commit), which FOR UPDATE would block; with the
 # audit chain's head locked after it, that was a deadlock under concurrent erasures.
@@ -127,6 +127,12 @@ def model_version_register(
     number = (ModelVersion.objects.filter(name=run.name).aggregate(m=Max("version"))["m"] or 0) + 1
     late = erasure_amendments_after(run=run)
     status, reason = ModelStatus.ACTIVE, status_reason
+    from mlops.services.audit_jobs import audit_policies_for_run, model_version_audits_plan
+
+    policies = audit_policies_for_run(run=run)
+    if policies:
+        status = ModelStatus.PENDING_AUDIT
+        reason = "awaiting the privacy audits its audit policy requires"
     if late:
         status = ModelStatus.TAINTED
         reason = (f"on registration: trained on data read before {len(late)} erasure amendment(s) of snapshot "
@@ -144,8 +150,9 @@ def model_version_register(
     audit_event_record(
         actor=None, action="model_version.registered", object_type="model_version", object_id=version.pk,
         details={"name": version.name, "version": number, "training_run": run.pk, "status": status,
-                 "supersedes": [v.pk for v in live], **(details or {})},
+                 "supersedes": [v.pk for v in live], "audit_policies": [p.pk for p in policies], **(details or {})},
     )
+    model_version_audits_plan(model_version=version)
     if status == ModelStatus.TAINTED:
         _announce_taint([version.pk], reason)
     return version
@@ -176,7 +183,7 @@ def model_versions_taint_trained_before(*, amendments: list[dict[str, int]], rea
         .filter(read_before(amendments=amendments, run="training_run__"), status__in=LIVE_STATUSES).order_by("pk")
         .values_list("pk", "name", "status")
     )
-    newly = [pk for pk, _, status in live if status == ModelStatus.ACTIVE]
+    newly = [pk for pk, _, status in live if status in (ModelStatus.ACTIVE, ModelStatus.PENDING_AUDIT)]
     ModelVersion.objects.filter(pk__in=newly).update(status=ModelStatus.TAINTED, status_reason=reason)
     cancelled = []
     from mlops.services.execution import training_run_cancel

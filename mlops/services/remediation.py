@@ -31,7 +31,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from governance.services import ServiceError
-from mlops import artifacts
+from mlops import artifacts, data
 from mlops.models import ModelVersion, RunStatus, SisaAssignment, SisaCheckpoint, TrainingRun
 from mlops.selectors import sisa_placement_run_id
 from mlops.services.config import _schema_for, _train_config
@@ -258,7 +258,7 @@ def _sisa_unlearn(*, head: ModelVersion) -> ModelVersion:
         result = sisa.train_shard(
             X=torch.from_numpy(X), y=torch.from_numpy(y), slice_of_row=slice_of_row, slices=slices,
             n_classes=old_run.n_classes, config=shard_config(run=old_run, shard=shard), shard=shard,
-            start_slice=first, init_state=init_state,
+            start_slice=first, init_state=init_state, train_metrics=old_run.release_training_metrics,
         )
         for offset, weights in enumerate(result.checkpoints):
             slice_ = first + offset
@@ -290,11 +290,14 @@ def _sisa_unlearn(*, head: ModelVersion) -> ModelVersion:
         )
     relative = f"{run_dir}/model.safetensors"
     digest = artifacts.save_weights(
-        relative=relative, state_dict=state, metadata={"training_run": str(new_run.pk), "format": "sisa-ensemble"}
+        relative=relative, state_dict=state,
+        metadata={"training_run": str(new_run.pk), "format": "sisa-ensemble",
+                  **artifacts.reproducibility_metadata(run=new_run)},
     )
     last_slice = {c.shard: c.n_records for c in checkpoints if c.slice == slices - 1}
     metrics = {**(head.metrics or {}), "unlearned_from": head.pk, "retrained_shards": retrained}
-    metrics.pop("val_accuracy", None)  # measured on the old ensemble, not this one
+    # Measured again on the new ensemble: the old figure described a model that is gone.
+    metrics["val_accuracy"] = _ensemble_val_accuracy(run=new_run, state=state)
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().get(pk=new_run.pk)
         if run.status != RunStatus.RUNNING:
@@ -314,6 +317,29 @@ def _sisa_unlearn(*, head: ModelVersion) -> ModelVersion:
                                     "privacy_ledger_epsilon_charged": charged}},
         )
     return version
+
+
+def _ensemble_val_accuracy(*, run: TrainingRun, state: dict) -> float | None:
+    """Accuracy of a SISA ensemble's mean prediction on the run's validation people."""
+    import torch
+
+    from mlops.engine import dp_train, sisa
+    from mlops.services.training import _split_tensors
+
+    tensors, split, labelled = _split_tensors(run)
+    val = labelled & (split == data.SPLIT_VALIDATION)
+    if not val.any():
+        return None
+    config = _train_config(run)
+    models = []
+    for shard in range(run.sisa["shards"]):
+        prefix = f"shard{shard}."
+        models.append(dp_train.load_model(
+            state_dict={k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)},
+            n_features=tensors.X.shape[1], n_classes=run.n_classes, config=config,
+        ))
+    proba = sisa.ensemble_predict_proba(models=models, X=torch.from_numpy(tensors.X[val]))
+    return float((proba.argmax(1).numpy() == tensors.y[val]).mean())
 
 
 def _retraining_refusal(*, head: ModelVersion) -> str | None:
@@ -354,6 +380,7 @@ def _retrain(*, head: ModelVersion) -> ModelVersion:
             target_epsilon=old.target_epsilon, noise_multiplier=old.requested_noise_multiplier,
             target_delta=old.target_delta, max_grad_norm=old.max_grad_norm, accountant=old.accountant,
             allow_non_private=old.allow_non_private, sisa=old.sisa, requested_by=None, enqueue=False, remediates=head,
+            release_training_metrics=old.release_training_metrics,
         )
     # Trained here, outside any transaction, while this worker holds the lineage.
     # takeover: the lineage lock is ours, so a run left 'running' is a dead worker's.

@@ -130,6 +130,7 @@ def _train_single(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
         X_val=torch.from_numpy(tensors.X[val]) if val.any() else None,
         y_val=torch.from_numpy(tensors.y[val]) if val.any() else None,
         n_classes=run.n_classes, config=config, on_epoch=reporter.epoch, should_stop=reporter.should_stop,
+        train_metrics=run.release_training_metrics,
     )
     if result.stopped or not _still_ours(run):
         raise _Cancelled()
@@ -188,7 +189,7 @@ def _train_sisa(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
             X=torch.from_numpy(X_train[rows]), y=torch.from_numpy(y_train[rows]), slice_of_row=slice_of_row[rows],
             slices=slices, n_classes=run.n_classes, config=shard_config, shard=shard,
             on_epoch=lambda report, shard=shard: reporter.epoch(report, shard=shard),
-            should_stop=reporter.should_stop,
+            should_stop=reporter.should_stop, train_metrics=run.release_training_metrics,
         )
         if result.result.stopped or reporter.should_stop():
             raise _Cancelled()
@@ -222,8 +223,10 @@ def _train_sisa(run: TrainingRun, reporter: _ProgressReporter) -> _Outcome:
     if val.any():
         proba = sisa.ensemble_predict_proba(models=models, X=torch.from_numpy(tensors.X[val]))
         val_accuracy = float((proba.argmax(dim=1).numpy() == tensors.y[val]).mean())
-    proba_train = sisa.ensemble_predict_proba(models=models, X=torch.from_numpy(X_train))
-    train_accuracy = float((proba_train.argmax(dim=1).numpy() == y_train).mean())
+    train_accuracy = None
+    if run.release_training_metrics:  # a figure on training data, outside ε: only when asked for
+        proba_train = sisa.ensemble_predict_proba(models=models, X=torch.from_numpy(X_train))
+        train_accuracy = float((proba_train.argmax(dim=1).numpy() == y_train).mean())
     assignments = [
         SisaAssignment(training_run=run, subject_id=int(s), shard=int(p[0]), slice=int(p[1]))
         for s, p in zip(unique_subjects.tolist(), placed.tolist(), strict=True)

@@ -12,7 +12,9 @@ class DatasetSerializer(serializers.ModelSerializer):
     parents = serializers.PrimaryKeyRelatedField(many=True, queryset=Dataset.objects.all(), required=False)
     schema = serializers.JSONField(
         help_text='{"features": [{"name": "age", "type": "int"}, ...], "label": {"name": "outcome", "type": "bool"}}; '
-        "types: float, int, bool, category (with optional 'categories'). Direct identifiers are refused (Art. 5(1)(c))."
+        "types: float, int, bool, category (with optional 'categories'); numeric features may publish 'min' and 'max' "
+        "(both or neither, min < max: values are clipped to them and scaled to [0, 1] for training); any feature may "
+        "carry 'special_category': true (Art. 9(1)) and 'sensitive': true. Direct identifiers are refused (Art. 5(1)(c))."
     )
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     record_count = serializers.IntegerField(read_only=True)

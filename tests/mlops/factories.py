@@ -28,7 +28,10 @@ def make_snapshot(
     label_noise: float = 0.1,
     single_class: bool = False,
     name: str | None = None,
+    health_condition: bool = False,
 ) -> Snapshot:
+    """``health_condition``: add a category feature "condition" ("none"/"diabetes"), marked as
+    Art. 9 special-category data, independent of the other features, that moves the label."""
     tag = uuid.uuid4().hex[:10]
     purpose, _ = Purpose.objects.get_or_create(code="ml.training.test", defaults={"name": "ML training (test)"})
     activity = ProcessingActivity.objects.create(
@@ -41,6 +44,10 @@ def make_snapshot(
     )
     activity.purposes.add(purpose)
     schema = {"features": [{"name": f"x{j}", "type": "float"} for j in range(d)], "label": {"name": "y", "type": "int"}}
+    if health_condition:
+        schema["features"].append(
+            {"name": "condition", "type": "category", "categories": ["none", "diabetes"], "special_category": True}
+        )
     dataset = Dataset.objects.create(
         name=name or f"dataset-{tag}", owner="ml-team", processing_activity=activity, schema=schema
     )
@@ -57,6 +64,13 @@ def make_snapshot(
         subjects = list(DataSubject.objects.filter(pseudonym__startswith=f"{tag}-").order_by("pseudonym"))
     now = timezone.now()
     rows = [({f"x{j}": float(X[i, j]) for j in range(d)}, int(y[i])) for i in range(n)]
+    if health_condition:
+        condition = rng.random(n) < 0.4
+        # The condition moves the label (for some people), so a model can learn it — and
+        # an over-fitted one memorises it per person.
+        y = np.where(condition & (rng.random(n) < 0.5), (y + 1) % classes, y)
+        rows = [({**features, "condition": "diabetes" if condition[i] else "none"}, int(y[i]))
+                for i, (features, _) in enumerate(rows)]
     DataRecord.objects.bulk_create(
         [
             DataRecord(
