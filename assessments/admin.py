@@ -14,6 +14,7 @@ from django.utils.html import format_html
 
 from assessments import services
 from assessments.models import Dpia, DpiaRisk, DpiaScreeningAnswer, DpiaStatus
+from governance.admin_mixins import ModelAdmin, TabularInline
 from governance.models import ReportKind
 from governance.reports import jobs
 from governance.services import ServiceError
@@ -33,7 +34,7 @@ def _is_draft(obj) -> bool:
     return obj is None or obj.status == DpiaStatus.DRAFT
 
 
-class ScreeningInline(admin.TabularInline):
+class ScreeningInline(TabularInline):
     model = DpiaScreeningAnswer
     fields = ["criterion", "proposed", "source", "confirmed", "override_reason", "confirmed_by", "confirmed_at"]
     readonly_fields = ["criterion", "proposed", "source", "confirmed_by", "confirmed_at"]
@@ -47,7 +48,7 @@ class ScreeningInline(admin.TabularInline):
         return _is_draft(obj) and super().has_change_permission(request, obj)
 
 
-class RiskInline(admin.TabularInline):
+class RiskInline(TabularInline):
     model = DpiaRisk
     fields = [
         "description", "likelihood", "severity", "inherent_level", "mitigations", "residual_likelihood",
@@ -65,7 +66,7 @@ class RiskInline(admin.TabularInline):
 
 
 @admin.register(Dpia)
-class DpiaAdmin(admin.ModelAdmin):
+class DpiaAdmin(ModelAdmin):
     list_display = ["title", "processing_activity", "version", "status", "effective_required", "prior_consultation_required", "review_date", "signed_at"]
     list_filter = ["status", "prior_consultation_required", "processing_activity"]
     search_fields = ["title", "processing_activity__name"]

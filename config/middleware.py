@@ -103,3 +103,27 @@ class ApiRequestLimitsMiddleware:
         if length > body_limit:
             return _too_large(body_limit)
         return None
+
+
+class AdminCspMiddleware:
+    """The admin's Content-Security-Policy additions, on /admin/ only (inside CSPMiddleware).
+
+    The admin theme (django-unfold) drives its menus, tabs and dialogs with Alpine.js, whose
+    standard build evaluates its ``x-data`` expressions (so ``'unsafe-eval'``), and positions
+    elements with ``style`` attributes (so ``'unsafe-inline'`` for styles). Neither extends to
+    inline ``<script>`` blocks, and every script is still served from this site: a page still
+    cannot run a script an attacker injected as markup. The API and its docs keep the strict
+    policy.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if request.path_info.startswith("/admin/") or request.path_info == "/":
+            response._csp_update = {"script-src": ["'unsafe-eval'"]}
+            # Replaced, not extended: next to the hashes of the strict policy a browser would
+            # ignore 'unsafe-inline'.
+            response._csp_replace = {"style-src": ["'self'", "'unsafe-inline'"]}
+        return response

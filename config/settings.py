@@ -97,6 +97,9 @@ ARTIFACT_ROOT = STORAGE_ROOT / "artifacts"
 REPORT_ROOT = STORAGE_ROOT / "reports"
 
 INSTALLED_APPS = [
+    # Before django.contrib.admin: its templates and static files take precedence.
+    "unfold",
+    "unfold.contrib.filters",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -127,6 +130,7 @@ MIDDLEWARE = [
     "config.middleware.ApiRequestLimitsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
+    "config.middleware.AdminCspMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -18,7 +18,7 @@ from django.utils.duration import duration_iso_string
 from django.utils.html import format_html, format_html_join
 
 from governance import selectors, services
-from governance.admin_mixins import ReadOnlyAdmin
+from governance.admin_mixins import ModelAdmin, ReadOnlyAdmin
 from governance.models import (
     ApiKey,
     AuditEvent,
@@ -56,7 +56,7 @@ class ServiceAdminMixin:
 
 
 @admin.register(Purpose)
-class PurposeAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class PurposeAdmin(ServiceAdminMixin, ModelAdmin):
     list_display = ["code", "name", "parent"]
     list_filter = [("parent", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["code", "name", "description"]
@@ -105,7 +105,7 @@ def _service_checked_clean(original_clean, check):
 
 
 @admin.register(PurposeCompatibility)
-class PurposeCompatibilityAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class PurposeCompatibilityAdmin(ServiceAdminMixin, ModelAdmin):
     list_display = ["original_purpose", "compatible_purpose", "approved_by", "approved_at"]
     list_filter = ["original_purpose", "compatible_purpose"]
     search_fields = ["original_purpose__code", "compatible_purpose__code"]
@@ -140,7 +140,7 @@ class PurposeCompatibilityAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(DataCategory)
-class DataCategoryAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class DataCategoryAdmin(ServiceAdminMixin, ModelAdmin):
     list_display = ["code", "name", "special_category", "criminal_offence_data"]
     list_filter = ["special_category", "criminal_offence_data"]
     search_fields = ["code", "name"]
@@ -156,7 +156,7 @@ class DataCategoryAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(DataSubjectCategory)
-class DataSubjectCategoryAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class DataSubjectCategoryAdmin(ServiceAdminMixin, ModelAdmin):
     list_display = ["code", "name", "vulnerable"]
     list_filter = ["vulnerable"]
     search_fields = ["code", "name"]
@@ -222,7 +222,7 @@ class ProcessingActivityForm(forms.ModelForm):
 
 
 @admin.register(ProcessingActivity)
-class ProcessingActivityAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class ProcessingActivityAdmin(ServiceAdminMixin, ModelAdmin):
     """Art. 30 records; every change is audited with its before/after diff by the service."""
 
     form = ProcessingActivityForm
@@ -340,7 +340,7 @@ class ApiKeyAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ReportJob)
-class ReportJobAdmin(admin.ModelAdmin):
+class ReportJobAdmin(ModelAdmin):
     list_display = ["id", "kind", "object_id", "status", "requested_by", "created_at", "finished_at", "download"]
     list_filter = ["kind", "status"]
     readonly_fields = [

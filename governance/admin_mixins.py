@@ -1,11 +1,17 @@
-"""Admin building blocks shared by the three apps."""
+"""Admin building blocks shared by the apps.
+
+Every admin class derives from django-unfold's (the workspace's theme): ``ModelAdmin``,
+``TabularInline`` and ``StackedInline`` are re-exported from here so an app names one home.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from unfold.admin import ModelAdmin, StackedInline, TabularInline
+
+__all__ = ["ModelAdmin", "ReadOnlyAdmin", "StackedInline", "TabularInline"]
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ModelAdmin):
     """Records written only through services (append-only ledgers, immutable snapshots,
     training runs): viewable in the admin, never added, changed or deleted there."""
 

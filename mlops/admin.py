@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.utils.html import format_html
 
-from governance.admin_mixins import ReadOnlyAdmin
+from governance.admin_mixins import ModelAdmin, ReadOnlyAdmin, StackedInline, TabularInline
 from governance.services import ServiceError
 from mlops import selectors, services
 from mlops.models import (
@@ -35,7 +35,7 @@ def _epsilon(value: float | None, non_private: bool = False) -> str:
     return f"{value:.3f}"
 
 
-class SisaCheckpointInline(admin.TabularInline):
+class SisaCheckpointInline(TabularInline):
     model = SisaCheckpoint
     fields = ["shard", "slice", "n_records", "epsilon", "artifact_sha256"]
     readonly_fields = fields
@@ -110,7 +110,7 @@ class TrainingRunAdmin(ReadOnlyAdmin):
         self.message_user(request, f"{cancelled} run(s) cancelled.")
 
 
-class MembershipInferenceAuditInline(admin.StackedInline):
+class MembershipInferenceAuditInline(StackedInline):
     """Rounded figures with their 95% intervals and why any figure is not reported."""
 
     model = MembershipInferenceAudit
@@ -151,7 +151,7 @@ class MembershipInferenceAuditInline(admin.StackedInline):
         return " ".join(obj.notes or []) or "—"
 
 
-class PrivacyAuditJobInline(admin.TabularInline):
+class PrivacyAuditJobInline(TabularInline):
     model = PrivacyAuditJob
     verbose_name = "privacy audit"
     fields = ["kind", "status", "progress_shown", "notes", "finished_at"]
@@ -167,7 +167,7 @@ class PrivacyAuditJobInline(admin.TabularInline):
         return f"{progress.get('done', 0)} of {progress['total']} {progress.get('stage', '')}".strip()
 
 
-class CanaryAuditInline(admin.StackedInline):
+class CanaryAuditInline(StackedInline):
     model = CanaryAudit
     verbose_name = "empirical ε lower bound (canary audit run)"
     fields = ["verdict", "bound", "counts", "notes_shown", "created_at"]
@@ -194,7 +194,7 @@ class CanaryAuditInline(admin.StackedInline):
         return " ".join(obj.notes or []) or "—"
 
 
-class AttributeInferenceAuditInline(admin.TabularInline):
+class AttributeInferenceAuditInline(TabularInline):
     model = AttributeInferenceAudit
     verbose_name = "attribute-inference audit"
     fields = ["feature", "special_category", "gain_shown", "accuracies", "sizes"]
@@ -216,7 +216,7 @@ class AttributeInferenceAuditInline(admin.TabularInline):
         return f"trained on {obj.n_population:,} held out, tested on {obj.n_members:,} members"
 
 
-class UnlearningCheckInline(admin.TabularInline):
+class UnlearningCheckInline(TabularInline):
     model = UnlearningCheck
     fk_name = "model_version"
     verbose_name = "unlearning check"
@@ -263,7 +263,7 @@ class ModelVersionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(AuditPolicy)
-class AuditPolicyAdmin(admin.ModelAdmin):
+class AuditPolicyAdmin(ModelAdmin):
     """Append-only: saving writes a new policy through the service (DPO only, audited)."""
 
     list_display = ["__str__", "ceilings", "set_by", "created_at"]
@@ -299,7 +299,7 @@ class AuditPolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(PrivacyBudget)
-class PrivacyBudgetAdmin(admin.ModelAdmin):
+class PrivacyBudgetAdmin(ModelAdmin):
     list_display = ["dataset", "epsilon_cap", "delta", "spent", "set_by", "set_at"]
     fields = ["dataset", "epsilon_cap", "delta", "spent", "set_by", "set_at"]
     readonly_fields = ["spent", "set_by", "set_at"]

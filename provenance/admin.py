@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from governance.admin_mixins import ReadOnlyAdmin
+from governance.admin_mixins import ReadOnlyAdmin, TabularInline
 from governance.roles import AUDITOR, DPO, has_role
 from provenance import selectors
 from provenance.models import Dataset, Snapshot, SnapshotAmendment
@@ -99,7 +99,7 @@ class DatasetAdmin(ReadOnlyAdmin):
         return TemplateResponse(request, "admin/provenance/subject_lineage.html", context)
 
 
-class SnapshotAmendmentInline(admin.TabularInline):
+class SnapshotAmendmentInline(TabularInline):
     model = SnapshotAmendment
     extra = 0
     can_delete = False

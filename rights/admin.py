@@ -14,6 +14,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from governance.admin_mixins import ModelAdmin, TabularInline
 from governance.services import ServiceError
 from rights import selectors, services
 from rights.models import (
@@ -34,7 +35,7 @@ class ErasureActionForm(ActionForm):
     justification = forms.CharField(required=False, label="Justification")
 
 
-class ErasureStepInline(admin.TabularInline):
+class ErasureStepInline(TabularInline):
     model = ErasureStep
     extra = 0
     can_delete = False
@@ -45,7 +46,7 @@ class ErasureStepInline(admin.TabularInline):
         return False
 
 
-class RecipientNotificationInline(admin.TabularInline):
+class RecipientNotificationInline(TabularInline):
     model = RecipientNotification
     extra = 0
     can_delete = False
@@ -57,7 +58,7 @@ class RecipientNotificationInline(admin.TabularInline):
 
 
 @admin.register(ErasureRequest)
-class ErasureRequestAdmin(admin.ModelAdmin):
+class ErasureRequestAdmin(ModelAdmin):
     list_display = ["id", "status", "ground", "regime", "received_at", "deadline", "days_left_display", "subject_ref"]
     list_filter = ["status", "regime", "ground", "channel"]
     search_fields = ["id", "subject_ref"]
@@ -188,7 +189,7 @@ class ErasureRequestAdmin(admin.ModelAdmin):
 
 
 @admin.register(ErasureReceipt)
-class ErasureReceiptAdmin(admin.ModelAdmin):
+class ErasureReceiptAdmin(ModelAdmin):
     list_display = ["request", "completed_at", "records_deleted", "snapshots_amended", "models_remediated",
                     "consent_events_deleted", "recipients_notified"]
     readonly_fields = [f.name for f in ErasureReceipt._meta.fields if f.name != "identifier_receipt_hash"]
