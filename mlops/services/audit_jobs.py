@@ -100,7 +100,10 @@ def privacy_audit_job_run(
     policy to the version.
     """
     with transaction.atomic():
-        job = PrivacyAuditJob.objects.select_for_update().select_related("model_version").filter(pk=job_id).first()
+        # of=self: a select_related row must not be locked too (lock order: version, then
+        # the audit-chain head, as registration takes them).
+        job = PrivacyAuditJob.objects.select_for_update(of=("self",)).select_related("model_version").filter(
+            pk=job_id).first()
         if job is None:
             return None
         if job.status in FINISHED:
@@ -135,15 +138,19 @@ def privacy_audit_job_run(
         logger.exception("privacy audit job %s (%s) failed", job.pk, job.kind)
         status, notes = AuditJobStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
     with transaction.atomic():
+        # The version first, then the job, then the audit chain: the order registration and
+        # the policy take them in, so two transactions never wait on each other in a cycle.
+        version_id = job.model_version_id
+        ModelVersion.objects.select_for_update(of=("self",), no_key=True).filter(pk=version_id).first()
         job = PrivacyAuditJob.objects.select_for_update().get(pk=job.pk)
         if job.status not in FINISHED:
             job.status, job.notes, job.finished_at, job.heartbeat_at = status, notes, timezone.now(), None
             job.save(update_fields=["status", "notes", "finished_at", "heartbeat_at"])
             audit_event_record(
                 actor=None, action=f"privacy_audit.{status}", object_type="model_version",
-                object_id=job.model_version_id, details={"job": job.pk, "kind": job.kind, "notes": notes},
+                object_id=version_id, details={"job": job.pk, "kind": job.kind, "notes": notes},
             )
-        model_version_audit_policy_apply(model_version_id=job.model_version_id)
+        model_version_audit_policy_apply(model_version_id=version_id)
     return job
 
 
@@ -243,7 +250,7 @@ def model_version_audit_policy_apply(*, model_version_id: int) -> str:
     """Move a version waiting for its audits to ``active`` or ``audit_failed`` once every
     audit its policy needs has finished; any other version is left as it is."""
     with transaction.atomic():
-        version = ModelVersion.objects.select_for_update().select_related(
+        version = ModelVersion.objects.select_for_update(of=("self",), no_key=True).select_related(
             "training_run__snapshot__dataset").get(pk=model_version_id)
         if version.status != ModelStatus.PENDING_AUDIT:
             return version.status
