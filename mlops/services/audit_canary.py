@@ -79,7 +79,7 @@ def canary_audit_run(*, model_version_id: int, on_progress: Callable[..., None] 
     )
     if on_progress is not None:
         on_progress(1, 1, "audit run scored")
-    flagged = bool(math.isfinite(claimed) and result.epsilon_lower_bound > claimed)
+    flagged = bool(result.flagged)
     try:
         with transaction.atomic():
             audit = CanaryAudit.objects.create(

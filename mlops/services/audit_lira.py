@@ -79,7 +79,7 @@ def lira_audit_run(
     """LiRA against ``model_version_id``; idempotent (one LiRA audit per version)."""
     import torch
 
-    from mlops.engine import lira, mia
+    from mlops.engine import lira
 
     version = ModelVersion.objects.select_related("training_run__snapshot__dataset").get(pk=model_version_id)
     existing = version.membership_inference_audits.filter(attack=MembershipAttack.LIRA).first()
@@ -98,21 +98,17 @@ def lira_audit_run(
     pool = np.concatenate([sample.members, sample.nonmembers])
     X = torch.from_numpy(sample.tensors.X[pool])
     y = torch.from_numpy(sample.tensors.y[pool])
-    target = mia.logit_confidence(losses=mia.per_example_losses(models=model_version_load(model_version=version), X=X, y=y))
-    inclusion = lira.reference_inclusion(n=len(pool), n_references=references, seed=sample.seed)
 
     def progress(done: int, total: int) -> None:
         if on_progress is not None:
             on_progress(done, total, "reference models trained")
 
     progress(0, references)
-    reference_phi = lira.train_references(
-        X=X, y=y, inclusion=inclusion, train_fn=reference_train_fn(run=run, n_features=X.shape[1]), on_progress=progress,
-    )
-    n_m = len(sample.members)
-    result = lira.lira_attack(
-        target_phi=target, reference_phi=reference_phi, inclusion=inclusion,
-        is_member=np.arange(len(pool)) < n_m, seed=sample.seed,
+    result = lira.lira_audit(
+        models=model_version_load(model_version=version), X=X, y=y,
+        is_member=np.arange(len(pool)) < len(sample.members),
+        train_fn=reference_train_fn(run=run, n_features=X.shape[1]), n_references=references, seed=sample.seed,
+        on_progress=progress,
     )
     try:
         with transaction.atomic():
