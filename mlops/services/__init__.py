@@ -8,8 +8,9 @@
 - ``budget``: the privacy-budget ledger (caps, reservations, settlement);
 - ``registry``: the model registry: one version numbering per model name under one lock,
   taint, supersede, retire;
-- ``remediation``: retraining and SISA unlearning of a model lineage after people's data
-  were removed, serialised per lineage and coalesced;
+- ``remediation``: bringing a model lineage back to a version trained on none of the people
+  removed (retrain, unlearn, keep on DP, retire), serialised per lineage and coalesced;
+- ``unlearning``: SISA unlearning of a lineage's head from its shards' checkpoints;
 - ``audits``: loading a version's models, the loss-threshold membership-inference audit;
 - ``audit_jobs``: which audits a version gets, running one under a lease, the audit policy
   a version must pass before it becomes active;
@@ -49,7 +50,8 @@ from mlops.services.registry import (
     model_versions_taint_trained_before,
 )
 from mlops.services.remediation import ACTIONS as REMEDIATION_ACTIONS
-from mlops.services.remediation import model_lineage_remediate, shard_config, shard_rows
+from mlops.services.remediation import model_lineage_remediate
+from mlops.services.unlearning import shard_config, shard_rows
 
 __all__ = [
     "AuditNotApplicable",

@@ -16,7 +16,7 @@ from governance.selectors import audit_chain_verify
 from mlops import artifacts
 from mlops.engine import sisa
 from mlops.models import ModelVersion, SisaAssignment, TrainingRun
-from mlops.services import remediation
+from mlops.services import unlearning
 from rights.models import ErasureRequest
 from tests.mlops.helpers import wait_for
 from tests.rights import helpers as h
@@ -128,10 +128,10 @@ def test_erasure_end_to_end_with_sisa_and_retraining(celery_worker, dpo_client, 
     # configuration on the amended data; every other shard kept its weights.
     new_state = artifacts.load_weights(relative=new_sisa.artifact_path, expected_sha256=new_sisa.artifact_sha256)
     old_run = TrainingRun.objects.get(pk=sisa_run.pk)
-    X, y, slice_of_row = remediation.shard_rows(run=old_run, shard=placement.shard)
+    X, y, slice_of_row = unlearning.shard_rows(run=old_run, shard=placement.shard)
     scratch = sisa.train_shard(
         X=torch.from_numpy(X), y=torch.from_numpy(y), slice_of_row=slice_of_row, slices=2,
-        n_classes=old_run.n_classes, config=remediation.shard_config(run=old_run, shard=placement.shard),
+        n_classes=old_run.n_classes, config=unlearning.shard_config(run=old_run, shard=placement.shard),
         shard=placement.shard,
     )
     expected = artifacts.strip_wrapper_prefix(scratch.result.state_dict)

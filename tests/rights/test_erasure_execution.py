@@ -190,7 +190,7 @@ def test_shard_rows_equal_the_shard_of_the_full_snapshot(celery_worker):
     import numpy as np
 
     from mlops.models import TrainingRun
-    from mlops.services import remediation
+    from mlops.services import unlearning
 
     rng = np.random.default_rng(5)
     people = h.crowd(90)
@@ -209,8 +209,8 @@ def test_shard_rows_equal_the_shard_of_the_full_snapshot(celery_worker):
     run = TrainingRun.objects.get(pk=h.train(snapshot=h.snapshot_of(ds), name="mixed", sisa={"shards": 3, "slices": 2}).pk)
     for shard in range(3):
         placed = dict(run.sisa_assignments.filter(shard=shard).values_list("subject_id", "slice"))
-        X, y, slices = remediation.shard_rows(run=run, shard=shard)
-        X_full, y_full, slices_full = remediation._shard_rows_from_full_snapshot(run=run, placed=placed)
+        X, y, slices = unlearning.shard_rows(run=run, shard=shard)
+        X_full, y_full, slices_full = unlearning._shard_rows_from_full_snapshot(run=run, placed=placed)
         assert len(X) == len(placed) > 0
         assert np.array_equal(X, X_full) and np.array_equal(y, y_full) and np.array_equal(slices, slices_full)
 
