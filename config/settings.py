@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -97,6 +98,9 @@ ARTIFACT_ROOT = STORAGE_ROOT / "artifacts"
 REPORT_ROOT = STORAGE_ROOT / "reports"
 
 INSTALLED_APPS = [
+    # The DPO's workspace (dashboard at /admin/): first, so its admin/index.html is found before
+    # unfold's (the app template loader searches the apps in this order).
+    "workspace",
     # Before django.contrib.admin: its templates and static files take precedence.
     "unfold",
     "unfold.contrib.filters",
@@ -216,6 +220,47 @@ STORAGES = {
         else "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
 }
+
+# --- The DPO's workspace (django-unfold admin) -----------------------------------
+# The dashboard at /admin/ is workspace.dashboard; the sidebar groups the pages by what a DPO
+# does (workspace.navigation), and lists only the pages the user may see.
+from django.templatetags.static import static  # noqa: E402 - used lazily by UNFOLD["STYLES"]
+
+UNFOLD = {
+    "SITE_TITLE": "Privacy Ledger",
+    "SITE_HEADER": "Privacy Ledger",
+    "SITE_SUBHEADER": "DPO workspace",
+    "SITE_SYMBOL": "shield_person",
+    "SITE_URL": "/",
+    "DASHBOARD_CALLBACK": "workspace.dashboard.dashboard_callback",
+    # The workspace's few styles (tables, links, badges), on every admin page.
+    "STYLES": [lambda request: static("governance/workspace.css")],
+    "SIDEBAR": {
+        "show_search": True,
+        "show_all_applications": True,
+        "navigation": "workspace.navigation.sidebar_navigation",
+    },
+}
+
+# --- E-mail (the daily deadline digest to DPOs) ---------------------------------------
+# Development prints e-mails on the console; production sends by SMTP unless told otherwise.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND") or (
+    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend"
+)
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one of them (STARTTLS or TLS).")
+# A mail server that does not answer must fail the send (recorded, retried), not hold the worker.
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Privacy Ledger <privacy-ledger@localhost>")
+# The address people reach the service at (https://ledger.example.org): links in e-mails.
+# Empty: links are paths on the site.
+SITE_BASE_URL = os.environ.get("SITE_BASE_URL", "http://127.0.0.1:8000" if DEBUG else "")
 
 # --- Security (production) ---------------------------------------------------------
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
@@ -492,6 +537,18 @@ CELERY_BEAT_SCHEDULE.update(
         }
     }
 )
+
+# The deadline digest (rights.digest): each day at this hour (of TIME_ZONE), every DPO with
+# an e-mail address gets the requests overdue or due within 7 days; at most once a day.
+DEADLINE_DIGEST_HOUR = env_int("DEADLINE_DIGEST_HOUR", 7)
+if not 0 <= DEADLINE_DIGEST_HOUR <= 23:
+    raise ImproperlyConfigured(f"DEADLINE_DIGEST_HOUR must be an hour 0-23, got {DEADLINE_DIGEST_HOUR}")
+# Beat reads crontab hours in this zone, the one the digest's "today" is in.
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULE["erasure-deadline-digest"] = {
+    "task": "rights.send_deadline_digest",
+    "schedule": crontab(hour=DEADLINE_DIGEST_HOUR, minute=0),
+}
 
 # --- provenance ---
 PROVENANCE_MAX_ROWS_PER_REQUEST = env_int("PROVENANCE_MAX_ROWS_PER_REQUEST", 100_000)

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from config.views import api_not_found, healthz
@@ -13,6 +14,9 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # The site is the DPO's workspace: "/" (and the admin's "View site") leads to it. Not
+    # permanent, so a landing page may take its place later without stale browser caches.
+    path("", RedirectView.as_view(url="/admin/", permanent=False), name="home"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
@@ -31,4 +35,4 @@ handler500 = "config.views.error_500"
 
 admin.site.site_header = "Privacy Ledger"
 admin.site.site_title = "Privacy Ledger"
-admin.site.index_title = "GDPR governance and ML provenance"
+admin.site.index_title = "Dashboard"

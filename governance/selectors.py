@@ -88,6 +88,17 @@ def audit_chain_verify(*, chunk_size: int = 5000) -> ChainVerification:
 CONSENT_STATES = ("valid", "withdrawn", "expired")  # a subject with no event at all: "no_consent"
 
 
+AUDIT_VERIFICATION_ACTIONS = ("audit.verified", "audit.verification_failed")
+
+
+def audit_chain_last_verification() -> AuditEvent | None:
+    """The last recorded verification of the audit chain (beat's or a DPO's), or None."""
+    return (
+        AuditEvent.objects.filter(object_type="audit_chain", action__in=AUDIT_VERIFICATION_ACTIONS)
+        .order_by("-position").first()
+    )
+
+
 def purpose_and_ancestor_ids(*, purpose: Purpose) -> list[int]:
     return list(Purpose.objects.filter(code__in=purpose.ancestor_codes()).values_list("id", flat=True))
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -13,6 +13,9 @@ from rights.models import (
     OPEN_STATUSES,
     ErasureReceipt,
     ErasureRequest,
+    ErasureStatus,
+    ErasureStep,
+    ErasureStepStatus,
     RemediationAction,
 )
 
@@ -163,3 +166,29 @@ def subject_impact_for_erasure(*, subject_id: int, erasure_request: ErasureReque
             "model_versions": len(versions),
         },
     }
+
+
+# --- What needs the DPO's attention (workspace dashboard, list filters, deadline digest) ---
+# Conditions on erasure_request_queryset() (they read its effective_due annotation), so one
+# aggregate can count them all and a list filter can apply them as they are.
+
+
+def erasure_requests_overdue_q(*, on: date | None = None) -> Q:
+    """Open and past the (extended) deadline, as ``erasure_request_list(overdue=True)``."""
+    return Q(status__in=OPEN_STATUSES, effective_due__lt=on or today())
+
+
+def erasure_requests_due_within_q(*, days: int, on: date | None = None) -> Q:
+    """Open and due between ``on`` (today) and ``days`` days later, both included: not yet
+    overdue, as the due date itself is still in time."""
+    if days < 0:
+        raise ValueError("days: must be 0 or more")
+    start = on or today()
+    return Q(status__in=OPEN_STATUSES, effective_due__gte=start, effective_due__lte=start + timedelta(days=days))
+
+
+def erasure_requests_failed_q() -> Q:
+    """In progress with a failed step: left for the DPO, as the redispatch sweeper does not
+    retry a failure that a retry would meet again."""
+    failed_step = ErasureStep.objects.filter(request=OuterRef("pk"), status=ErasureStepStatus.FAILED)
+    return Q(Exists(failed_step), status=ErasureStatus.IN_PROGRESS)

@@ -34,3 +34,12 @@ def open_erasure_requests_for_withdrawals() -> int:
     from rights.services import erasure_requests_open_for_withdrawals_sweep
 
     return erasure_requests_open_for_withdrawals_sweep()
+
+
+@shared_task(name="rights.send_deadline_digest")
+def send_deadline_digest() -> int:
+    """Daily: e-mail each DPO the erasure requests overdue or due within 7 days (at most
+    once a day; the number of e-mails sent)."""
+    from rights.digest import deadline_digest_send
+
+    return deadline_digest_send()
