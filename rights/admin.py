@@ -1,199 +1,281 @@
-"""Admin pages of the erasure workflow: requests by deadline with days left, actions that
-call the services, and the impact shown on a request's page before execution."""
+"""Admin pages of the erasure workflow, the DPO's workspace for requests: a list by deadline
+with days left and an OVERDUE badge; a request page that follows the workflow (status and
+deadline at the top, the impact as linked tables, one button per next step, each behind a
+confirmation that restates the impact, a live timeline of the execution, the answer
+document to download); a form to log a request received by letter, phone or in person;
+and the person page (rights.admin_views). Every write is a rights.services call."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from django import forms
-from django.conf import settings
-from django.contrib import admin, messages
-from django.contrib.admin.helpers import ActionForm
-from django.http import FileResponse
+from django.contrib import admin
+from django.http import HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
+from unfold.decorators import action, display
 
-from governance.admin_mixins import ModelAdmin, TabularInline
-from governance.services import ServiceError
-from rights import selectors, services
+from governance import display as show
+from governance.admin_mixins import ModelAdmin
+from governance.roles import AUDITOR, DPO, has_role
+from rights import admin_views as views
+from rights import deadlines, selectors
+from rights.admin_filters import ErasureDeadlineFilter, ErasureExecutionFilter
 from rights.models import (
+    ErasureChannel,
+    ErasureGround,
     ErasureReceipt,
+    ErasureRegime,
     ErasureRequest,
-    ErasureStep,
-    RecipientNotification,
+    ErasureStatus,
+    ErasureStepStatus,
     RefusalGround,
 )
 
-
-class ErasureActionForm(ActionForm):
-    """Extra inputs for the actions that need them (extend, reject)."""
-
-    reasons = forms.CharField(required=False, label="Extension reasons")
-    subject_informed_at = forms.DateTimeField(required=False, label="Subject informed at (YYYY-MM-DD HH:MM)")
-    refusal_ground = forms.ChoiceField(required=False, choices=[("", "—"), *RefusalGround.choices], label="17(3) ground")
-    justification = forms.CharField(required=False, label="Justification")
-
-
-class ErasureStepInline(TabularInline):
-    model = ErasureStep
-    extra = 0
-    can_delete = False
-    fields = ["name", "status", "attempts", "started_at", "finished_at", "details", "error"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
-class RecipientNotificationInline(TabularInline):
-    model = RecipientNotification
-    extra = 0
-    can_delete = False
-    fields = ["recipient", "third_country", "notified_at"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
+BADGES = {"danger": "danger", "warning": "warning", "info": "info", "success": "success", "primary": "primary",
+          "default": "default"}
+# The next steps of the workflow, by status (further narrowed per request in get_actions_detail).
+NEXT_STEPS = {
+    ErasureStatus.RECEIVED: ["verify_step", "extend_step", "override_step", "reject_step"],
+    ErasureStatus.VERIFIED: ["execute_step", "extend_step", "override_step", "reject_step"],
+    ErasureStatus.IN_PROGRESS: ["execute_step", "extend_step"],
+}
 
 
 @admin.register(ErasureRequest)
 class ErasureRequestAdmin(ModelAdmin):
-    list_display = ["id", "status", "ground", "regime", "received_at", "deadline", "days_left_display", "subject_ref"]
-    list_filter = ["status", "regime", "ground", "channel"]
+    list_display = ["request_display", "status_badge", "deadline_badge", "deadline", "ground_display",
+                    "channel_display", "received_display"]
+    list_display_links = ["request_display"]
+    # The deadline and execution filters are what the dashboard's counts link to.
+    list_filter = [ErasureDeadlineFilter, ErasureExecutionFilter, "status", "regime", "ground", "channel"]
     search_fields = ["id", "subject_ref"]
-    action_form = ErasureActionForm
-    actions = ["verify", "execute", "extend", "reject", "download_certificate"]
-    inlines = [ErasureStepInline, RecipientNotificationInline]
+    actions = None  # every step is taken on the request's own page, behind a confirmation
+    change_form_before_template = "admin/rights/erasurerequest/summary.html"
+    change_form_after_template = "admin/rights/erasurerequest/details.html"
+    actions_list = ["log_request", "find_person"]
+    actions_detail = ["verify_step", "execute_step", "extend_step", "override_step", "reject_step"]
     readonly_fields = [
-        "subject_ref", "data_held_at_receipt", "channel", "received_at", "regime", "ground", "purpose", "status",
-        "due_at", "extended_due_at", "extension_reasons", "extended_at", "subject_informed_of_extension_at",
-        "verified_at", "verified_by", "verification_method", "refusal_ground", "refusal_justification",
-        "refusal_notice", "rejected_at", "execution_started_at", "completed_at", "outcome", "certificate_link",
-        "certificate_sha256", "impact_display",
+        "channel_display", "received_display", "regime_display", "ground_display", "purpose", "notes",
+        "created_by", "data_held_display", "verified_display", "verification_method", "extended_display",
+        "extension_reasons", "informed_display", "refusal_ground_display", "refusal_justification",
+        "completed_display", "outcome", "document_link", "certificate_sha256",
     ]
-    fields = readonly_fields
 
     def get_queryset(self, request):
-        return selectors.erasure_request_queryset().order_by("effective_due", "id")
+        return selectors.erasure_request_queryset().select_related("purpose", "verified_by", "created_by").order_by(
+            "effective_due", "id")
 
     def has_add_permission(self, request):
-        return False  # requests come in through the API, which pseudonymises the identifier
+        return has_role(request.user, DPO)
+
+    def has_change_permission(self, request, obj=None):
+        # The page is read-only (no Save): a request changes only through its workflow steps.
+        return False
 
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return [(None, {"fields": []})]
+        sets = [("Request", {"fields": [
+            f for f, shown in (
+                ("channel_display", True), ("received_display", True), ("regime_display", True),
+                ("ground_display", True), ("purpose", obj.purpose_id is not None), ("notes", bool(obj.notes)),
+                ("created_by", obj.created_by_id is not None), ("data_held_display", True),
+            ) if shown]})]
+        if obj.verified_at:
+            sets.append(("Identity verified", {"fields": ["verified_display", "verification_method"]}))
+        if obj.extended_due_at:
+            sets.append(("Extension", {"fields": ["extended_display", "extension_reasons", "informed_display"]}))
+        if obj.rejected_at:
+            sets.append(("Refusal", {"fields": ["refusal_ground_display", "refusal_justification"]}))
+        if obj.outcome or obj.certificate_path:
+            sets.append(("Answer", {"fields": [
+                f for f, shown in (
+                    ("completed_display", obj.completed_at is not None), ("outcome", bool(obj.outcome)),
+                    ("document_link", bool(obj.certificate_path)), ("certificate_sha256", bool(obj.certificate_sha256)),
+                ) if shown]}))
+        return sets
+
+    # --- Columns and fields, in words --------------------------------------------------
+
+    @admin.display(description="request", ordering="id")
+    def request_display(self, obj):
+        return f"Request {obj.pk}"
+
+    @display(description="status", ordering="status", label=BADGES)
+    def status_badge(self, obj):
+        return views.STATUS_VARIANT.get(obj.status, "default"), obj.get_status_display()
+
+    @display(description="time", label=BADGES)
+    def deadline_badge(self, obj):
+        state = views.deadline_state(obj)
+        variant = "danger" if state["overdue"] or state["late_by"] else "warning" if state["due_soon"] else (
+            "info" if obj.is_open else "default")
+        return variant, state["text"]
+
     @admin.display(description="deadline", ordering="effective_due")
     def deadline(self, obj):
-        return obj.effective_due_at
+        return show.moment(obj.effective_due_at)
 
-    @admin.display(description="days left")
-    def days_left_display(self, obj):
-        if not obj.is_open:
-            return "—"
-        left = (obj.effective_due_at - selectors.today()).days
-        if left < 0:
-            return format_html('<strong style="color:#ba2121">overdue by {} day(s)</strong>', -left)
-        if left <= 7:
-            return format_html('<span style="color:#c57600">{}</span>', left)
-        return left
+    @admin.display(description="ground", ordering="ground")
+    def ground_display(self, obj):
+        return show.label(ErasureGround, obj.ground)
 
-    @admin.display(description="certificate")
-    def certificate_link(self, obj):
+    @admin.display(description="received by", ordering="channel")
+    def channel_display(self, obj):
+        return show.label(ErasureChannel, obj.channel)
+
+    @admin.display(description="received", ordering="received_at")
+    def received_display(self, obj):
+        return show.moment(obj.received_at)
+
+    @admin.display(description="deadline rules")
+    def regime_display(self, obj):
+        return show.label(ErasureRegime, obj.regime)
+
+    @admin.display(description="data held when received")
+    def data_held_display(self, obj):
+        return "yes" if obj.data_held_at_receipt else "no personal data held under this identifier"
+
+    @admin.display(description="verified")
+    def verified_display(self, obj):
+        by = f" by {obj.verified_by}" if obj.verified_by_id else ""
+        return f"{show.moment(obj.verified_at)}{by}"
+
+    @admin.display(description="extended to")
+    def extended_display(self, obj):
+        return f"{show.moment(obj.extended_due_at)} (first deadline {show.moment(obj.due_at)})"
+
+    @admin.display(description="person informed of the extension")
+    def informed_display(self, obj):
+        return show.moment(obj.subject_informed_of_extension_at)
+
+    @admin.display(description="exemption relied on")
+    def refusal_ground_display(self, obj):
+        return show.label(RefusalGround, obj.refusal_ground)
+
+    @admin.display(description="answered")
+    def completed_display(self, obj):
+        return show.moment(obj.completed_at)
+
+    @admin.display(description="answer document")
+    def document_link(self, obj):
         if not obj.certificate_path:
             return "—"
         url = reverse("admin:rights_erasurerequest_certificate", args=[obj.pk])
-        return format_html('<a href="{}">download PDF</a>', url)
+        what = "refusal notice" if obj.status == ErasureStatus.REJECTED else "certificate"
+        return format_html('<a href="{}">Download the {} (PDF)</a>', url, what)
 
-    @admin.display(description="impact")
-    def impact_display(self, obj):
+    # --- The request page --------------------------------------------------------------
+
+    def get_actions_detail(self, request, object_id):
+        """Only the steps that can come next for this request, and only for the DPO."""
+        found = views.request_or_404(object_id) if str(object_id).isdigit() else None
+        if found is None or not has_role(request.user, DPO):
+            return []
+        allowed = set(NEXT_STEPS.get(found.status, []))
+        if found.status == ErasureStatus.IN_PROGRESS and not found.steps.filter(
+                status=ErasureStepStatus.FAILED).exists():
+            allowed.discard("execute_step")  # running: resuming is offered once a step has failed
+        ok, _ = deadlines.extension_allowed(first_due=found.due_at, today=selectors.today(),
+                                            already_extended=found.extended_due_at is not None)
+        if not ok:
+            allowed.discard("extend_step")
+        if "override_step" in allowed and not views._live_versions(found):
+            allowed.discard("override_step")
+        return [a for a in super().get_actions_detail(request, object_id)
+                if a.action_name.removeprefix("rights_erasurerequest_") in allowed]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = views.request_or_404(object_id)
         impact = selectors.erasure_request_impact(erasure_request=obj)
-        if not impact["data_held"]:
-            return "No personal data of this person is held." if not impact["executed"] else "Executed: nothing remains."
-        datasets = format_html_join("", "<li>dataset {} ({}): {} record(s)</li>", (
-            (d["id"], d["name"], d["records"]) for d in impact["datasets"]))
-        snapshots = format_html_join("", "<li>snapshot {} (dataset {}, {}): {} record(s)</li>", (
-            (s["id"], s["dataset_id"], s["purpose"], s["records"]) for s in impact["snapshots"]))
-        models_ = format_html_join("", "<li>{} v{} [{}]: {}{}</li>", (
-            (m["name"], m["version"], m["status"], m["remediation"],
-             f" (overridden from {m['proposed_remediation']})" if m["override"] else "")
-            for m in impact["model_versions"]))
-        return format_html(
-            "<ul>{}</ul><ul>{}</ul><ul>{}</ul><p>{} consent event(s) will be deleted with the subject row.</p>",
-            datasets, snapshots, models_ or "no model versions", impact["consent_events"],
-        )
+        person_url = None
+        if obj.subject_ref and has_role(request.user, DPO, AUDITOR):
+            person_url = reverse("admin:rights_person", args=[obj.subject_ref])
+        extra = {
+            "deadline_state": views.deadline_state(obj),
+            "impact": views.impact_tables(impact),
+            "person_url": person_url,
+            "recipients": [[n.recipient, n.third_country or "—", show.moment(n.notified_at)]
+                           for n in obj.recipient_notifications.all()],
+            **views.progress_context(obj),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, str(obj.pk), form_url, extra_context=extra)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return views.log_request_view(self, request)
+
+    @action(description="Log a request (letter, phone, in person)", url_path="log", icon="add")
+    def log_request(self, request):
+        return HttpResponseRedirect(reverse("admin:rights_erasurerequest_add"))
+
+    @action(description="Find a person", url_path="find-person", icon="person_search")
+    def find_person(self, request):
+        return HttpResponseRedirect(reverse("admin:rights_person_search"))
+
+    @action(description="Verify the identity", url_path="verify", icon="verified_user")
+    def verify_step(self, request, object_id):
+        return views.verify_view(self, request, object_id)
+
+    @action(description="Execute the erasure", url_path="execute", icon="delete_forever")
+    def execute_step(self, request, object_id):
+        return views.execute_view(self, request, object_id)
+
+    @action(description="Extend the deadline", url_path="extend", icon="event")
+    def extend_step(self, request, object_id):
+        return views.extend_view(self, request, object_id)
+
+    @action(description="Override a remediation", url_path="override", icon="rule")
+    def override_step(self, request, object_id):
+        return views.override_view(self, request, object_id)
+
+    @action(description="Reject (Art. 17(3))", url_path="reject", icon="block")
+    def reject_step(self, request, object_id):
+        return views.reject_view(self, request, object_id)
 
     def get_urls(self):
         return [
-            path("<int:pk>/certificate/", self.admin_site.admin_view(self.certificate_view),
+            path("<path:object_id>/certificate/", self.admin_site.admin_view(self.document_view),
                  name="rights_erasurerequest_certificate"),
+            path("<path:object_id>/progress/", self.admin_site.admin_view(self.progress_view),
+                 name="rights_erasurerequest_progress"),
+            path("person/", self.admin_site.admin_view(self.person_search_view), name="rights_person_search"),
+            path("person/<uuid:reference>/", self.admin_site.admin_view(self.person_view), name="rights_person"),
             *super().get_urls(),
         ]
 
-    def certificate_view(self, request, pk: int):
-        obj = ErasureRequest.objects.get(pk=pk)
-        return self._certificate_response(obj)
+    def document_view(self, request, object_id):
+        return views.document_view(self, request, object_id)
 
-    def _certificate_response(self, obj):
-        path_ = Path(settings.REPORT_ROOT) / obj.certificate_path
-        return FileResponse(open(path_, "rb"), content_type="application/pdf", as_attachment=True,  # noqa: SIM115
-                            filename=Path(obj.certificate_path).name)
+    def progress_view(self, request, object_id):
+        return views.progress_view(self, request, object_id)
 
-    def _each(self, request, queryset, fn, verb: str) -> None:
-        done = 0
-        for obj in queryset:
-            try:
-                fn(obj)
-                done += 1
-            except ServiceError as exc:
-                self.message_user(request, f"Request {obj.pk}: {exc}", messages.ERROR)
-        if done:
-            self.message_user(request, f"{done} request(s) {verb}.", messages.SUCCESS)
+    def person_search_view(self, request):
+        return views.person_search_view(self, request)
 
-    @admin.action(description="Verify identity of selected requests")
-    def verify(self, request, queryset):
-        self._each(request, queryset, lambda o: services.erasure_request_verify(
-            erasure_request=o, method="verified in admin", actor=request.user), "verified")
-
-    @admin.action(description="Execute selected requests (Celery)")
-    def execute(self, request, queryset):
-        self._each(request, queryset, lambda o: services.erasure_request_execute_start(
-            erasure_request=o, actor=request.user), "queued for execution")
-
-    @admin.action(description="Extend deadline by two months (fill reasons and 'subject informed at')")
-    def extend(self, request, queryset):
-        informed = request.POST.get("subject_informed_at") or timezone.now()
-        self._each(request, queryset, lambda o: services.erasure_request_extend(
-            erasure_request=o, reasons=request.POST.get("reasons", ""), subject_informed_at=informed,
-            actor=request.user), "extended")
-
-    @admin.action(description="Reject under Art. 17(3) (fill ground and justification)")
-    def reject(self, request, queryset):
-        self._each(request, queryset, lambda o: services.erasure_request_reject(
-            erasure_request=o, refusal_ground=request.POST.get("refusal_ground"),
-            justification=request.POST.get("justification", ""), actor=request.user), "rejected")
-
-    @admin.action(description="Download the certificate (one request)")
-    def download_certificate(self, request, queryset):
-        if queryset.count() != 1:
-            self.message_user(request, "Select exactly one request.", messages.ERROR)
-            return None
-        obj = queryset.first()
-        if not obj.certificate_path:
-            self.message_user(
-                request, "No answer document yet: the certificate comes with completion, the refusal notice with "
-                "rejection.", messages.ERROR,
-            )
-            return None
-        return self._certificate_response(obj)
+    def person_view(self, request, reference):
+        return views.person_view(self, request, reference)
 
 
 @admin.register(ErasureReceipt)
 class ErasureReceiptAdmin(ModelAdmin):
-    list_display = ["request", "completed_at", "records_deleted", "snapshots_amended", "models_remediated",
+    """What stays of an executed erasure: counts only (the receipt hash is never shown)."""
+
+    list_display = ["request_link", "completed_display", "records_deleted", "snapshots_amended", "models_remediated",
                     "consent_events_deleted", "recipients_notified"]
-    readonly_fields = [f.name for f in ErasureReceipt._meta.fields if f.name != "identifier_receipt_hash"]
-    exclude = ["identifier_receipt_hash"]
+    readonly_fields = ["request_link", "completed_display", "records_deleted", "datasets", "snapshots_amended",
+                       "membership_rows_removed", "models_remediated", "consent_events_deleted", "recipients_notified"]
+    fields = readonly_fields
+
+    @admin.display(description="request", ordering="request_id")
+    def request_link(self, obj):
+        return show.link(reverse("admin:rights_erasurerequest_change", args=[obj.request_id]), f"Request {obj.request_id}")
+
+    @admin.display(description="completed", ordering="completed_at")
+    def completed_display(self, obj):
+        return show.moment(obj.completed_at)
 
     def has_add_permission(self, request):
         return False

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from django.conf import settings
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from governance.models import AuditEvent
@@ -44,6 +45,33 @@ def _audit_events_table(request: ErasureRequest):
         ["Position", "Event", "Hash"], [list(row) for row in events.values_list("position", "action", "hash")],
         col_widths=[1, 3, 6],
     )
+
+
+def answer_lateness(*, request: ErasureRequest, answered_at) -> int:
+    """Days the answer came after the effective deadline (Art. 12(3)); 0 when in time."""
+    due = request.extended_due_at or request.due_at
+    answered_on = timezone.localtime(answered_at or timezone.now()).date()
+    return max(0, (answered_on - due).days)
+
+
+def _timeliness_text(*, request: ErasureRequest, answered_at) -> str:
+    due = request.extended_due_at or request.due_at
+    late = answer_lateness(request=request, answered_at=answered_at)
+    if late:
+        return f"LATE: answered {late} day(s) after the deadline of {due.day} {due:%b %Y} (Art. 12(3))"
+    return f"In time (deadline {due.day} {due:%b %Y})"
+
+
+def _lateness_flows(t, *, request: ErasureRequest, answered_at) -> list:
+    """A late answer says so in its own paragraph, not only in the facts: the delay is part of
+    the record the person and a supervisory authority read."""
+    late = answer_lateness(request=request, answered_at=answered_at)
+    if not late:
+        return []
+    return [t.heading("Answered late"), t.paragraph(
+        f"This answer was given {late} day(s) after the deadline set by Art. 12(3) GDPR. The delay is recorded in "
+        "the audit chain with the request's events; you may complain about it to a supervisory authority (Art. 77)."
+    )]
 
 
 def certificate_relative_path(request: ErasureRequest) -> str:
@@ -77,8 +105,10 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
                             f"{t.text(request.subject_informed_of_extension_at)})" if request.extended_due_at else "not extended"),
             ("Execution started", request.execution_started_at),
             ("Completed", request.completed_at),
+            ("Deadline met", _timeliness_text(request=request, answered_at=request.completed_at)),
         ],
     )
+    flows += _lateness_flows(t, request=request, answered_at=request.completed_at)
     flows.append(t.heading("Datasets: records deleted"))
     deleted = steps.get("delete_records", {}).get("per_dataset", {})
     flows.append(t.data_table(
@@ -253,8 +283,10 @@ def refusal_notice_write(*, request: ErasureRequest) -> tuple[str, str]:
             ("Answer due", request.extended_due_at or request.due_at),
             ("Refused", request.rejected_at),
             ("Exemption relied on", RefusalGround(request.refusal_ground).label),
+            ("Deadline met", _timeliness_text(request=request, answered_at=request.rejected_at)),
         ],
     )
+    flows += _lateness_flows(t, request=request, answered_at=request.rejected_at)
     # The notice itself carries the exemption, the justification and the rights.
     flows.append(t.heading("Our answer"))
     flows.append(t.paragraph(request.refusal_notice))

@@ -81,6 +81,9 @@ class ErasureRequest(models.Model):
     data_held_at_receipt = models.BooleanField(default=True)
     channel = models.CharField(max_length=30, choices=ErasureChannel.choices)
     received_at = models.DateTimeField()
+    notes = models.TextField(
+        blank=True, help_text="How the request arrived and was answered (e.g. a letter's reference); no identifier.",
+    )
     regime = models.CharField(max_length=5, choices=ErasureRegime.choices, default=ErasureRegime.EU)
     ground = models.CharField(max_length=10, choices=ErasureGround.choices)
     purpose = models.ForeignKey(
@@ -131,7 +134,7 @@ class ErasureRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"erasure request {self.pk} ({self.status})"
+        return f"Erasure request {self.pk} ({self.get_status_display().lower()})"
 
     @property
     def effective_due_at(self):
@@ -226,3 +229,6 @@ class ErasureReceipt(models.Model):
         # The tables keep the names they had when erasure lived in governance.
         db_table = "governance_erasurereceipt"
         ordering = ["-completed_at"]
+
+    def __str__(self) -> str:
+        return f"Receipt of erasure request {self.request_id}"

@@ -98,11 +98,14 @@ def erasure_request_receive(
     channel: Any = ErasureChannel.API,
     received_at: Any = None,
     regime: Any = ErasureRegime.EU,
+    notes: Any = "",
     actor: Any = None,
 ) -> ErasureRequest:
     """Record a request for erasure; the identifier is pseudonymised here and never stored.
 
     An identifier with no subject is still recorded and answered at once: no data held.
+    ``notes`` (a request logged by hand: letter, phone, in person) stays on the request and
+    out of the audit chain, which must not carry free text that could name the person.
     """
     from governance.pseudonymisation import pseudonymise
     from governance.selectors import data_subject_find
@@ -118,6 +121,10 @@ def erasure_request_receive(
     channel = _choice(ErasureChannel.API if channel in (None, "") else channel, ErasureChannel, "channel", "channel")
     regime = _choice(ErasureRegime.EU if regime in (None, "") else regime, ErasureRegime, "regime", "regime")
     received = timezone.now() if received_at in (None, "") else _moment(received_at, "received_at")
+    if notes is None:
+        notes = ""
+    if not isinstance(notes, str) or len(notes) > 4000:
+        raise ServiceError("Notes are text of at most 4,000 characters.", field="notes")
 
     pseudonym = pseudonymise(identifier)
     receipt_hash = erasure_receipt_hash(pseudonym=pseudonym)
@@ -131,7 +138,7 @@ def erasure_request_receive(
         identifier_receipt_hash=receipt_hash,
         data_held_at_receipt=subject is not None,
         channel=channel, received_at=received, regime=regime, ground=ground, due_at=due,
-        created_by=_user(actor),
+        notes=notes.strip(), created_by=_user(actor),
     )
     previous = erasure_previous_completed(receipt_hash=receipt_hash)
     if subject is None:

@@ -24,8 +24,8 @@ def test_changelist_orders_by_deadline_and_highlights_overdue(admin_client):
         identifier="late@example.org", ground="17_1_a", received_at=timezone.now() - timedelta(days=50)
     )
     page = admin_client.get(CHANGELIST).content.decode()
-    assert page.index(f">{late.pk}<") < page.index(f">{fresh.pk}<")
-    assert "overdue by" in page
+    assert page.index(f">Request {late.pk}<") < page.index(f">Request {fresh.pk}<")
+    assert "OVERDUE by" in page
 
 
 @pytest.mark.django_db
@@ -35,25 +35,23 @@ def test_request_page_shows_the_impact_before_execution(admin_client):
     h.snapshot_of(ds)
     request = services.erasure_request_receive(identifier="alice@example.org", ground="17_1_a")
     page = admin_client.get(f"{CHANGELIST}{request.pk}/change/").content.decode()
-    assert f"dataset {ds.pk} ({ds.name}): 1 record(s)" in page
-    assert "1 record(s)" in page and alice.pseudonym not in page
+    assert f'<a href="/admin/provenance/dataset/{ds.pk}/change/">{ds.name}</a>' in page
+    assert "<strong>1</strong> record<" in page and alice.pseudonym not in page
 
 
 @pytest.mark.django_db
-def test_admin_actions_go_through_the_services(admin_client):
+def test_admin_steps_go_through_the_services(admin_client):
     h.subject_for("alice@example.org")
     request = services.erasure_request_receive(identifier="alice@example.org", ground="17_1_a")
-    response = admin_client.post(CHANGELIST, {"action": "verify", "_selected_action": [request.pk]}, follow=True)
-    assert "1 request(s) verified" in response.content.decode()
+    response = admin_client.post(f"{CHANGELIST}{request.pk}/verify/", {"method": "Identity document seen in person"},
+                                 follow=True)
+    assert f"Request {request.pk}: identity verified" in response.content.decode()
     assert AuditEvent.objects.filter(action="erasure_request.verified", object_id=str(request.pk)).exists()
-    # Rejecting without a justification is refused by the service and changes nothing.
-    response = admin_client.post(
-        CHANGELIST, {"action": "reject", "_selected_action": [request.pk], "refusal_ground": "17_3_e"}, follow=True
-    )
-    assert "justification is required" in response.content.decode()
+    # Rejecting without a justification is refused and changes nothing.
+    response = admin_client.post(f"{CHANGELIST}{request.pk}/reject/", {"refusal_ground": "17_3_e"})
+    assert response.status_code == 400 and "This field is required" in response.content.decode()
     assert ErasureRequest.objects.get(pk=request.pk).status == "verified"
-    response = admin_client.post(CHANGELIST, {
-        "action": "reject", "_selected_action": [request.pk], "refusal_ground": "17_3_e",
-        "justification": "Evidence in pending litigation.",
-    }, follow=True)
+    admin_client.post(f"{CHANGELIST}{request.pk}/reject/", {
+        "refusal_ground": "17_3_e", "justification": "Evidence in pending litigation.",
+    })
     assert ErasureRequest.objects.get(pk=request.pk).status == "rejected"
