@@ -8,25 +8,32 @@ to it starts a new version.
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.http import HttpResponseRedirect
-from django.urls import reverse
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from assessments import services
 from assessments.models import Dpia, DpiaRisk, DpiaScreeningAnswer, DpiaStatus
+from governance import display
 from governance.admin_mixins import ModelAdmin, TabularInline
-from governance.models import ReportKind
+from governance.admin_panels import Button, Panel, PanelsAdminMixin
+from governance.models import ReportJob, ReportKind
 from governance.reports import jobs
+from governance.roles import AUDITOR, DPO, has_role
 from governance.services import ServiceError
+from mlops.admin import model_version_panel_register
 
 CONTENT_FIELDS = [
     "title", "models_used_for_decisions", "model_versions", "systematic_description", "necessity_and_proportionality",
     "measures", "dpo_advice", "data_subject_views", "views_not_sought_reason", "review_date", "required_override",
     "required_override_justification",
 ]
+# Read-only state, shown in words: moments without seconds, the Art. 35(3) cases as letters.
 STATE_FIELDS = [
-    "version", "previous_version", "status", "dpia_required", "article_35_3_cases", "prior_consultation_required",
-    "signed_by", "signed_at", "review_reason", "marked_for_review_at", "created_by", "created_at", "updated_at",
+    "version", "previous_version", "status", "dpia_required", "article_35_3_shown", "prior_consultation_required",
+    "signed_by", "signed_shown", "review_reason", "marked_shown", "created_by", "created_shown", "updated_shown",
 ]
 
 
@@ -34,12 +41,30 @@ def _is_draft(obj) -> bool:
     return obj is None or obj.status == DpiaStatus.DRAFT
 
 
+@model_version_panel_register
+def dpias_covering_panel(request, model_version) -> Panel:
+    """The DPIAs that list a model version, on that version's page (assessments stands above
+    mlops, so it adds the panel rather than mlops reaching up)."""
+    rows = [
+        [display.link(reverse("admin:assessments_dpia_change", args=[d.pk]), str(d)),
+         d.processing_activity.name, display.moment(d.signed_at), display.moment(d.review_date)]
+        for d in Dpia.objects.filter(model_versions=model_version).select_related("processing_activity").order_by("pk")
+    ]
+    body = display.table(["DPIA", "Processing activity", "Signed", "Review by"], rows,
+                         empty="No DPIA lists this model version.")
+    return Panel("DPIAs that cover it", body)
+
+
 class ScreeningInline(TabularInline):
     model = DpiaScreeningAnswer
-    fields = ["criterion", "proposed", "source", "confirmed", "override_reason", "confirmed_by", "confirmed_at"]
-    readonly_fields = ["criterion", "proposed", "source", "confirmed_by", "confirmed_at"]
+    fields = ["criterion", "proposed", "source", "confirmed", "override_reason", "confirmed_by", "confirmed_shown"]
+    readonly_fields = ["criterion", "proposed", "source", "confirmed_by", "confirmed_shown"]
     extra = 0
     can_delete = False
+
+    @admin.display(description="confirmed at")
+    def confirmed_shown(self, obj) -> str:
+        return display.moment(obj.confirmed_at)
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -66,8 +91,8 @@ class RiskInline(TabularInline):
 
 
 @admin.register(Dpia)
-class DpiaAdmin(ModelAdmin):
-    list_display = ["title", "processing_activity", "version", "status", "effective_required", "prior_consultation_required", "review_date", "signed_at"]
+class DpiaAdmin(PanelsAdminMixin, ModelAdmin):
+    list_display = ["title", "processing_activity", "version", "status", "effective_required", "prior_consultation_required", "review_date", "signed_shown"]
     list_filter = ["status", "prior_consultation_required", "processing_activity"]
     search_fields = ["title", "processing_activity__name"]
     inlines = [ScreeningInline, RiskInline]
@@ -77,6 +102,72 @@ class DpiaAdmin(ModelAdmin):
     @admin.display(boolean=True, description="DPIA required")
     def effective_required(self, obj: Dpia) -> bool:
         return obj.effective_required
+
+    @admin.display(description="signed", ordering="signed_at")
+    def signed_shown(self, obj: Dpia) -> str:
+        return display.moment(obj.signed_at)
+
+    @admin.display(description="Art. 35(3) cases")
+    def article_35_3_shown(self, obj: Dpia) -> str:
+        cases = [c for c in obj.article_35_3_cases or [] if isinstance(c, str)]
+        return ", ".join(f"Art. 35(3)({c})" for c in cases) or "none"
+
+    @admin.display(description="marked for review")
+    def marked_shown(self, obj: Dpia) -> str:
+        return display.moment(obj.marked_for_review_at)
+
+    @admin.display(description="created")
+    def created_shown(self, obj: Dpia) -> str:
+        return display.moment(obj.created_at)
+
+    @admin.display(description="updated")
+    def updated_shown(self, obj: Dpia) -> str:
+        return display.moment(obj.updated_at)
+
+    def get_panels(self, request, obj: Dpia) -> list[Panel]:
+        recent = ReportJob.objects.filter(kind=ReportKind.DPIA, object_id=obj.pk)[:5]
+        rows = [[display.link(reverse("admin:governance_reportjob_change", args=[j.pk]), f"Job {j.pk}"),
+                 j.get_status_display(), display.moment(j.created_at),
+                 display.link(reverse("admin:governance_reportjob_download", args=[j.pk]), "download")
+                 if j.status == "succeeded" else display.DASH] for j in recent]
+        models = [[display.link(reverse("admin:mlops_modelversion_change", args=[m.pk]), str(m)), m.get_status_display(),
+                   display.epsilon(m.epsilon, non_private=m.non_private)] for m in obj.model_versions.order_by("pk")]
+        return [
+            Panel("Models it covers", display.table(["Model version", "Status", "ε"], models,
+                                                    empty="No model version is listed.")),
+            Panel("DPIA report (PDF)", display.table(["Job", "Status", "Requested", "File"], rows,
+                                                     empty="No report requested yet."),
+                  buttons=[Button(reverse("admin:assessments_dpia_report", args=[obj.pk]), "Generate the DPIA PDF",
+                                  "Rendered in the background; the file appears in the report jobs.")]),
+        ]
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/report/", self.admin_site.admin_view(self.report_view), name="assessments_dpia_report"),
+            *super().get_urls(),
+        ]
+
+    def report_view(self, request, object_id):
+        dpia = self.get_object(request, unquote(object_id))
+        if dpia is None:
+            raise Http404("No DPIA with this id.")
+        # As in the API: DPIA reports are the DPO's and the auditor's.
+        if not (self.has_view_permission(request, dpia) and (request.user.is_superuser or has_role(request.user, DPO, AUDITOR))):
+            raise PermissionDenied
+        back = HttpResponseRedirect(reverse("admin:assessments_dpia_change", args=[dpia.pk]))
+        if request.method == "POST":
+            self._queue_report(request, dpia)
+        return back
+
+    def _queue_report(self, request, dpia: Dpia) -> None:
+        try:
+            job = jobs.report_job_request(kind=ReportKind.DPIA, object_id=dpia.pk, actor=request.user)
+        except ServiceError as exc:
+            self.message_user(request, f"{str(dpia)}: no report started: {exc}", messages.ERROR)
+            return
+        url = reverse("admin:governance_reportjob_change", args=[job.pk])
+        self.message_user(request, format_html('Report <a href="{}">job {}</a> queued for {}.', url, job.pk, str(dpia)),
+                          messages.SUCCESS)
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -147,13 +238,11 @@ class DpiaAdmin(ModelAdmin):
         for dpia in queryset:
             try:
                 services.dpia_sign(dpia=dpia, actor=request.user)
-                self.message_user(request, f"{dpia}: signed.", messages.SUCCESS)
+                self.message_user(request, f"{str(dpia)}: signed.", messages.SUCCESS)
             except ServiceError as exc:
-                self.message_user(request, f"{dpia}: {exc}", messages.ERROR)
+                self.message_user(request, f"{str(dpia)}: {exc}", messages.ERROR)
 
     @admin.action(description="Generate the PDF report")
     def generate_pdf(self, request, queryset):
         for dpia in queryset:
-            job = jobs.report_job_request(kind=ReportKind.DPIA, object_id=dpia.pk, actor=request.user)
-            url = reverse("admin:governance_reportjob_change", args=[job.pk])
-            self.message_user(request, format_html('Report job <a href="{}">#{}</a> queued for {}.', url, job.pk, dpia), messages.SUCCESS)
+            self._queue_report(request, dpia)

@@ -133,7 +133,9 @@ class Dpia(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"DPIA {self.title} v{self.version} ({self.status})"
+        # The default title already begins "DPIA:"; a second "DPIA" read "DPIA DPIA: …".
+        title = self.title if self.title.lower().startswith("dpia") else f"DPIA: {self.title}"
+        return f"{title}, version {self.version} ({self.get_status_display().lower()})"
 
     def save(self, *args, **kwargs):
         if not self._state.adding and self.is_signed_version:

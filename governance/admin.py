@@ -9,16 +9,22 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django import forms
+from django.apps import apps
 from django.contrib import admin, messages
-from django.http import FileResponse, Http404
-from django.urls import path, reverse
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_duration
 from django.utils.duration import duration_iso_string
 from django.utils.html import format_html, format_html_join
 
-from governance import selectors, services
+from governance import display, selectors, services
 from governance.admin_mixins import ModelAdmin, ReadOnlyAdmin
+from governance.admin_panels import Button, Panel, PanelsAdminMixin, facts, paragraphs
+from governance.audit_anchor import audit_chain_anchored_verify
 from governance.models import (
     ApiKey,
     AuditEvent,
@@ -30,10 +36,21 @@ from governance.models import (
     Purpose,
     PurposeCompatibility,
     ReportJob,
+    ReportKind,
     ReportStatus,
 )
 from governance.pseudonymisation import IdentifierError, pseudonymise
 from governance.reports import jobs
+from governance.reports.ropa import ropa_csv
+from governance.roles import AUDITOR, DPO, has_role
+
+
+def _url(name: str, *args) -> str:
+    return reverse(f"admin:{name}", args=args)
+
+
+def _dpo_or_auditor(user) -> bool:
+    return user.is_superuser or has_role(user, DPO, AUDITOR)
 
 
 def _pseudonymised_search(queryset, search_term: str, field: str):
@@ -226,11 +243,41 @@ class ProcessingActivityAdmin(ServiceAdminMixin, ModelAdmin):
     """Art. 30 records; every change is audited with its before/after diff by the service."""
 
     form = ProcessingActivityForm
-    list_display = ["name", "lawful_basis", "special_category_condition", "controller_name", "updated_at"]
+    list_display = ["name", "lawful_basis", "special_category_condition", "controller_name", "updated_shown"]
     list_filter = ["lawful_basis", "special_category_condition", "controller_is_public_authority",
                    "erasure_on_consent_withdrawal", "purposes"]
     search_fields = ["name", "description", "controller_name", "purposes__code"]
     filter_horizontal = ["purposes", "data_subject_categories"]
+    list_before_template = "admin/workspace/panels.html"
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated_shown(self, obj) -> str:
+        return display.moment(obj.updated_at)
+
+    def changelist_view(self, request, extra_context=None):
+        panels = []
+        if _dpo_or_auditor(request.user):
+            panels.append(Panel(
+                "Record of processing activities (Art. 30)",
+                format_html('<p>Every activity below, as a register: <a href="{}">download the CSV</a> now, or '
+                            'generate the PDF in the background.</p>', _url("governance_processingactivity_ropa_csv")),
+                buttons=[Button(_url("governance_reportjob_start", ReportKind.ROPA), "Generate the RoPA PDF",
+                                "The file appears in the report jobs.")],
+            ))
+        return super().changelist_view(request, extra_context={"workspace_panels": panels, **(extra_context or {})})
+
+    def get_urls(self):
+        return [
+            path("ropa.csv", self.admin_site.admin_view(self.ropa_csv_view), name="governance_processingactivity_ropa_csv"),
+            *super().get_urls(),
+        ]
+
+    def ropa_csv_view(self, request):
+        if not (self.has_view_permission(request) and _dpo_or_auditor(request.user)):
+            raise PermissionDenied("The record of processing is for the DPO and auditors.")
+        response = HttpResponse(ropa_csv(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="ropa-{timezone.localdate().isoformat()}.csv"'
+        return response
 
     def save_model(self, request, obj, form, change):
         cleaned = form.cleaned_data
@@ -254,7 +301,7 @@ class ProcessingActivityAdmin(ServiceAdminMixin, ModelAdmin):
 
 @admin.register(ConsentEvent)
 class ConsentEventAdmin(ReadOnlyAdmin):
-    list_display = ["event_id", "subject_pseudonym", "purpose", "action", "occurred_at", "expires_at", "method"]
+    list_display = ["event_id", "subject_pseudonym", "purpose", "action", "occurred_shown", "expires_shown", "method"]
     list_filter = ["action", "purpose", "method", "occurred_at"]
     list_select_related = ["subject", "purpose"]
     date_hierarchy = "occurred_at"
@@ -264,6 +311,14 @@ class ConsentEventAdmin(ReadOnlyAdmin):
     @admin.display(description="subject")
     def subject_pseudonym(self, obj) -> str:
         return obj.subject.pseudonym[:16] + "…"
+
+    @admin.display(description="occurred", ordering="occurred_at")
+    def occurred_shown(self, obj) -> str:
+        return display.moment(obj.occurred_at)
+
+    @admin.display(description="expires", ordering="expires_at")
+    def expires_shown(self, obj) -> str:
+        return display.moment(obj.expires_at)
 
     def get_search_results(self, request, queryset, search_term):
         if not search_term.strip():
@@ -299,8 +354,7 @@ class DataSubjectAdmin(ReadOnlyAdmin):
                 "",
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 (
-                    (e.occurred_at.isoformat(timespec="minutes"), e.action,
-                     e.expires_at.isoformat(timespec="minutes") if e.expires_at else "—",
+                    (display.moment(e.occurred_at), e.get_action_display(), display.moment(e.expires_at),
                      e.notice_version, e.method, e.event_id)
                     for e in entry["events"]
                 ),
@@ -316,11 +370,114 @@ class DataSubjectAdmin(ReadOnlyAdmin):
         return format_html_join("", "{}", ((b,) for b in blocks))
 
 
+def verification_words(result) -> str:
+    """A verification's outcome as a sentence a DPO can repeat."""
+    if result.ok:
+        events = "the only event" if result.checked == 1 else f"all {result.checked:,} events"
+        return f"The audit chain is intact: {events} checked, every link and hash matches."
+    position = f" at event #{result.broken_position}" if result.broken_position else ""
+    return (f"The audit chain is broken{position}: {result.reason} "
+            f"({result.checked:,} events verified before the break.)")
+
+
+def checkpoint_words(result) -> str:
+    if not result.checkpoints:
+        return "No signed checkpoint has been written yet."
+    return (f"{result.checkpoints:,} signed checkpoint(s); the last signs the chain up to event "
+            f"#{result.last_checkpoint_position}.")
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ["position", "occurred_at", "actor", "action", "object_type", "object_id"]
+class AuditEventAdmin(PanelsAdminMixin, ReadOnlyAdmin):
+    list_display = ["position", "occurred_shown", "actor", "action", "object_type", "object_id"]
     list_filter = ["action", "object_type"]
     search_fields = ["action", "object_id", "actor", "=subject_ref"]
+    fields = ["position", "occurred_shown", "actor", "action", "object_type", "object_id", "subject_ref",
+              "details_table", "hashes"]
+    readonly_fields = fields
+    list_before_template = "admin/workspace/panels.html"
+
+    @admin.display(description="occurred", ordering="occurred_at")
+    def occurred_shown(self, obj: AuditEvent) -> str:
+        return display.moment(obj.occurred_at)
+
+    @admin.display(description="details")
+    def details_table(self, obj: AuditEvent) -> str:
+        details = obj.details if isinstance(obj.details, dict) else {"value": obj.details}
+        return display.table(["Detail", "Value"], [(k.replace("_", " "), _detail_value(v)) for k, v in details.items()],
+                             empty="No details.")
+
+    @admin.display(description="hash chain")
+    def hashes(self, obj: AuditEvent) -> str:
+        return f"hash {obj.hash[:16]}…, follows {obj.prev_hash[:16]}…"
+
+    def changelist_view(self, request, extra_context=None):
+        panels = [self.verification_panel(request)] if _dpo_or_auditor(request.user) else []
+        return super().changelist_view(request, extra_context={"workspace_panels": panels, **(extra_context or {})})
+
+    @staticmethod
+    def verification_panel(request) -> Panel:
+        last = selectors.audit_chain_last_verification()
+        if last is None:
+            body = paragraphs("The chain has not been verified yet.")
+        else:
+            details = last.details or {}
+            state = ("intact" if last.action == "audit.verified"
+                     else f"broken at event #{details.get('broken_position')}: {details.get('reason', '')}")
+            body = facts([("Last verified", display.moment(last.occurred_at)),
+                          ("Result", f"{state} ({display.number(details.get('checked'))} events checked)")])
+        return Panel("Audit-chain verification", body, buttons=[Button(
+            _url("governance_auditevent_verify"), "Verify the audit chain now",
+            "Recomputes every hash and checks the signed checkpoints; the result is recorded in the chain.")])
+
+    def get_urls(self):
+        return [
+            path("verify/", self.admin_site.admin_view(self.verify_view), name="governance_auditevent_verify"),
+            *super().get_urls(),
+        ]
+
+    def verify_view(self, request):
+        if not (self.has_view_permission(request) and _dpo_or_auditor(request.user)):
+            raise PermissionDenied("Only the DPO and auditors verify the audit chain.")
+        if request.method != "POST":
+            return HttpResponseRedirect(_url("governance_auditevent_changelist"))
+        result = audit_chain_anchored_verify()
+        services.audit_chain_verification_record(
+            ok=result.ok, checked=result.checked, broken_position=result.broken_position, reason=result.reason,
+        )
+        problems = [p for p in result.problems if p != result.reason]
+        rows = [
+            ("Result", format_html('<span class="{}">{}</span>', "pl-ok" if result.ok else "pl-bad",
+                                   verification_words(result))),
+            ("Events checked", display.number(result.checked)),
+            ("First break", f"event #{result.broken_position}" if result.broken_position else "none"),
+            ("Signed checkpoints", checkpoint_words(result)),
+            ("Head of the chain", f"{result.head_hash[:16]}…"),
+        ]
+        if problems:
+            rows.append(("Other problems", " ".join(problems)))
+        panels = [Panel("Audit-chain verification", facts(rows),
+                        caption=f"Verified {display.moment(timezone.now())}; the outcome is recorded as an audit event.")]
+        (messages.success if result.ok else messages.error)(request, verification_words(result))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Audit-chain verification",
+            "opts": self.model._meta,
+            "breadcrumbs": [{"url": _url("governance_auditevent_changelist"), "text": "Audit events"},
+                            {"text": "verification"}],
+            "workspace_panels": panels,
+        }
+        return TemplateResponse(request, "admin/workspace/panels_page.html", context)
+
+
+def _detail_value(value) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')}: {_detail_value(v)}" for k, v in value.items()) or display.DASH
+    if isinstance(value, list | tuple):
+        return ", ".join(_detail_value(v) for v in value) or display.DASH
+    if isinstance(value, float):
+        return display.number(value)
+    return display.DASH if value in (None, "") else str(value)
 
 
 @admin.register(ApiKey)
@@ -339,38 +496,138 @@ class ApiKeyAdmin(ReadOnlyAdmin):
         self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)
 
 
+REPORT_OBJECTS = {
+    ReportKind.DPIA: "assessments_dpia_change",
+    ReportKind.MODEL_LINEAGE: "mlops_modelversion_change",
+    ReportKind.ERASURE_CERTIFICATE: "rights_erasurerequest_change",
+}
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} bytes"
+    if n < 1024 * 1024:
+        return f"{display.number(n / 1024)} KB"
+    return f"{display.number(n / 1024 / 1024)} MB"
+
+
 @admin.register(ReportJob)
-class ReportJobAdmin(ModelAdmin):
-    list_display = ["id", "kind", "object_id", "status", "requested_by", "created_at", "finished_at", "download"]
+class ReportJobAdmin(PanelsAdminMixin, ReadOnlyAdmin):
+    list_display = ["job", "kind", "about", "status", "requested_by", "requested_shown", "finished_shown", "download"]
     list_filter = ["kind", "status"]
-    readonly_fields = [
-        "kind", "object_id", "status", "requested_by", "file_path", "sha256", "size_bytes", "error", "created_at",
-        "started_at", "finished_at", "download",
-    ]
+    list_select_related = ["requested_by"]
+    fields = ["kind", "about", "status", "requested_by", "requested_shown", "started_shown", "finished_shown",
+              "download", "file_facts", "error"]
+    readonly_fields = fields
+    list_before_template = "admin/workspace/panels.html"
 
-    def has_add_permission(self, request):
-        return False
+    @admin.display(description="job", ordering="id")
+    def job(self, obj: ReportJob) -> str:
+        return f"Job {obj.pk}"
 
-    def has_delete_permission(self, request, obj=None):
-        return False
+    @admin.display(description="about")
+    def about(self, obj: ReportJob) -> str:
+        if obj.object_id is None:
+            return "the whole register"
+        spec = jobs.report_kinds().get(obj.kind)
+        text = f"#{obj.object_id}"
+        if spec is not None and spec.about is not None:
+            # By the registered (app, model), so governance names the object without importing its app.
+            described = apps.get_model(*spec.about).objects.filter(pk=obj.object_id).first()
+            text = str(described) if described is not None else f"#{obj.object_id} (no longer exists)"
+        name = REPORT_OBJECTS.get(obj.kind)
+        try:
+            return display.link(_url(name, obj.object_id), text) if name else text
+        except NoReverseMatch:  # the app of that kind has no admin page here
+            return text
+
+    @admin.display(description="requested", ordering="created_at")
+    def requested_shown(self, obj: ReportJob) -> str:
+        return display.moment(obj.created_at)
+
+    @admin.display(description="started")
+    def started_shown(self, obj: ReportJob) -> str:
+        return display.moment(obj.started_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished_shown(self, obj: ReportJob) -> str:
+        return display.moment(obj.finished_at)
 
     @admin.display(description="File")
     def download(self, obj: ReportJob) -> str:
         if obj.status != ReportStatus.SUCCEEDED:
-            return "—"
-        return format_html('<a href="{}">download PDF</a>', reverse("admin:governance_reportjob_download", args=[obj.pk]))
+            return {ReportStatus.QUEUED: "waiting for a worker", ReportStatus.RUNNING: "being rendered",
+                    ReportStatus.FAILED: "none (the job failed)"}.get(obj.status, display.DASH)
+        return format_html('<a href="{}">download PDF</a>', _url("governance_reportjob_download", obj.pk))
+
+    @admin.display(description="file")
+    def file_facts(self, obj: ReportJob) -> str:
+        if obj.status != ReportStatus.SUCCEEDED:
+            return display.DASH
+        return f"{_size(obj.size_bytes)}; SHA-256 {obj.sha256}"
+
+    def changelist_view(self, request, extra_context=None):
+        panels = []
+        if _dpo_or_auditor(request.user):
+            panels.append(Panel(
+                "Start a report",
+                format_html('<p>DPIA and model-lineage reports start from their DPIA or model page; the record of '
+                            'processing is also a <a href="{}">CSV</a>.</p>', _url("governance_processingactivity_ropa_csv")),
+                buttons=[Button(_url("governance_reportjob_start", ReportKind.ROPA), "Generate the RoPA PDF")],
+            ))
+        pending = ReportJob.objects.filter(status__in=[ReportStatus.QUEUED, ReportStatus.RUNNING]).exists()
+        extra = {"workspace_panels": panels, "auto_refresh": 5 if pending else 0, **(extra_context or {})}
+        return super().changelist_view(request, extra_context=extra)
+
+    def get_panels(self, request, obj: ReportJob) -> list[Panel]:
+        if obj.status in (ReportStatus.QUEUED, ReportStatus.RUNNING):
+            return [Panel("Progress", paragraphs(
+                f"{obj.get_status_display()}: the report is rendered in the background; this page refreshes "
+                "until it is ready."))]
+        return []
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        pending = job is not None and job.status in (ReportStatus.QUEUED, ReportStatus.RUNNING)
+        extra = {"auto_refresh": 3 if pending else 0, **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context=extra)
 
     def get_urls(self):
         return [
             path("<int:job_id>/download/", self.admin_site.admin_view(self.download_view), name="governance_reportjob_download"),
+            path("start/<str:kind>/", self.admin_site.admin_view(self.start_view), name="governance_reportjob_start"),
             *super().get_urls(),
         ]
 
+    def start_view(self, request, kind: str):
+        """Start a report about the whole register (the RoPA) through the report-job service."""
+        spec = jobs.report_kinds().get(kind)
+        if spec is None or spec.about is not None:
+            raise Http404("No such register report.")
+        if not (self.has_view_permission(request) and _dpo_or_auditor(request.user)):
+            raise PermissionDenied("Only the DPO and auditors request this report.")
+        if request.method != "POST":
+            return HttpResponseRedirect(_url("governance_reportjob_changelist"))
+        try:
+            job = jobs.report_job_request(kind=kind, actor=request.user)
+        except services.ServiceError as exc:
+            self.message_user(request, f"No report started: {exc}", messages.ERROR)
+            return HttpResponseRedirect(_url("governance_reportjob_changelist"))
+        self.message_user(request, f"{job.get_kind_display()}: job {job.pk} queued.", messages.SUCCESS)
+        return HttpResponseRedirect(_url("governance_reportjob_change", job.pk))
+
     def download_view(self, request, job_id: int):
-        job = ReportJob.objects.filter(pk=job_id, status=ReportStatus.SUCCEEDED).first()
-        if job is None or not self.has_view_permission(request, job):
-            raise Http404("No finished report with this id.")
+        job = get_object_or_404(ReportJob, pk=job_id)
+        if not self.has_view_permission(request, job):
+            raise Http404("No report with this id.")
+        back = HttpResponseRedirect(_url("governance_reportjob_change", job.pk))
+        if job.status != ReportStatus.SUCCEEDED:
+            self.message_user(request, f"Report job {job.pk} is {job.get_status_display().lower()}: no file yet.",
+                              messages.WARNING)
+            return back
         file_path = jobs.report_file_path(job)
         if not file_path.is_file():
-            raise Http404("The report file is missing.")
+            self.message_user(request, f"The file of report job {job.pk} is missing from the report store; "
+                                       "generate the report again.", messages.ERROR)
+            return back
         return FileResponse(open(file_path, "rb"), content_type="application/pdf", as_attachment=True, filename=file_path.name)  # noqa: SIM115

@@ -403,4 +403,4 @@ class ReportJob(models.Model):
         indexes = [models.Index(fields=["kind", "object_id"])]
 
     def __str__(self) -> str:
-        return f"{self.kind} report {self.pk} ({self.status})"
+        return f"{self.get_kind_display()}, job {self.pk} ({self.get_status_display().lower()})"

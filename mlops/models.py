@@ -214,6 +214,9 @@ class SisaCheckpoint(models.Model):
             models.UniqueConstraint(fields=["training_run", "shard", "slice"], name="unique_sisa_checkpoint")
         ]
 
+    def __str__(self) -> str:
+        return f"shard {self.shard}, slice {self.slice} of run {self.training_run_id}"
+
 
 class MembershipAttack(models.TextChoices):
     LOSS = "loss", "Loss threshold (Yeom et al. 2018)"
@@ -272,6 +275,9 @@ class MembershipInferenceAudit(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["model_version", "attack"], name="unique_membership_audit_per_attack")
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_attack_display().split(' (')[0]} membership-inference audit of {self.model_version}"
 
     def figures_text(self) -> list[tuple[str, str]]:
         """(label, rounded figure with its interval) for people; the API keeps full floats."""
@@ -443,6 +449,9 @@ class UnlearningCheck(models.Model):
             models.UniqueConstraint(fields=["model_version", "erasure_request_id"], name="unique_unlearning_check")
         ]
 
+    def __str__(self) -> str:
+        return f"Unlearning check of {self.model_version} for erasure request {self.erasure_request_id}"
+
     def summary_text(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
         previous = "" if self.previous_score is None else f", {self.previous_score:.2f} under the version replaced"
@@ -541,6 +550,9 @@ class PrivacyLedgerEntry(models.Model):
         ordering = ["dataset", "id"]
         verbose_name_plural = "privacy ledger entries"
         indexes = [models.Index(fields=["dataset", "state"])]
+
+    def __str__(self) -> str:
+        return f"Ledger entry of run {self.training_run_id}"
 
 
 class PrivacyLedgerTotal(models.Model):

@@ -139,7 +139,7 @@ class Snapshot(ImmutableModel):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"snapshot {self.pk} of {self.dataset_id} for {self.purpose_id}"
+        return f"Snapshot {self.pk} of {self.dataset.name}"
 
     @property
     def trainable(self) -> bool:

@@ -71,4 +71,5 @@ def test_dataset_page_shows_privacy_budget_spent_against_the_cap(admin_client_, 
     mlops_services.privacy_budget_set(dataset=dataset, epsilon_cap=8.0, delta=1e-6, actor=dpo)
     page = admin_client_.get(f"/admin/provenance/dataset/{dataset.pk}/change/")
     assert page.status_code == 200
-    assert b"spent \xce\xb5 = 0.000 of a cap of 8 at \xce\xb4 = 1e-06 over 0 run(s)" in page.content
+    assert "spent ε = 0 of a cap of 8 at δ = 1e-6 over 0 run(s)".encode() in page.content
+    assert b'<canvas class="chart"' in page.content  # and drawn against the cap
