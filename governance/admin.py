@@ -404,7 +404,7 @@ class AuditEventAdmin(PanelsAdminMixin, ReadOnlyAdmin):
     @admin.display(description="details")
     def details_table(self, obj: AuditEvent) -> str:
         details = obj.details if isinstance(obj.details, dict) else {"value": obj.details}
-        return display.table(["Detail", "Value"], [(k.replace("_", " "), _detail_value(v)) for k, v in details.items()],
+        return display.table(["Detail", "Value"], [(k.replace("_", " "), display.detail_value(k, v)) for k, v in details.items()],
                              empty="No details.")
 
     @admin.display(description="hash chain")
@@ -468,16 +468,6 @@ class AuditEventAdmin(PanelsAdminMixin, ReadOnlyAdmin):
             "workspace_panels": panels,
         }
         return TemplateResponse(request, "admin/workspace/panels_page.html", context)
-
-
-def _detail_value(value) -> str:
-    if isinstance(value, dict):
-        return "; ".join(f"{k.replace('_', ' ')}: {_detail_value(v)}" for k, v in value.items()) or display.DASH
-    if isinstance(value, list | tuple):
-        return ", ".join(_detail_value(v) for v in value) or display.DASH
-    if isinstance(value, float):
-        return display.number(value)
-    return display.DASH if value in (None, "") else str(value)
 
 
 @admin.register(ApiKey)

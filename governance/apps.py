@@ -7,6 +7,11 @@ class GovernanceConfig(AppConfig):
 
     def ready(self) -> None:
         from governance import checks  # noqa: F401 (registers the system checks)
+        from governance.display import detail_labels_register
+        from governance.models import LawfulBasis, SpecialCategoryCondition
+
+        detail_labels_register("lawful_basis", LawfulBasis)
+        detail_labels_register("special_category_condition", SpecialCategoryCondition)
         from governance.models import ReportKind
         from governance.reports.jobs import report_kind_register
         from governance.reports.ropa import ropa_report_render

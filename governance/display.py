@@ -8,6 +8,7 @@ The API keeps full precision; these are for pages and PDFs a person reads.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
@@ -108,3 +109,40 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, empty: str =
 
 def link(url: str, text: Any) -> SafeString:
     return format_html('<a href="{}">{}</a>', url, text)
+
+
+# Labels for the values audit-event details record as codes ("ground": "17_1_a"), by the
+# detail's key. Each app registers its own choices (AppConfig.ready): governance, at the
+# bottom of the layers, knows none of them.
+_DETAIL_LABELS: dict[str, dict[str, str]] = {}
+_ISO_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def detail_labels_register(key: str, choices: Any) -> None:
+    """Show the detail ``key``'s values by ``choices``' labels on the workspace's pages."""
+    _DETAIL_LABELS.setdefault(key, {}).update({str(k): str(v) for k, v in getattr(choices, "choices", choices)})
+
+
+def detail_value(key: str, value: Any) -> str:
+    """One value of a JSON detail for people: labels for codes, moments for timestamps,
+    rounded numbers, yes/no; lists and nested objects joined in words."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')}: {detail_value(k, v)}" for k, v in value.items()) or DASH
+    if isinstance(value, list | tuple):
+        return ", ".join(detail_value(key, v) for v in value) or DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return number(value)
+    if value in (None, ""):
+        return DASH
+    text = str(value)
+    labels = _DETAIL_LABELS.get(key)
+    if labels and text in labels:
+        return labels[text]
+    if _ISO_MOMENT.match(text):
+        try:
+            return moment(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        except ValueError:
+            return text
+    return text

@@ -6,6 +6,12 @@ class MlopsConfig(AppConfig):
     verbose_name = "MLOps (DP training, models, privacy budget)"
 
     def ready(self) -> None:
+        from governance.display import detail_labels_register
+        from mlops.models import Accountant, AuditKind, MembershipAttack
+
+        for key, choices in (("accountant", Accountant), ("kind", AuditKind), ("attack", MembershipAttack)):
+            detail_labels_register(key, choices)
+
         # Provenance's lineage continues past the snapshot through this reader (it never
         # imports mlops); see provenance/downstream.py.
         from mlops.selectors import trained_on_snapshots

@@ -6,6 +6,14 @@ class RightsConfig(AppConfig):
     verbose_name = "Rights of data subjects (GDPR Chapter III)"
 
     def ready(self) -> None:
+        # Audit-event details record codes; the workspace shows their labels.
+        from governance.display import detail_labels_register
+        from rights.models import ErasureChannel, ErasureGround, ErasureRegime, ErasureStatus, RefusalGround
+
+        for key, choices in (("ground", ErasureGround), ("refusal_ground", RefusalGround), ("regime", ErasureRegime),
+                             ("channel", ErasureChannel), ("status", ErasureStatus)):
+            detail_labels_register(key, choices)
+
         # Reactions to the lower layers' named signals, and this app's report kind.
         from governance.models import ReportKind
         from governance.reports.jobs import report_kind_register
