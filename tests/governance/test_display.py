@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from governance import display
 
@@ -19,7 +19,7 @@ def test_numbers_keep_at_most_four_significant_digits_and_counts_stay_exact():
 
 
 def test_moments_have_no_microseconds():
-    moment = datetime(2026, 12, 1, 19, 25, 3, 123456, tzinfo=timezone.utc)
+    moment = datetime(2026, 12, 1, 19, 25, 3, 123456, tzinfo=UTC)
     assert display.moment(moment) == "1 Dec 2026, 19:25 UTC"
 
 
