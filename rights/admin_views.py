@@ -117,10 +117,7 @@ def require_dpo_or_auditor(request: HttpRequest) -> None:
 
 
 def days_left(erasure_request: ErasureRequest, *, on: date | None = None) -> int | None:
-    """Days to the effective deadline (negative once overdue); None once the request is closed."""
-    if not erasure_request.is_open:
-        return None
-    return deadlines.days_left(due=erasure_request.effective_due_at, today=on or selectors.today())
+    return selectors.erasure_request_days_left(erasure_request=erasure_request, on=on)
 
 
 def deadline_state(erasure_request: ErasureRequest) -> dict[str, Any]:

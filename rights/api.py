@@ -11,7 +11,6 @@ from pathlib import Path
 
 import django_filters
 from django.conf import settings
-from django.db.models import Q
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
@@ -25,7 +24,6 @@ from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY
 from governance.services import ServiceError
 from rights import selectors, services
 from rights.models import (
-    OPEN_STATUSES,
     ErasureChannel,
     ErasureGround,
     ErasureRegime,
@@ -85,9 +83,7 @@ class ErasureRequestSerializer(serializers.ModelSerializer):
         ]
 
     def get_days_left(self, obj: ErasureRequest) -> int | None:
-        if not obj.is_open:
-            return None
-        return (obj.effective_due_at - selectors.today()).days
+        return selectors.erasure_request_days_left(erasure_request=obj)
 
     def get_overdue(self, obj: ErasureRequest) -> bool:
         return selectors.erasure_request_is_overdue(erasure_request=obj)
@@ -149,7 +145,7 @@ class ErasureRequestFilterSet(ApiFilterSet):
         fields = ["status", "regime", "ground"]
 
     def filter_overdue(self, queryset, name, value):
-        overdue = Q(status__in=OPEN_STATUSES) & Q(effective_due__lt=selectors.today())
+        overdue = selectors.erasure_requests_overdue_q()
         return queryset.filter(overdue) if value else queryset.exclude(overdue)
 
 

@@ -38,14 +38,21 @@ def erasure_request_list(*, status: str | None = None, overdue: bool | None = No
     if status:
         qs = qs.filter(status=status)
     if overdue is True:
-        qs = qs.filter(status__in=OPEN_STATUSES, effective_due__lt=today())
+        qs = qs.filter(erasure_requests_overdue_q())
     elif overdue is False:
-        qs = qs.exclude(Q(status__in=OPEN_STATUSES) & Q(effective_due__lt=today()))
+        qs = qs.exclude(erasure_requests_overdue_q())
     return qs
 
 
 def erasure_request_is_overdue(*, erasure_request: ErasureRequest, on: date | None = None) -> bool:
     return erasure_request.is_open and erasure_request.effective_due_at < (on or today())
+
+
+def erasure_request_days_left(*, erasure_request: ErasureRequest, on: date | None = None) -> int | None:
+    """Days to the effective deadline (0 on the day, negative once overdue); None once closed."""
+    if not erasure_request.is_open:
+        return None
+    return (erasure_request.effective_due_at - (on or today())).days
 
 
 def erasure_previous_completed(*, receipt_hash: str) -> ErasureReceipt | None:
@@ -174,7 +181,8 @@ def subject_impact_for_erasure(*, subject_id: int, erasure_request: ErasureReque
 
 
 def erasure_requests_overdue_q(*, on: date | None = None) -> Q:
-    """Open and past the (extended) deadline, as ``erasure_request_list(overdue=True)``."""
+    """Open and past the (extended) deadline: the one definition of overdue for lists,
+    filters, the dashboard and the digest."""
     return Q(status__in=OPEN_STATUSES, effective_due__lt=on or today())
 
 

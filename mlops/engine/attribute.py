@@ -107,6 +107,21 @@ def candidates_for(*, columns: Sequence[int], kind: str, values: Sequence[float]
     return candidates
 
 
+def feature_columns(*, encoding: dict, name: str) -> tuple[list[int], dict]:
+    """``(columns, spec)`` of the feature ``name`` in a run's recorded ``encoding``: the
+    columns it occupies in the encoded matrix (a category's one-hot block) and its entry."""
+    features = encoding.get("features") if isinstance(encoding, dict) else None
+    if not isinstance(features, list):
+        raise ValueError("encoding: must be an encoding dict with a 'features' list")
+    start = 0
+    for spec in features:
+        width = len(spec.get("categories") or []) if spec.get("type") == "category" else 1
+        if spec.get("name") == name:
+            return list(range(start, start + width)), spec
+        start += width
+    raise ValueError(f"name: the encoding has no feature called {name!r}")
+
+
 def sensitive_feature(
     *, encoding: dict, name: str, values: Sequence[float] | None = None
 ) -> tuple[list[int], numpy.ndarray]:
@@ -117,27 +132,18 @@ def sensitive_feature(
     For a numeric feature ``values`` are raw candidate values, scaled (and clipped) the
     way the encoding scaled them.
     """
-    features = encoding.get("features") if isinstance(encoding, dict) else None
-    if not isinstance(features, list):
-        raise ValueError("encoding: must be an encoding dict with a 'features' list")
-    start = 0
-    for spec in features:
-        width = len(spec.get("categories") or []) if spec.get("type") == "category" else 1
-        if spec.get("name") == name:
-            columns = list(range(start, start + width))
-            if spec.get("type") == "category":
-                return columns, candidates_for(columns=columns, kind="category", values=values)
-            if values is None:
-                raise ValueError("values: a numeric feature needs its candidate values")
-            raw = numpy.asarray(values, dtype=numpy.float64)
-            lo, hi = spec.get("min"), spec.get("max")
-            if lo is not None and hi is not None and float(hi) > float(lo):
-                raw = (numpy.clip(raw, float(lo), float(hi)) - float(lo)) / (float(hi) - float(lo))
-            # Round through float32 as encode_rows does, so the candidates match the rows exactly.
-            raw = raw.astype(numpy.float32).astype(numpy.float64)
-            return columns, candidates_for(columns=columns, kind="numeric", values=list(raw))
-        start += width
-    raise ValueError(f"name: the encoding has no feature called {name!r}")
+    columns, spec = feature_columns(encoding=encoding, name=name)
+    if spec.get("type") == "category":
+        return columns, candidates_for(columns=columns, kind="category", values=values)
+    if values is None:
+        raise ValueError("values: a numeric feature needs its candidate values")
+    raw = numpy.asarray(values, dtype=numpy.float64)
+    lo, hi = spec.get("min"), spec.get("max")
+    if lo is not None and hi is not None and float(hi) > float(lo):
+        raw = (numpy.clip(raw, float(lo), float(hi)) - float(lo)) / (float(hi) - float(lo))
+    # Round through float32 as encode_rows does, so the candidates match the rows exactly.
+    raw = raw.astype(numpy.float32).astype(numpy.float64)
+    return columns, candidates_for(columns=columns, kind="numeric", values=list(raw))
 
 
 # ------------------------------------------------------------------- logistic regression

@@ -39,16 +39,6 @@ def sensitive_features(*, schema: dict) -> list[dict]:
     return [f for f in schema.get("features") or [] if f.get("special_category") is True or f.get("sensitive") is True]
 
 
-def feature_columns(*, encoding: dict) -> dict[str, list[int]]:
-    """Each feature's column indices in the encoded matrix, from a run's recorded encoding."""
-    columns, start = {}, 0
-    for spec in encoding.get("features") or []:
-        width = len(spec.get("categories") or []) if spec.get("type") == "category" else 1
-        columns[spec["name"]] = list(range(start, start + width))
-        start += width
-    return columns
-
-
 def attribute_inference_audits_run(*, model_version_id: int, on_progress: Callable[..., None] | None = None) -> str:
     """Attribute inference of every sensitive feature; idempotent (one row per feature).
 
@@ -73,7 +63,7 @@ def attribute_inference_audits_run(*, model_version_id: int, on_progress: Callab
             f"Attribute inference trains its attackers on the people held out for the audit: it needs at least "
             f"{MIN_POPULATION}, this run held out {len(sample.nonmembers):,}."
         )
-    columns = feature_columns(encoding=run.encoding)
+    encoded = {f["name"] for f in (run.encoding or {}).get("features") or []}
     done_features = set(version.attribute_inference_audits.values_list("feature", flat=True))
     models = model_version_load(model_version=version)
     X, y = sample.tensors.X, sample.tensors.y
@@ -82,18 +72,18 @@ def attribute_inference_audits_run(*, model_version_id: int, on_progress: Callab
         name = spec["name"]
         if on_progress is not None:
             on_progress(i, len(flagged), f"attacking {name}")
-        if name in done_features or name not in columns:
+        if name in done_features or name not in encoded:
             continue
-        cols = columns[name]
+        cols, _ = attribute.feature_columns(encoding=run.encoding, name=name)
         if spec.get("type") == "category":
-            candidates = np.eye(len(cols), dtype=np.float32)
+            candidates = attribute.candidates_for(columns=cols, kind="category")
         else:
             # From both sides: a member's value that no held-out person has is still a candidate.
             values = np.unique(X[np.concatenate([sample.nonmembers, sample.members])][:, cols[0]])
             if len(values) > MAX_NUMERIC_CANDIDATES:
                 notes.append(f"{name}: continuous ({len(values):,} distinct values); not attacked")
                 continue
-            candidates = values.reshape(-1, 1).astype(np.float32)
+            candidates = attribute.candidates_for(columns=cols, kind="numeric", values=list(values))
         result = attribute.attribute_inference(
             models=models, X_population=torch.from_numpy(X[sample.nonmembers]),
             y_population=torch.from_numpy(y[sample.nonmembers]), X_members=torch.from_numpy(X[sample.members]),
