@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 STAMP := $(VENV)/.installed
+ADDR ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: venv demo run test test-unit bench lint migrate clean-var
 
@@ -21,13 +23,13 @@ migrate: $(STAMP)
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 
 demo: $(STAMP)
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo
+	@DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput -v 0
+	@DEBUG=$${DEBUG:-1} $(BIN)/python manage.py demo $(DEMO_ARGS)
 
+# The admin and the API with a real Celery worker beside them (no server to install);
+# `make run PORT=8001` or `ADDR=0.0.0.0` to listen elsewhere. See scripts/run-local.sh.
 run: $(STAMP)
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py ensure_local_admin
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py runserver 127.0.0.1:8000
+	ADDR=$(ADDR) PORT=$(PORT) bash scripts/run-local.sh
 
 # The whole suite. With DATABASE_URL and CELERY_BROKER_URL set it runs on PostgreSQL with a
 # real Celery worker; without them on SQLite with tasks run in-process.

@@ -174,7 +174,14 @@ if os.environ.get("DATABASE_PASSWORD"):
     DATABASES["default"]["PASSWORD"] = os.environ["DATABASE_PASSWORD"]
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite is for the embedded quickstart and unit tests: wait for locks instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    sqlite_options = DATABASES["default"].setdefault("OPTIONS", {})
+    sqlite_options["timeout"] = 30
+    # `make run` writes from the web process and a worker process at once. WAL lets readers
+    # go on while one writes; IMMEDIATE takes the write lock when a transaction begins, so a
+    # transaction that reads and then writes waits for the lock (the timeout above) instead
+    # of failing at once with "database is locked" when it would upgrade.
+    sqlite_options.setdefault("init_command", "PRAGMA journal_mode=WAL;")
+    sqlite_options.setdefault("transaction_mode", "IMMEDIATE")
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     if DATABASES["default"]["NAME"] not in ("", ":memory:"):
         # A fresh clone has no var/ yet: SQLite creates the file, not its folder.
@@ -417,8 +424,23 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery ------------------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
-CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "") or CELERY_BROKER_URL or None
-# Embedded mode: no broker configured, so tasks run in-process and the quickstart needs no server.
+# `make run`'s broker: kombu's filesystem transport, a folder under STORAGE_ROOT that the web
+# process writes and a real worker process reads, so the quickstart behaves like production
+# (202 at once, the work in the background) with no server to install. Chosen over kombu's
+# SQLAlchemy transport on SQLite: no extra dependency, and no second writer on a SQLite file.
+# It has no redelivery of a killed worker's task; the outbox sweeper (beat, in the worker)
+# re-sends such work once its lease lapses, as it does for a lost Redis queue.
+CELERY_LOCAL_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
+if CELERY_LOCAL_BROKER:
+    _BROKER_FOLDER = STORAGE_ROOT / "broker"
+    for _sub in ("queue", "control", "results"):
+        (_BROKER_FOLDER / _sub).mkdir(parents=True, exist_ok=True)
+CELERY_RESULT_BACKEND = (
+    os.environ.get("CELERY_RESULT_BACKEND", "")
+    or (f"file://{_BROKER_FOLDER / 'results'}" if CELERY_LOCAL_BROKER else CELERY_BROKER_URL)
+    or None
+)
+# Embedded mode: no broker configured, so tasks run in-process (make demo, make test).
 CELERY_EMBEDDED = not CELERY_BROKER_URL
 CELERY_TASK_ALWAYS_EAGER = CELERY_EMBEDDED
 CELERY_TASK_EAGER_PROPAGATES = CELERY_EMBEDDED
@@ -435,6 +457,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Redis redelivers an unacknowledged task after this; it must exceed the hard time limit,
 # or a long task would be handed to a second worker while the first still runs it.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+if CELERY_LOCAL_BROKER:
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        data_folder_in=str(_BROKER_FOLDER / "queue"),
+        data_folder_out=str(_BROKER_FOLDER / "queue"),
+        control_folder=str(_BROKER_FOLDER / "control"),
+    )
 CELERY_RESULT_EXPIRES = timedelta(days=7)
 # A broker that is down must cost an API request about a second, not the 20 s of Celery's
 # default retries (the result backend's subscribe and the publish each retry): the work is

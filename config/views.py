@@ -1,16 +1,19 @@
-"""Liveness and readiness for load balancers and compose healthchecks."""
+"""Views of the project itself: liveness and readiness, JSON errors under /api/, Swagger UI."""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, reverse
 from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
+from drf_spectacular.views import SpectacularSwaggerSplitView
+from rest_framework.exceptions import APIException, NotAuthenticated
 
 
 def _database_state() -> str:
@@ -122,3 +125,19 @@ def error_500(request: HttpRequest) -> HttpResponse:
         # No details: they are in the server's log, and may name data the client should not see.
         return JsonResponse({"detail": "Internal server error; it has been logged."}, status=500)
     return defaults.server_error(request)
+
+
+class SwaggerUIView(SpectacularSwaggerSplitView):
+    """Swagger UI: a person opening it in a browser without a login is sent to the admin's
+    login page and brought back, not shown a bare 401. A client that sent credentials (a
+    wrong API key) gets the API's JSON 401, like every other answer under /api/."""
+
+    def handle_exception(self, exc: Exception) -> HttpResponse:
+        if isinstance(exc, NotAuthenticated) and not self.request.META.get("HTTP_AUTHORIZATION"):
+            return redirect_to_login(self.request.get_full_path(), login_url=reverse("admin:login"))
+        if isinstance(exc, APIException):
+            response = super().handle_exception(exc)
+            return JsonResponse({"detail": str(exc.detail)}, status=response.status_code, headers={
+                name: value for name, value in response.items() if name in ("WWW-Authenticate", "Retry-After")
+            })
+        return super().handle_exception(exc)

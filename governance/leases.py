@@ -66,11 +66,12 @@ def lease_heartbeat(queryset: QuerySet, *, field: str = "heartbeat_at") -> Itera
     """Refresh ``field`` on the rows of ``queryset`` every lease/6 seconds while the block runs.
 
     The refresh runs in a thread of its own with its own database connection, so it goes
-    on while the worker's main thread trains or holds a transaction. Only on PostgreSQL:
-    the embedded SQLite mode has one process and no second worker to keep out, and a
-    second writer thread would only contend for SQLite's single write lock.
+    on while the worker's main thread trains or holds a transaction. Not when tasks run
+    in-process on SQLite (make demo, the SQLite suite): one process, no second worker to keep
+    out, and a second writer thread would only contend for SQLite's single write lock. With
+    `make run`'s worker process on SQLite the leases are refreshed as on PostgreSQL.
     """
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" and settings.CELERY_TASK_ALWAYS_EAGER:
         yield
         return
     stop = threading.Event()

@@ -40,6 +40,20 @@ def test_schema_and_docs_need_authentication(client, dpo_client):
     assert all(asset.startswith("/") and not asset.startswith("//") for asset in assets), assets
 
 
+@pytest.mark.django_db
+def test_docs_send_a_browser_without_login_to_the_login_page(client):
+    page = client.get("/api/docs/")
+    assert page.status_code == 302
+    assert page["Location"] == "/admin/login/?next=/api/docs/"
+    # After logging in there the admin brings the person back to the docs.
+    assert client.get(page["Location"]).status_code == 200
+    # A client that sent a key gets the API's JSON answer, not a login page.
+    wrong_key = client.get("/api/docs/", HTTP_AUTHORIZATION="Token not-a-key")
+    assert wrong_key.status_code == 401 and "detail" in wrong_key.json()
+    # The schema itself is for programs: still a JSON 401.
+    assert client.get("/api/schema/").status_code == 401
+
+
 def test_every_operation_documents_its_error_answers():
     from drf_spectacular.generators import SchemaGenerator
 

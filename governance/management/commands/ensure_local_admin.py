@@ -11,7 +11,11 @@ from governance import services
 class Command(BaseCommand):
     help = "Local development only: make sure an 'admin' superuser exists and say how to log in."
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        parser.add_argument("--url", default="http://127.0.0.1:8000/", help="where the server will listen")
+        parser.add_argument("--worker-log", default="", help="the worker's log file, to print")
+
+    def handle(self, *args, url: str, worker_log: str, **options):
         if not settings.DEBUG:
             raise CommandError("ensure_local_admin is for local development (DEBUG=1) only; use createsuperuser.")
         User = get_user_model()
@@ -27,9 +31,16 @@ class Command(BaseCommand):
             os.chmod(password_file, 0o600)
         services.user_ensure_with_role(username="admin", role="dpo", actor="ensure_local_admin")
         password = password_file.read_text().strip()
+        base = url.rstrip("/")
+        if settings.CELERY_EMBEDDED:
+            tasks = "in this process (no broker configured)"
+        elif settings.CELERY_LOCAL_BROKER:
+            tasks = f"in a worker process beside the server (log: {worker_log})" if worker_log else "in a worker process"
+        else:
+            tasks = "in Celery workers"
         self.stdout.write(
-            "\nPrivacy Ledger at http://127.0.0.1:8000/\n"
-            f"  Admin:   http://127.0.0.1:8000/admin/   user 'admin', password '{password}' (kept in {password_file})\n"
-            "  API:     http://127.0.0.1:8000/api/v1/   docs at /api/docs/ (log in to the admin first)\n"
+            f"\nPrivacy Ledger at {base}/  (tasks run {tasks}; Ctrl-C stops it)\n"
+            f"  Admin:   {base}/admin/   user 'admin', password '{password}' (kept in {password_file})\n"
+            f"  API:     {base}/api/v1/   docs at {base}/api/docs/ (after logging in to the admin)\n"
             "  API key: DEBUG=1 .venv/bin/python manage.py create_api_key --user pipeline --role ml_engineer\n"
         )
