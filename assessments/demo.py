@@ -10,6 +10,7 @@ from django.utils import timezone
 from assessments import selectors as dpia_selectors
 from assessments import services
 from assessments.models import DpiaStatus
+from assessments.reports.evidence import data_minimisation_statement
 from governance.demo_context import DemoContext
 from governance.models import ProcessingActivity, ReportJob, ReportKind, ReportStatus
 from governance.reports import jobs
@@ -41,7 +42,7 @@ def _render(ctx: DemoContext, *, kind: str, object_id: int | None, actor) -> Rep
     job = jobs.report_job_request(kind=kind, object_id=object_id, actor=actor, enqueue=False)
     job = jobs.report_job_run(job_id=job.pk)
     if job.status != ReportStatus.SUCCEEDED:
-        ctx.say(f"{kind} report failed: {job.error}")
+        ctx.fact(f"{kind} report FAILED", job.error)
     return job
 
 
@@ -84,10 +85,8 @@ def run(ctx: DemoContext) -> None:
             services.dpia_risk_add(dpia=dpia, actor=dpo, **risk)
     dpia = services.dpia_update(
         dpia=dpia, actor=dpo,
-        necessity_and_proportionality=(
-            "Training needs age, vital signs and laboratory values only; identifiers are pseudonymised on arrival "
-            "and never reach the training data. Records are kept no longer than the retention period of their category."
-        ),
+        # Drafted from the datasets' schemas, so the text names the features the records hold.
+        necessity_and_proportionality=data_minimisation_statement(processing_activity_id=activity.pk),
         measures="Differential privacy per model, MIA audit before release, privacy budget per dataset, audit chain.",
         dpo_advice="The DPO advises proceeding with DP training, with review at every new model version.",
         views_not_sought_reason="Patients' views are represented by the hospital's patient panel, consulted on the notice.",
@@ -127,4 +126,4 @@ def run(ctx: DemoContext) -> None:
             job = _render(ctx, kind=ReportKind.ERASURE_CERTIFICATE, object_id=erasure_request.pk, actor=dpo)
             if job.status == ReportStatus.SUCCEEDED:
                 ctx.artifact("erasure certificate (report job copy)", jobs.report_file_path(job))
-    ctx.fact("report jobs", f"{ReportJob.objects.filter(status=ReportStatus.SUCCEEDED).count()} succeeded, files under {settings.REPORT_ROOT}")
+    ctx.say(f"report jobs: {ReportJob.objects.filter(status=ReportStatus.SUCCEEDED).count()} succeeded, files under {settings.REPORT_ROOT}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from django.conf import settings
@@ -12,6 +14,7 @@ from governance.demo_context import DemoContext
 from governance.services import ServiceConflict
 from mlops import selectors, services
 from mlops.models import FINISHED_STATUSES, CanaryAudit, MembershipInferenceAudit, ModelVersion, TrainingRun
+from mlops.signals import training_run_progress
 
 
 def _fallback_snapshot(ctx: DemoContext, stamp: str):
@@ -57,13 +60,49 @@ def _fallback_snapshot(ctx: DemoContext, stamp: str):
     return snapshot
 
 
-def _wait(run: TrainingRun, timeout: float = 300.0) -> TrainingRun:
+class _Epochs:
+    """A run's epochs as progress lines: ``label epoch 3/6`` (a SISA run counts its shards' epochs).
+
+    Embedded mode trains the run in this process, inside ``training_run_queue``, before it
+    returns: the progress signal is the only way to see its epochs. With a broker a worker
+    trains it, and ``_wait`` reads the same progress from the run row.
+    """
+
+    def __init__(self, ctx: DemoContext, label: str):
+        self.ctx, self.label = ctx, f"{label} … epoch"
+        self.run_id: int | None = None
+        self.total = 0
+
+    def __call__(self, *, run_id: int, progress: dict, **kwargs) -> None:
+        # The first run that reports is ours; audits train their models without a run.
+        if self.run_id is None:
+            self.run_id = run_id
+        if run_id != self.run_id or not progress.get("epochs"):
+            return
+        epochs, shards = int(progress["epochs"]), int(progress.get("shards") or 1)
+        self.total = epochs * shards
+        self.ctx.progress(self.label, int(progress.get("shard") or 0) * epochs + int(progress.get("epoch") or 0), self.total)
+
+
+@contextmanager
+def _watch_epochs(ctx: DemoContext, label: str) -> Iterator[_Epochs]:
+    watch = _Epochs(ctx, label)
+    training_run_progress.connect(watch, weak=False)
+    try:
+        yield watch
+    finally:
+        training_run_progress.disconnect(watch)
+
+
+def _wait(run: TrainingRun, watch: _Epochs, timeout: float = 300.0) -> TrainingRun:
     # Embedded mode ran the task in-process at commit; with a broker a worker does it.
     deadline = time.monotonic() + timeout
     run.refresh_from_db()
     while run.status not in FINISHED_STATUSES and time.monotonic() < deadline:
+        watch(run_id=run.pk, progress=run.progress or {})
         time.sleep(0.5)
         run.refresh_from_db()
+    watch(run_id=run.pk, progress=run.progress or {})  # the last epoch, if the loop missed it
     return run
 
 
@@ -106,11 +145,12 @@ def run(ctx: DemoContext) -> None:
     if budget:
         ctx.say(f"DPO set the privacy budget of {dataset.name}: ε ≤ {budget.epsilon_cap:g} at δ = {budget.delta:g}")
 
-    dp_run = services.training_run_queue(
-        snapshot=snapshot, name=f"demo-dp-{stamp}", epochs=3, batch_size=batch, target_epsilon=3.0,
-        model_spec={"hidden_sizes": [32]}, seed=ctx.seed, requested_by=engineer,
-    )
-    dp_run = _wait(dp_run)
+    with _watch_epochs(ctx, "training the DP model") as watch:
+        dp_run = services.training_run_queue(
+            snapshot=snapshot, name=f"demo-dp-{stamp}", epochs=3, batch_size=batch, target_epsilon=3.0,
+            model_spec={"hidden_sizes": [32]}, seed=ctx.seed, requested_by=engineer,
+        )
+        dp_run = _wait(dp_run, watch)
     if dp_run.status != "succeeded":
         ctx.fact("DP training run", f"#{dp_run.pk} {dp_run.status}: {dp_run.error}")
         return
@@ -125,11 +165,12 @@ def run(ctx: DemoContext) -> None:
     _strong_audits(ctx, version, "DP model")
     ctx.shared["model_version"] = version
 
-    sisa_run = services.training_run_queue(
-        snapshot=snapshot, name=f"demo-sisa-{stamp}", epochs=2, batch_size=max(4, batch // 4), noise_multiplier=1.1,
-        model_spec={"hidden_sizes": [32]}, seed=ctx.seed, sisa={"shards": 3, "slices": 2}, requested_by=engineer,
-    )
-    sisa_run = _wait(sisa_run)
+    with _watch_epochs(ctx, "training the SISA ensemble (3 shards)") as watch:
+        sisa_run = services.training_run_queue(
+            snapshot=snapshot, name=f"demo-sisa-{stamp}", epochs=2, batch_size=max(4, batch // 4), noise_multiplier=1.1,
+            model_spec={"hidden_sizes": [32]}, seed=ctx.seed, sisa={"shards": 3, "slices": 2}, requested_by=engineer,
+        )
+        sisa_run = _wait(sisa_run, watch)
     if sisa_run.status != "succeeded":
         ctx.fact("SISA training run", f"#{sisa_run.pk} {sisa_run.status}: {sisa_run.error}")
         return
@@ -150,4 +191,4 @@ def run(ctx: DemoContext) -> None:
             services.training_run_queue(snapshot=snapshot, name=f"demo-greedy-{stamp}", epochs=50,
                                         batch_size=batch, noise_multiplier=0.5, requested_by=engineer)
         except ServiceConflict as refusal:
-            ctx.say(f"a greedy run (σ = 0.5, 50 epochs) was refused with 409: {refusal}")
+            ctx.fact("greedy run (σ = 0.5, 50 epochs) refused with 409", str(refusal))

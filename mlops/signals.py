@@ -4,6 +4,9 @@
   kwargs: model_version_id, name, status
 - ``model_version_tainted``: versions were found to hold people whose data were erased.
   kwargs: model_version_ids, reason
+- ``training_run_progress``: a run finished an epoch. Sent at once, not after the commit
+  (progress is for watching, the run row keeps it too), in the process that trains.
+  kwargs: run_id, progress (the dict written to ``TrainingRun.progress``)
 """
 
 from __future__ import annotations
@@ -14,5 +17,6 @@ from governance.signals import send_on_commit
 
 model_version_registered = Signal()
 model_version_tainted = Signal()
+training_run_progress = Signal()
 
-__all__ = ["model_version_registered", "model_version_tainted", "send_on_commit"]
+__all__ = ["model_version_registered", "model_version_tainted", "send_on_commit", "training_run_progress"]

@@ -124,6 +124,6 @@ def run(ctx: DemoContext) -> None:
     subject = selectors.subject_find(external_id=identifiers[0])
     if subject is not None:
         impact = selectors.subject_impact(subject=subject)
-        ctx.fact("subject impact (first demo subject)", ", ".join(f"{k} {v}" for k, v in impact["counts"].items()))
+        ctx.say("subject impact (first demo subject): " + ", ".join(f"{k} {v}" for k, v in impact["counts"].items()))
     ctx.shared["dataset"] = dataset
     ctx.shared["snapshot"] = snapshot

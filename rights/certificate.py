@@ -42,8 +42,9 @@ def _audit_events_table(request: ErasureRequest):
 
     events = AuditEvent.objects.filter(object_type="erasure_request", object_id=str(request.pk)).order_by("position")
     return t.data_table(
-        ["Position", "Event", "Hash"], [list(row) for row in events.values_list("position", "action", "hash")],
-        col_widths=[1, 3, 6],
+        ["Position", "Event", "Hash"],
+        [[position, action, t.hash_cell(digest, label=f"Audit event at position {position}")]
+         for position, action, digest in events.values_list("position", "action", "hash")],
     )
 
 
@@ -114,7 +115,7 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
     flows.append(t.data_table(
         ["Dataset", "Name", "Records deleted"],
         [[d["id"], d["name"], deleted.get(str(d["id"]), d["records"])] for d in plan["datasets"]],
-        col_widths=[1, 4, 2], empty="The person had no data records.",
+        empty="The person had no data records.",
     ))
     flows.append(t.heading("Snapshots: amended"))
     flows.append(t.paragraph(
@@ -123,9 +124,11 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
     ))
     flows.append(t.data_table(
         ["Snapshot", "Rows removed", "Root before", "Root after"],
-        [[a["snapshot"], a["records_removed"], a["previous_root"], a["new_root"]]
+        [[a["snapshot"], a["records_removed"],
+          t.hash_cell(a["previous_root"], label=f"Merkle root of snapshot #{a['snapshot']} before the erasure"),
+          t.hash_cell(a["new_root"], label=f"Merkle root of snapshot #{a['snapshot']} after the erasure")]
          for a in steps.get("amend_snapshots", {}).get("amendments", [])],
-        col_widths=[1, 1, 4, 4], empty="No snapshot held the person.",
+        empty="No snapshot held the person.",
     ))
     flows.append(t.heading("Models: remediation"))
     flows.append(t.paragraph(
@@ -171,7 +174,7 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
         ])
     flows.append(t.data_table(
         ["Model", "Check", "New version", "Reference", "Version replaced", "Basis"],
-        check_rows, col_widths=[3, 1.5, 1.5, 1.5, 1.8, 4.2],
+        check_rows,
         empty="No version was trained or unlearned for this erasure.",
     ))
     for model in plan["model_versions"]:
@@ -180,12 +183,14 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
                                model["override"]["justification"]))
     flows.append(t.data_table(
         ["Model", "What was done", "Version that stands now", "ε of that version"],
-        model_rows, col_widths=[5.5, 4.5, 2, 1.5], empty="No model was trained on the person's data.",
+        model_rows, empty="No model was trained on the person's data.",
     ))
     flows.append(t.data_table(
         ["Model version trained on the person", "Status then", "Artifact SHA-256"],
-        [[f"{m['name']} v{m['version']} (#{m['id']})", m["status"], m["artifact_sha256"]] for m in plan["model_versions"]],
-        col_widths=[4, 2, 6], empty="None.",
+        [[f"{m['name']} v{m['version']} (#{m['id']})", m["status"],
+          t.hash_cell(m["artifact_sha256"], label=f"Artifact SHA-256 of {m['name']} v{m['version']}")]
+         for m in plan["model_versions"]],
+        empty="None.",
     ))
     deleted_files = steps.get("delete_old_artifacts", {}).get("artifacts", [])
     flows.append(t.paragraph(
@@ -196,7 +201,7 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
     if verified:
         flows.append(t.heading("Verified against the database before issue"))
         flows.append(t.data_table(
-            ["Claim", "Holds"], [[c["claim"], "yes" if c["ok"] else "NO"] for c in verified], col_widths=[8, 1.5],
+            ["Claim", "Holds"], [[c["claim"], "yes" if c["ok"] else "NO"] for c in verified],
         ))
     flows.append(t.note("ε is at the run's δ; ∞ (None) for non-private training."))
     flows.append(t.heading("Exemptions and decisions against the policy"))
@@ -222,7 +227,7 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
     flows.append(t.data_table(
         ["Recipient", "Third country", "Notified at"],
         [[r["name"], r["third_country"] or "—", notified_at] for r in plan["recipients"]],
-        col_widths=[4, 2, 3], empty="The processing activities involved name no recipients.",
+        empty="The processing activities involved name no recipients.",
     ))
     flows.append(t.heading("Backups"))
     flows.append(t.paragraph(settings.ERASURE_BACKUP_STATEMENT))
@@ -236,13 +241,14 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
     ))
     flows.append(t.heading("Audit chain"))
     flows.append(_audit_events_table(request))
-    flows.append(t.paragraph(
-        f"Chain head when this certificate was written: position {checkpoint.position}, hash {checkpoint.hash}. "
-        "The certificate's own SHA-256 is recorded in the next event ('erasure.certificate_issued')."
-    ))
+    head = t.hash_cell(checkpoint.hash, label=f"Audit chain head at position {checkpoint.position} (signed checkpoint)")
+    flows.append(t.paragraph(t.rich(
+        f"Chain head when this certificate was written: position {checkpoint.position}, hash ", head,
+        ". The certificate's own SHA-256 is recorded in the next event ('erasure.certificate_issued')."
+    )))
     flows.append(t.heading("Signed checkpoint of the audit chain", level=2))
     flows.append(t.key_value_table([
-        ("Position", checkpoint.position), ("Hash", checkpoint.hash), ("Signed at", checkpoint.created_at),
+        ("Position", checkpoint.position), ("Hash", head), ("Signed at", checkpoint.created_at),
         ("Key id", checkpoint.key_id), ("Reason", checkpoint.reason),
         # Two lines of 44 characters: one unbroken line would run past the page's margin.
         ("Signature (Ed25519, base64; one string)", f"{checkpoint.signature[:44]}\n{checkpoint.signature[44:]}"),
@@ -251,13 +257,16 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
         "The chain head above is signed with the controller's audit signing key, which the database does not hold. "
         "With the public key alone anyone can check this signature and, given an export of the audit chain, that the "
         "chain still holds this hash at this position: a chain cut or rewritten after this certificate is detected "
-        "(tools/verify_audit_checkpoint.py). The checkpoint as one JSON line:"
+        "(tools/verify_audit_checkpoint.py). The checkpoint as one JSON line is at the end, after the hashes in full."
     ))
-    # Spaces after the separators let the line wrap; it is the same JSON object.
-    flows.append(t.note(json.dumps(checkpoint.as_dict(), sort_keys=True)))
+    appendix = [
+        t.heading("Signed checkpoint as one JSON line", level=2),
+        # Spaces after the separators let the line wrap (only there); it is the same JSON object.
+        t.paragraph(json.dumps(checkpoint.as_dict(), sort_keys=True), style="mono_note"),
+    ]
     path = Path(settings.REPORT_ROOT) / relative
     digest = t.render_pdf(path, flows, title=f"Certificate of erasure — request {request.pk}",
-                          subject="GDPR Art. 17 erasure certificate")
+                          subject="GDPR Art. 17 erasure certificate", appendix=appendix)
     return relative, digest, checkpoint.as_dict()
 
 

@@ -150,17 +150,25 @@ def run(ctx: DemoContext) -> None:
     second = others[0] if others else f"unknown-{uuid.uuid4().hex[:6]}@demo.example"
     third = f"never-seen-{uuid.uuid4().hex[:6]}@demo.example"
 
-    ctx.shared["erasure_request"] = _erase(ctx, sisa_person, "person in the SISA model")
-    _erase(ctx, second, "person with data outside any model")
-    _erase(ctx, third, "unknown person")
     kept = next((by_subject[s] for s in sorted(by_subject) if by_subject[s] not in (sisa_person, second)), None)
+    total = 4 if kept is not None else 3
+    label = "answering erasure requests …"
+    ctx.progress(label, 0, total)
+    ctx.shared["erasure_request"] = _erase(ctx, sisa_person, "person in the SISA model")
+    ctx.progress(label, 1, total)
+    _erase(ctx, second, "person with data outside any model")
+    ctx.progress(label, 2, total)
+    _erase(ctx, third, "unknown person")
+    ctx.progress(label, 3, total)
     if kept is not None:
         _refuse(ctx, kept)
+        ctx.progress(label, 4, total)
     new = ModelVersion.objects.filter(supersedes=sisa_version).first()
     if new is not None:
         shards = new.metrics.get("retrained_shards", {})
+        epsilon = "∞ (non-private)" if new.epsilon is None else f"{new.epsilon:.3f}"
         ctx.fact("SISA unlearning", f"{sisa_version} superseded by {new}: shard(s) {', '.join(shards) or '—'} "
-                                    f"retrained from their last clean checkpoint; ε={new.epsilon}")
+                                    f"retrained from their last clean checkpoint; ε = {epsilon}")
         ctx.shared["sisa_model_version"] = new
     result = audit_chain_verify()
     ctx.fact("audit chain after erasure", f"{'verified' if result.ok else 'BROKEN'}, {result.checked} events")

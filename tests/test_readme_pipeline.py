@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -70,9 +71,10 @@ def local_server(tmp_path_factory):
         key: value for key, value in os.environ.items()
         # The embedded default: no database server, no broker server, the Makefile's DEBUG=1.
         if key not in {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DEBUG", "DJANGO_SETTINGS_MODULE",
-                       "CACHE_URL", "CELERY_VISIBILITY_TIMEOUT", "TASK_LEASE_SECONDS"}
+                       "CACHE_URL", "CELERY_VISIBILITY_TIMEOUT"}
     }
-    env |= {"STORAGE_ROOT": str(storage), "PORT": str(port)}
+    # Short leases and sweeps, so the killed-worker test below sees the takeover in seconds.
+    env |= {"STORAGE_ROOT": str(storage), "PORT": str(port), "TASK_LEASE_SECONDS": "5", "REDISPATCH_SWEEP_SECONDS": "2"}
     demo = subprocess.run(["make", "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     log = storage / "make-run.log"
@@ -137,3 +139,63 @@ def test_readme_pipeline_runs_verbatim_after_the_demo(local_server):
     text = "".join(page.extract_text() for page in PdfReader(certificate).pages)
     assert f"{completed['id']}" in text and "erasure" in text.lower()
     assert json.loads(lines[-1])["ok"] is True
+
+
+def _api(port: int, key: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/{path}", data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Token {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (http://127.0.0.1 only)
+            return json.load(answer)
+    except urllib.error.HTTPError as error:
+        pytest.fail(f"{path}: {error.code} {error.read().decode()[:2000]}")
+
+
+def test_a_killed_local_worker_s_training_is_taken_over_by_the_next_worker(local_server):
+    """The filesystem broker has no redelivery: the run a killed worker held is re-sent by the
+    outbox sweeper (beat, in the next worker) once its lease lapses, and finishes there. Runs
+    last in this module: it replaces make run's worker."""
+    env, port, storage = local_server["env"], local_server["port"], local_server["storage"]
+    key = subprocess.run(
+        [".venv/bin/python", "manage.py", "create_api_key", "--user", "killtest", "--role", "ml_engineer"],
+        cwd=ROOT, env=env | {"DEBUG": "1"}, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    snapshot = _api(port, key, "snapshots/?limit=1")["results"][0]
+    run = _api(port, key, "training-runs/", {
+        "snapshot": snapshot["id"], "name": "killed-worker", "model_spec": {"hidden_sizes": [256, 256]},
+        "epochs": 1000, "batch_size": 32, "target_epsilon": 3.0, "max_grad_norm": 1.0,
+    })
+    for _ in range(600):
+        state = _api(port, key, f"training-runs/{run['id']}/")
+        if state["status"] == "running" and (state["progress"] or {}).get("epoch", 0) > 0:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the run never started: {state}")
+    # Every process of make run's worker (the main process, its pool child and beat) dies at once.
+    worker_log = f"{storage}/log/worker.log"
+    killed = subprocess.run(["pkill", "-KILL", "-f", f"celery -A config worker .*{worker_log}"], check=False)
+    assert killed.returncode == 0, "make run's worker was not found"
+    assert _api(port, key, f"training-runs/{run['id']}/")["status"] == "running"
+
+    successor = subprocess.Popen(
+        [".venv/bin/celery", "-A", "config", "worker", "--beat", "--concurrency", "1", "--loglevel", "INFO",
+         "--logfile", f"{storage}/log/worker-2.log", "--schedule", f"{storage}/celerybeat-schedule-2"],
+        cwd=ROOT, env=env | {"DEBUG": "1", "CELERY_BROKER_URL": "filesystem://"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        for _ in range(900):
+            state = _api(port, key, f"training-runs/{run['id']}/")
+            if state["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+        assert state["status"] == "succeeded", state
+        assert state["attempts"] == 2  # taken over once, not started afresh as a second run
+        assert state["progress"]["epoch"] == 1000
+        models = _api(port, key, f"models/?training_run={run['id']}")["results"]
+        assert len(models) == 1  # one version registered, however many deliveries
+    finally:
+        os.killpg(successor.pid, signal.SIGKILL)

@@ -31,7 +31,7 @@ def _screening(data: dict[str, Any]) -> list:
     cases = ", ".join(f"35(3)({c})" for c in dpia.article_35_3_cases) or "none"
     flows = [
         tk.heading("1. Screening (WP248 rev.01 criteria)"),
-        tk.data_table(["Criterion", "Proposed", "Evidence", "DPO answer", "Reason for override"], rows, col_widths=[3, 1.4, 4, 1.4, 3]),
+        tk.data_table(["Criterion", "Proposed", "Evidence", "DPO answer", "Reason for override"], rows),
         tk.spacer(2),
         tk.key_value_table(
             [
@@ -74,22 +74,20 @@ def _description(data: dict[str, Any]) -> list:
         tk.data_table(
             ["Dataset", "Records", "Data subjects", "Derived from", "Source system"],
             [[d["name"], d["records"], d["subjects"], ", ".join(d["parents"]), d["source_system"]] for d in data["datasets"]],
-            col_widths=[3, 1.2, 1.2, 3, 2],
         ),
         tk.heading("Snapshots", level=2),
         tk.data_table(
             ["Snapshot", "Dataset", "Purpose", "Taken for", "Records", "Subjects", "Merkle root"],
             [
-                [f"#{s.pk}", s.dataset.name, s.purpose.code, s.taken_for, s.included_count, s.included_subjects, s.merkle_root[:16] + "…"]
+                [f"#{s.pk}", s.dataset.name, s.purpose.code, s.taken_for, s.included_count, s.included_subjects,
+                 tk.hash_cell(s.merkle_root, label=f"Merkle root of snapshot #{s.pk} at creation")]
                 for s in data["snapshots"]
             ],
-            col_widths=[1, 2.2, 2.4, 2, 1.2, 1.2, 2.5],
         ),
         tk.heading("Lineage: processing activity → dataset → snapshot → training run → model", level=2),
         tk.data_table(
             ["Processing activity", "Dataset", "Snapshot", "Training run", "Model version"],
             data["lineage_rows"],
-            col_widths=[2.5, 2.5, 4, 1.5, 2.5],
             empty="No snapshot has been taken for this activity yet.",
         ),
     ]
@@ -103,7 +101,7 @@ def _necessity(data: dict[str, Any]) -> list:
         tk.heading("3. Necessity and proportionality (Art. 35(7)(b))"),
         tk.paragraph(dpia.necessity_and_proportionality or "Not yet written."),
         tk.heading("Data minimisation facts", level=2),
-        tk.data_table(["Dataset", "Features used", "Label"], rows, col_widths=[2, 6, 1.5]),
+        tk.data_table(["Dataset", "Features used", "Label"], rows),
         tk.paragraph(
             "People are pseudonymised on arrival: external identifiers are replaced by an HMAC-SHA-256 keyed "
             "pseudonym (Art. 4(5)); the key is held apart from the data and raw identifiers are never stored. "
@@ -126,7 +124,6 @@ def _risks(data: dict[str, Any]) -> list:
         tk.data_table(
             ["#", "Risk", "Likelihood × severity", "Inherent", "Mitigations", "Residual", "Residual level"],
             rows,
-            col_widths=[0.4, 3.6, 1.8, 1.5, 3.6, 1.8, 1.5],
             empty="No risk recorded yet.",
         ),
         tk.spacer(3),
@@ -176,7 +173,7 @@ def _measured_model_risk(models: list[dict[str, Any]]) -> list:
     flows.append(tk.data_table(
         ["Model", "Strongest attack", "AUC (95% CI)", "TPR @ 1% FPR", "Claimed ε", "Empirical ε (canaries)",
          "Attribute inference: gain over imputation"],
-        rows, col_widths=[1.8, 2, 1.8, 1.6, 1.1, 2.6, 3.3], empty="This DPIA covers no model version yet.",
+        rows, empty="This DPIA covers no model version yet.",
     ))
     for m in models:
         if m.get("privacy_bug"):
@@ -211,7 +208,6 @@ def _measures(data: dict[str, Any]) -> list:
                 ]
                 for m in models
             ],
-            col_widths=[2.2, 1, 0.9, 1.5, 1.1, 0.9, 1.9, 1.7, 1.7],
             empty="This DPIA covers no model version yet.",
         )
     )
@@ -251,7 +247,10 @@ def _measures(data: dict[str, Any]) -> list:
                 ("Erasure amendments", f"{amendments.get('erasure', 0)} snapshot amendment(s) for Art. 17 erasure"),
                 (
                     "Audit chain",
-                    f"{'verified' if chain['ok'] else 'BROKEN at #' + str(chain['broken_position'])}, {chain['checked']} events, head {chain['head_hash'][:16]}…",
+                    tk.rich(
+                        f"{'verified' if chain['ok'] else 'BROKEN at #' + str(chain['broken_position'])}, {chain['checked']} events, head ",
+                        tk.hash_cell(chain["head_hash"], label="Audit chain head"),
+                    ),
                 ),
             ]
         )

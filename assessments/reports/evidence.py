@@ -12,6 +12,7 @@ from django.db.models import Count, Prefetch, Q
 
 from assessments.models import Dpia, DpiaRisk, DpiaScreeningAnswer
 from governance.reports.selectors import ropa_entries
+from governance.reports.toolkit import hash_cell, rich
 
 
 def _model_epochs(run) -> list[tuple[float, float]]:
@@ -161,6 +162,33 @@ def privacy_budgets(*, dataset_ids: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def _schema_features(schema: Any) -> tuple[list[str], str | None]:
+    """A dataset schema's feature names and label name ({"features": [{"name"}], "label": {"name"}})."""
+    schema = schema if isinstance(schema, dict) else {}
+    names = [f.get("name", "?") for f in schema.get("features", []) if isinstance(f, dict)]
+    label = schema.get("label", {}).get("name") if isinstance(schema.get("label"), dict) else None
+    return names, label
+
+
+def data_minimisation_statement(*, processing_activity_id: int) -> str:
+    """What training uses, in words, from the schemas of the activity's datasets: a DPIA's
+    necessity text drafted from the records it describes rather than typed beside them."""
+    from provenance.models import Dataset
+
+    parts = []
+    for name, schema in Dataset.objects.filter(processing_activity_id=processing_activity_id).order_by("name").values_list(
+        "name", "schema"
+    ):
+        features, label = _schema_features(schema)
+        if features:
+            parts.append(f"{name}: {', '.join(features)}" + (f" (label {label})" if label else ""))
+    used = "; ".join(parts) if parts else "no feature recorded in the datasets' schemas yet"
+    return (
+        f"Training uses only the features in the datasets' schemas ({used}); identifiers are pseudonymised on "
+        "arrival and never reach the training data. Records are kept no longer than the retention period of their category."
+    )
+
+
 def dpia_report_data(*, dpia_id: int) -> dict[str, Any]:
     """Everything the DPIA report shows, in a bounded number of queries."""
     from governance.selectors import audit_chain_verify
@@ -215,16 +243,17 @@ def dpia_report_data(*, dpia_id: int) -> dict[str, Any]:
                 [
                     activity.name,
                     snap.dataset.name,
-                    f"#{snap.pk} ({snap.included_count} records, {snap.included_subjects} subjects) root {snap.merkle_root[:12]}…",
+                    rich(
+                        f"#{snap.pk} ({snap.included_count} records, {snap.included_subjects} subjects) root ",
+                        hash_cell(snap.merkle_root, label=f"Merkle root of snapshot #{snap.pk} at creation"),
+                    ),
                     f"run #{mv.training_run_id}" if mv else "—",
                     f"{mv.name} v{mv.version} [{mv.status}]" + (" (covered)" if mv.pk in covered_ids else "") if mv else "—",
                 ]
             )
     features = []
     for ds in datasets:
-        schema = ds.schema if isinstance(ds.schema, dict) else {}
-        names = [f.get("name", "?") for f in schema.get("features", []) if isinstance(f, dict)]
-        label = schema.get("label", {}).get("name") if isinstance(schema.get("label"), dict) else None
+        names, label = _schema_features(ds.schema)
         features.append({"dataset": ds.name, "features": names, "label": label})
     chain = audit_chain_verify()
     return {

@@ -71,17 +71,6 @@ def model_lineage_report_data(*, model_version_id: int) -> dict[str, Any]:
             "position", "occurred_at", "actor", "action", "details"
         )
     )
-    overrides: list[dict] = []
-    try:
-        override_model = apps.get_model("rights", "ErasureRemediationOverride")
-    except LookupError:
-        override_model = None
-    if override_model is not None:
-        overrides = list(
-            override_model.objects.filter(model_version_id=mv.pk).order_by("decided_at").values(
-                "request_id", "action", "justification", "decided_at"
-            )
-        )
     dpias = list(Dpia.objects.filter(model_versions=mv).order_by("processing_activity_id", "version").values(
         "pk", "title", "version", "status", "signed_at", "review_date"
     ))
@@ -97,9 +86,56 @@ def model_lineage_report_data(*, model_version_id: int) -> dict[str, Any]:
         "ledger": ledger,
         "budgets": privacy_budgets(dataset_ids=[snapshot.dataset_id]),
         "events": events,
-        "overrides": overrides,
+        "remediations": _erasure_remediations(mv),
         "dpias": dpias,
     }
+
+
+def _erasure_remediations(mv) -> list[dict[str, Any]]:
+    """The erasure remediation decisions that concern version ``mv``: each erasure request's
+    remediation of its lineage that replaced it (retrained, unlearned, retired) or kept it
+    (on its DP guarantee), with the DPO's override of the policy where one was made.
+
+    rights sits beside assessments (no import either way): its models are looked up by name.
+    The erasure's lineage step (rights.execution) records ``replaced_model_version`` and
+    ``model_version`` (the version standing after it); an override names the version it
+    concerns."""
+    try:
+        step_model = apps.get_model("rights", "ErasureStep")
+        override_model = apps.get_model("rights", "ErasureRemediationOverride")
+    except LookupError:
+        return []
+    overrides = {
+        o["request_id"]: o
+        for o in override_model.objects.filter(model_version_id=mv.pk).values("request_id", "action", "justification", "decided_at")
+    }
+    decisions: dict[int, dict[str, Any]] = {}
+    steps = step_model.objects.filter(
+        name__startswith="remediate_lineage_", status="done", details__name=mv.name
+    ).order_by("finished_at", "id")
+    for request_id, details, finished_at in steps.values_list("request_id", "details", "finished_at"):
+        if not isinstance(details, dict) or details.get("name") != mv.name:
+            continue
+        replaced = details.get("replaced_model_version") == mv.pk
+        kept = details.get("model_version") == mv.pk and str(details.get("outcome", "")).startswith("kept_on_dp")
+        if not (replaced or kept):
+            continue
+        override = overrides.get(request_id)
+        # A later round for the same request supersedes the first (as on the certificate).
+        decisions[request_id] = {
+            "request_id": request_id,
+            "action": (override or {}).get("action") or details.get("planned_action") or details.get("action", ""),
+            "outcome": details.get("outcome", ""),
+            "standing_version": details.get("version") if not kept else None,
+            "justification": (override or {}).get("justification", ""),
+            "decided_at": (override or {}).get("decided_at") or finished_at,
+        }
+    for request_id, override in overrides.items():
+        decisions.setdefault(request_id, {
+            "request_id": request_id, "action": override["action"], "outcome": "", "standing_version": None,
+            "justification": override["justification"], "decided_at": override["decided_at"],
+        })
+    return sorted(decisions.values(), key=lambda d: (d["decided_at"] is None, d["decided_at"], d["request_id"]))
 
 
 def model_lineage_flowables(data: dict[str, Any]) -> list:
@@ -112,14 +148,14 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
             ("Model version", f"{m['label']} (#{mv.pk})"),
             ("Status", m["status"] + (f": {reason}" if reason else "")),
             ("Registered", mv.created_at),
-            ("Artifact SHA-256", mv.artifact_sha256),
+            ("Artifact SHA-256", tk.hash_cell(mv.artifact_sha256, label=f"Artifact SHA-256 of {m['label']}")),
             ("Training run", f"#{run.pk}, {run.get_status_display()}, finished {tk.text(run.finished_at)}"),
         ],
     )
     flows.append(tk.heading("1. Upstream lineage"))
     rows = [[0, ds.name, ds.processing_activity.name, ds.n_records, ds.n_subjects, "training dataset"]]
     rows += [[depth, d.name, d.processing_activity.name, d.n_records, d.n_subjects, f"ancestor (generation {depth})"] for depth, d in data["ancestors"]]
-    flows.append(tk.data_table(["Depth", "Dataset", "Processing activity", "Records", "Data subjects", "Role"], rows, col_widths=[0.7, 3, 3, 1.2, 1.3, 2]))
+    flows.append(tk.data_table(["Depth", "Dataset", "Processing activity", "Records", "Data subjects", "Role"], rows))
     flows.append(tk.heading("2. Snapshot and Merkle roots", level=2))
     flows.append(
         tk.key_value_table(
@@ -131,14 +167,16 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
                 ("Consent and retention state as of", snap.taken_for),
                 ("Included", f"{snap.included_count} records of {snap.included_subjects} data subjects"),
                 ("Excluded", ", ".join(f"{k}: {v}" for k, v in sorted((snap.excluded_counts or {}).items())) or "none"),
-                ("Merkle root at creation", snap.merkle_root),
+                ("Merkle root at creation", tk.hash_cell(snap.merkle_root, label=f"Merkle root of snapshot #{snap.pk} at creation")),
             ]
         )
     )
     flows.append(
         tk.data_table(
             ["Amendment", "Reason", "Records removed", "Subjects removed", "Root before", "Root after"],
-            [[a.created_at, a.get_reason_display() if data["erasure_detail"] else "Members removed", a.records_removed, a.subjects_removed, a.previous_root[:16] + "…", a.new_root[:16] + "…"] for a in data["amendments"]],
+            [[a.created_at, a.get_reason_display() if data["erasure_detail"] else "Members removed", a.records_removed, a.subjects_removed,
+              tk.hash_cell(a.previous_root, label=f"Merkle root of snapshot #{snap.pk} before amendment {a.pk}"),
+              tk.hash_cell(a.new_root, label=f"Merkle root of snapshot #{snap.pk} after amendment {a.pk}")] for a in data["amendments"]],
             empty="No amendment: the snapshot is as created.",
         )
     )
@@ -214,14 +252,18 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
                  "∞" if h["epsilon"] is None else f"{h['epsilon']:.3f}", h["created_at"], h["supersedes_id"] and f"#{h['supersedes_id']}"]
                 for h in data["history"]
             ],
-            col_widths=[1.2, 1.2, 4, 0.8, 2, 1],
         )
     )
     if data["erasure_detail"]:
+        flows.append(tk.heading("Erasure remediation decisions", level=2))
         flows.append(
             tk.data_table(
-                ["Erasure request", "Remediation decided", "Justification", "Decided at"],
-                [[f"#{o['request_id']}", o["action"], o["justification"], o["decided_at"]] for o in data["overrides"]],
+                ["Erasure request", "Remediation decided", "Outcome", "Justification", "Decided at"],
+                [
+                    [f"#{d['request_id']}", ACTION_LABELS.get(d["action"], d["action"]), _outcome_text(d),
+                     d["justification"] or "as the policy proposes", d["decided_at"]]
+                    for d in data["remediations"]
+                ],
                 empty="No erasure remediation decision concerns this model version.",
             )
         )
@@ -230,7 +272,6 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
         tk.data_table(
             ["#", "When", "Actor", "Action"],
             [[e["position"], e["occurred_at"], e["actor"], e["action"]] for e in data["events"]],
-            col_widths=[0.8, 2.5, 2, 4],
         )
     )
     flows.append(tk.heading("DPIAs covering this model", level=2))
@@ -242,6 +283,31 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
         )
     )
     return flows
+
+
+# rights.models.RemediationAction's labels, short (assessments does not import rights).
+ACTION_LABELS = {
+    "sisa_unlearn": "Unlearn (SISA shards)",
+    "retrain": "Retrain from scratch",
+    "rely_on_dp": "Rely on the DP guarantee (accepted risk)",
+    "retire": "Retire the model",
+}
+OUTCOME_LABELS = {
+    "retrained": "retrained",
+    "unlearned": "unlearned",
+    "clean": "already retrained without the person",
+    "retired": "retired; artifact deleted",
+    "kept_on_dp": "kept on its DP guarantee",
+    "kept_on_dp_pending_other_erasures": "kept on its DP guarantee; other erasures remediate it",
+    "no_live_version": "no live version; files deleted",
+}
+
+
+def _outcome_text(decision: dict[str, Any]) -> str:
+    outcome = OUTCOME_LABELS.get(decision["outcome"], decision["outcome"]) or "not yet carried out"
+    if decision["standing_version"] is not None:
+        return f"{outcome}: replaced by version {decision['standing_version']}"
+    return outcome
 
 
 def _reason(data: dict[str, Any], status: str, status_reason: str, supersedes_id: int | None) -> str:

@@ -30,7 +30,7 @@ def _activity_section(number: int, e: dict[str, Any]) -> list:
         )
     )
     flows.append(tk.heading("30(1)(b) Purposes of the processing", level=2))
-    flows.append(tk.data_table(["Purpose code", "Purpose"], [[p["code"], p["name"]] for p in e["purposes"]], col_widths=[2, 3]))
+    flows.append(tk.data_table(["Purpose code", "Purpose"], [[p["code"], p["name"]] for p in e["purposes"]]))
     flows.append(
         tk.key_value_table(
             [("Lawful basis (Art. 6(1))", e["lawful_basis"]), ("Art. 9(2) condition", e["special_category_condition"])]
@@ -41,14 +41,12 @@ def _activity_section(number: int, e: dict[str, Any]) -> list:
         tk.data_table(
             ["Data-subject category", "Name", "Vulnerable"],
             [[c["code"], c["name"], c["vulnerable"]] for c in e["data_subject_categories"]],
-            col_widths=[2, 3, 1],
         )
     )
     flows.append(
         tk.data_table(
             ["Data category", "Name", "Art. 9 special category", "Art. 10"],
             [[c["code"], c["name"], c["special_category"], c["criminal_offence_data"]] for c in e["data_categories"]],
-            col_widths=[2, 3, 2, 1],
         )
     )
     flows.append(tk.heading("30(1)(d) Categories of recipients", level=2))
@@ -95,7 +93,7 @@ def ropa_flowables(entries: list[dict[str, Any]]) -> list:
     flows.append(tk.heading("Contents", level=2))
     flows.append(tk.data_table(["#", "Processing activity", "Purposes"], [
         [i, e["name"], ", ".join(p["code"] for p in e["purposes"])] for i, e in enumerate(entries, 1)
-    ], col_widths=[0.5, 3, 4], empty="No processing activities recorded."))
+    ], empty="No processing activities recorded."))
     for i, e in enumerate(entries, 1):
         flows.extend(_activity_section(i, e))
     return flows

@@ -11,8 +11,10 @@ timestamp in the trailer), so the same content gives the same bytes and the same
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,6 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen import canvas as pdf_canvas
 from reportlab.platypus import (
-    CondPageBreak,
     Flowable,
     KeepTogether,
     PageBreak,
@@ -42,6 +43,7 @@ from reportlab.platypus import (
     Table,
     TableStyle,
 )
+from reportlab.platypus.doctemplate import ActionFlowable, FrameBreak
 
 PAGE_SIZE = A4
 MARGIN = 18 * mm
@@ -70,23 +72,67 @@ _FONT_CANDIDATES = [
 _FALLBACK_REPLACEMENTS = {"ε": "epsilon", "δ": "delta", "σ": "sigma", "≤": "<=", "≥": ">=", "→": "->", "×": "x", "∞": "inf"}
 
 
-def _register_fonts() -> tuple[str, str, bool]:
+def _register_fonts() -> tuple[str, str, str, bool]:
     for folder in _FONT_CANDIDATES:
-        regular, bold = Path(folder or "/nonexistent") / "DejaVuSans.ttf", Path(folder or "/nonexistent") / "DejaVuSans-Bold.ttf"
+        base = Path(folder or "/nonexistent")
+        regular, bold, mono = base / "DejaVuSans.ttf", base / "DejaVuSans-Bold.ttf", base / "DejaVuSansMono.ttf"
         if regular.is_file() and bold.is_file():
             pdfmetrics.registerFont(TTFont("PL-Sans", str(regular)))
             pdfmetrics.registerFont(TTFont("PL-Sans-Bold", str(bold)))
-            return "PL-Sans", "PL-Sans-Bold", True
-    return "Helvetica", "Helvetica-Bold", False
+            mono_name = "Courier"
+            if mono.is_file():
+                pdfmetrics.registerFont(TTFont("PL-Mono", str(mono)))
+                mono_name = "PL-Mono"
+            return "PL-Sans", "PL-Sans-Bold", mono_name, True
+    return "Helvetica", "Helvetica-Bold", "Courier", False
 
 
-FONT, FONT_BOLD, UNICODE_FONT = _register_fonts()
+# Hashes (SHA-256 digests, Merkle roots, audit-chain hashes) are set in MONO; the ellipsis of
+# their short form is in DejaVu Sans Mono, and Courier's fallback has it in WinAnsi too.
+FONT, FONT_BOLD, MONO, UNICODE_FONT = _register_fonts()
+HASH_SHOWN = 12  # hex digits of a hash shown in the body; the appendix has it in full
+
+
+@dataclass(frozen=True)
+class Hash:
+    """A hash shown shortened in monospace, with its full value in the document's appendix.
+
+    ``label`` says where it is used ("Merkle root of snapshot #3"); a table fills it in
+    from the column header or the row's key when left empty.
+    """
+
+    value: str
+    label: str = ""
+    full: bool = False  # the appendix shows the whole value
+
+    @property
+    def short(self) -> str:
+        if self.full or len(self.value) <= HASH_SHOWN + 1:
+            return self.value
+        return self.value[:HASH_SHOWN] + "…"
+
+
+class Rich(tuple):
+    """Text and hashes in one paragraph or cell: ``rich("head ", hash_cell(h))``."""
+
+
+def hash_cell(value: str | None, *, label: str = "") -> Hash | str:
+    """A hash for a table cell or :func:`rich` text: shortened, monospaced, listed in full at the end."""
+    return Hash(str(value), label) if value else "—"
+
+
+def rich(*parts: Any) -> Rich:
+    return Rich(parts)
 
 
 def text(value: Any) -> str:
     """A value as display text: dates in ISO form, floats to 4 significant digits, None as a dash."""
     if value is None or value == "":
         result = "—"
+    elif isinstance(value, Hash):
+        result = value.short
+    elif isinstance(value, Rich):
+        result = "".join(text(part) for part in value)
     elif isinstance(value, bool):
         result = "yes" if value else "no"
     elif isinstance(value, datetime):
@@ -104,21 +150,56 @@ def text(value: Any) -> str:
     return result
 
 
+# Words are never split across lines: reportlab 5.1 splits a word wider than its column
+# (splitLongWords=1 by default) and hyphenates when hyphenationLang, uriWasteReduce or
+# embeddedHyphenation are set (rl_settings, overridable in a local reportlab_settings.py).
+# Columns are sized so that the longest word fits instead (:func:`_column_widths`).
+_NO_SPLIT = {"splitLongWords": 0, "hyphenationLang": "", "uriWasteReduce": 0, "embeddedHyphenation": 0}
+# A heading is kept on the page of what follows it (see _KeepWithNext).
+_HEADING = {**_NO_SPLIT, "keepWithNext": 1}
+
 STYLES = {
-    "title": ParagraphStyle("title", fontName=FONT_BOLD, fontSize=20, leading=24, textColor=ACCENT, spaceAfter=4),
-    "subtitle": ParagraphStyle("subtitle", fontName=FONT, fontSize=11, leading=14, textColor=MUTED, spaceAfter=10),
-    "h1": ParagraphStyle("h1", fontName=FONT_BOLD, fontSize=14, leading=18, textColor=ACCENT, spaceBefore=12, spaceAfter=6),
-    "h2": ParagraphStyle("h2", fontName=FONT_BOLD, fontSize=11, leading=14, textColor=INK, spaceBefore=8, spaceAfter=4),
-    "body": ParagraphStyle("body", fontName=FONT, fontSize=9.5, leading=13, textColor=INK, spaceAfter=5, alignment=TA_LEFT),
-    "note": ParagraphStyle("note", fontName=FONT, fontSize=8, leading=10.5, textColor=MUTED, spaceAfter=4),
-    "cell": ParagraphStyle("cell", fontName=FONT, fontSize=8, leading=10, textColor=INK),
-    "cell_bold": ParagraphStyle("cell_bold", fontName=FONT_BOLD, fontSize=8, leading=10, textColor=INK),
-    "head": ParagraphStyle("head", fontName=FONT_BOLD, fontSize=8, leading=10, textColor=colors.white),
+    "title": ParagraphStyle("title", fontName=FONT_BOLD, fontSize=20, leading=24, textColor=ACCENT, spaceAfter=4, **_NO_SPLIT),
+    "subtitle": ParagraphStyle("subtitle", fontName=FONT, fontSize=11, leading=14, textColor=MUTED, spaceAfter=10, **_NO_SPLIT),
+    "h1": ParagraphStyle("h1", fontName=FONT_BOLD, fontSize=14, leading=18, textColor=ACCENT, spaceBefore=12, spaceAfter=6, **_HEADING),
+    "h2": ParagraphStyle("h2", fontName=FONT_BOLD, fontSize=11, leading=14, textColor=INK, spaceBefore=8, spaceAfter=4, **_HEADING),
+    "body": ParagraphStyle("body", fontName=FONT, fontSize=9.5, leading=13, textColor=INK, spaceAfter=5, alignment=TA_LEFT, **_NO_SPLIT),
+    "note": ParagraphStyle("note", fontName=FONT, fontSize=8, leading=10.5, textColor=MUTED, spaceAfter=4, **_NO_SPLIT),
+    "mono_note": ParagraphStyle("mono_note", fontName=MONO, fontSize=7.5, leading=10, textColor=INK, spaceAfter=4, **_NO_SPLIT),
+    "cell": ParagraphStyle("cell", fontName=FONT, fontSize=8, leading=10, textColor=INK, **_NO_SPLIT),
+    "cell_bold": ParagraphStyle("cell_bold", fontName=FONT_BOLD, fontSize=8, leading=10, textColor=INK, **_NO_SPLIT),
+    "head": ParagraphStyle("head", fontName=FONT_BOLD, fontSize=8, leading=10, textColor=colors.white, **_NO_SPLIT),
 }
+CELL_PADDING = 6  # reportlab's default left and right padding of a table cell
+MIN_CELL_FONT = 5.5  # a table whose longest words do not fit at 8 pt is set smaller, down to this
 
 
-def _para(value: Any, style: str = "body") -> Paragraph:
-    return Paragraph(escape(text(value)).replace("\n", "<br/>"), STYLES[style])
+def _parts(value: Any, font: str) -> list[tuple[str, str, Hash | None]]:
+    """A value as (text, font, hash) runs: hashes in monospace, the rest in ``font``."""
+    if isinstance(value, Hash):
+        return [(value.short, MONO, value)]
+    if isinstance(value, Rich):
+        return [run for part in value for run in _parts(part, font)]
+    return [(text(value), font, None)]
+
+
+def _markup(runs: list[tuple[str, str, Hash | None]]) -> str:
+    out = []
+    for chunk, font, digest in runs:
+        escaped = escape(chunk).replace("\n", "<br/>")
+        out.append(f'<font face="{font}">{escaped}</font>' if digest is not None else escaped)
+    return "".join(out)
+
+
+def _para(value: Any, style: str | ParagraphStyle = "body", *, label: str = "") -> Paragraph:
+    style = STYLES[style] if isinstance(style, str) else style
+    runs = _parts(value, style.fontName)
+    flow = Paragraph(_markup(runs), style)
+    # Collected by render_pdf for the "Hashes in full" appendix.
+    flow._pl_hashes = [
+        digest if digest.label or not label else Hash(digest.value, label) for _t, _f, digest in runs if digest and not digest.full
+    ]
+    return flow
 
 
 def paragraph(value: Any, *, style: str = "body") -> Paragraph:
@@ -131,10 +212,8 @@ def note(value: Any) -> Paragraph:
 
 
 def heading(value: str, *, level: int = 1) -> Flowable:
-    """A section heading; a level-1 heading never sits alone at the foot of a page."""
-    style = "h1" if level == 1 else "h2"
-    flow = _para(value, style)
-    return KeepTogether([CondPageBreak(40 * mm), flow]) if level == 1 else flow
+    """A section heading; it never sits alone at the foot of a page (keepWithNext, _KeepWithNext)."""
+    return _para(value, "h1" if level == 1 else "h2")
 
 
 def keep_together(*flows: Flowable) -> KeepTogether:
@@ -161,9 +240,95 @@ def title_block(title: str, *, subtitle: str = "", facts: Sequence[tuple[str, An
     return flows
 
 
-def key_value_table(rows: Iterable[tuple[str, Any]], *, key_width: float = 55 * mm) -> Table:
-    data = [[_para(key, "cell_bold"), _para(value, "cell")] for key, value in rows]
-    table = Table(data, colWidths=[key_width, CONTENT_WIDTH - key_width], hAlign="LEFT")
+def _run_widths(runs: list[tuple[str, str, Hash | None]], size: float) -> tuple[float, float]:
+    """The widest unbreakable word and the widest line of a cell's runs at ``size`` points."""
+    longest = word = line = widest = 0.0
+    for chunk, font, _digest in runs:
+        for char in chunk:
+            if char == "\n":
+                longest, widest = max(longest, word), max(widest, line)
+                word = line = 0.0
+                continue
+            width = pdfmetrics.stringWidth(char, font, size)
+            line += width
+            if char.isspace():
+                longest, word = max(longest, word), 0.0
+            else:
+                word += width
+    return max(longest, word), max(widest, line)
+
+
+def _column_widths(columns: list[list[list[tuple[str, str, Hash | None]]]], *, width: float, size: float) -> tuple[list[float], float] | None:
+    """Column widths for cells (runs per cell, per column) at ``size`` points, or None when the
+    longest words do not fit side by side.
+
+    Each column gets at least its longest word; the rest of the width goes to the columns
+    whose text would wrap, in proportion to what they lack of their natural (one-line) width,
+    and once every column has that, in proportion to the natural widths.
+    """
+    pad = 2 * CELL_PADDING
+    minimum, natural = [], []
+    for cells in columns:
+        measured = [_run_widths(runs, size) for runs in cells] or [(0.0, 0.0)]
+        minimum.append(max(m for m, _n in measured) + pad + 0.5)  # 0.5: rounding in reportlab's line fit
+        natural.append(max(n for _m, n in measured) + pad + 0.5)
+    if sum(minimum) > width:
+        return None
+    if sum(natural) <= width:
+        spare = width - sum(natural)
+        return [n + spare * n / sum(natural) for n in natural], size
+    need = [n - m for m, n in zip(minimum, natural, strict=True)]
+    spare = width - sum(minimum)
+    return [m + spare * d / sum(need) for m, d in zip(minimum, need, strict=True)], size
+
+
+def _cell_style(name: str, size: float) -> ParagraphStyle:
+    base = STYLES[name]
+    if size == base.fontSize:
+        return base
+    return ParagraphStyle(f"{name}-{size}", parent=base, fontSize=size, leading=size * base.leading / base.fontSize)
+
+
+def _grid(rows: list[list[tuple[Any, str]]], *, width: float, labels: list[list[str]]) -> tuple[list[list[Paragraph]], list[float], float]:
+    """Paragraphs for ``rows`` of (value, style name) with column widths from their content;
+    the font shrinks (down to MIN_CELL_FONT) only when the longest words cannot fit at 8 pt."""
+    n = max(len(r) for r in rows)
+    size = STYLES["cell"].fontSize
+    while True:
+        columns = [[_parts(r[c][0], _cell_style(r[c][1], size).fontName) for r in rows if c < len(r)] for c in range(n)]
+        fitted = _column_widths(columns, width=width, size=size)
+        if fitted is not None or size <= MIN_CELL_FONT:
+            break
+        size -= 0.5
+    if fitted is None:
+        # Impossible even at the smallest size: widths in proportion to the longest words.
+        pad = 2 * CELL_PADDING
+        minimum = [max(_run_widths(runs, size)[0] for runs in cells) + pad for cells in columns]
+        fitted = ([width * m / sum(minimum) for m in minimum], size)
+    widths, size = fitted
+    cells = [
+        [_para(value, _cell_style(style, size), label=labels[i][c]) for c, (value, style) in enumerate(row)]
+        for i, row in enumerate(rows)
+    ]
+    return cells, widths, size
+
+
+def key_value_table(rows: Iterable[tuple[str, Any]], *, width: float = CONTENT_WIDTH) -> Table:
+    """Facts as a two-column table: the key in bold on a tinted column, the value beside it."""
+    rows = list(rows)
+    cells, widths, _size = _grid(
+        [[(key, "cell_bold"), (value, "cell")] for key, value in rows], width=width,
+        labels=[[str(key), str(key)] for key, _v in rows],
+    )
+    # The keys take no more than their share: a long value wraps rather than a key.
+    if len(widths) == 2 and widths[0] > width * 0.4:
+        key_min = max(_run_widths(_parts(key, FONT_BOLD), _cell_style("cell_bold", _size).fontSize)[0] for key, _v in rows)
+        value_min = max(_run_widths(_parts(v, FONT), _cell_style("cell", _size).fontSize)[0] for _k, v in rows)
+        key_width = max(width * 0.4, key_min + 2 * CELL_PADDING + 0.5)
+        if width - key_width >= value_min + 2 * CELL_PADDING + 0.5:
+            widths = [key_width, width - key_width]
+    table = Table(cells, colWidths=widths, hAlign="LEFT")
+    table._pl_hashes = [h for row in cells for cell in row for h in cell._pl_hashes]
     table.setStyle(
         TableStyle(
             [
@@ -178,19 +343,21 @@ def key_value_table(rows: Iterable[tuple[str, Any]], *, key_width: float = 55 * 
     return table
 
 
-def data_table(
-    header: Sequence[str], rows: Sequence[Sequence[Any]], *, col_widths: Sequence[float] | None = None, empty: str = "None recorded."
-) -> Flowable:
-    """A table with a coloured header row repeated on each page; ``empty`` when there are no rows."""
+def data_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, empty: str = "None recorded.") -> Flowable:
+    """A table with a coloured header row repeated on each page; ``empty`` when there are no rows.
+
+    Column widths come from the content (:func:`_grid`): no word is ever split across lines.
+    """
     if not rows:
         return note(empty)
-    if col_widths is None:
-        col_widths = [CONTENT_WIDTH / len(header)] * len(header)
-    else:
-        total = sum(col_widths)
-        col_widths = [CONTENT_WIDTH * w / total for w in col_widths]
-    data = [[_para(h, "head") for h in header]] + [[_para(cell, "cell") for cell in row] for row in rows]
-    table = Table(data, colWidths=col_widths, repeatRows=1, hAlign="LEFT")
+    data = [[(h, "head") for h in header]] + [[(cell, "cell") for cell in row] for row in rows]
+    # Where a hash is used: its column, and the row it is on when the row starts with a key.
+    labels = [[str(h) for h in header]] + [
+        [str(h) if c == 0 else f"{h}, {text(row[0])}" for c, h in enumerate(header)] for row in rows
+    ]
+    cells, widths, _size = _grid(data, width=CONTENT_WIDTH, labels=labels)
+    table = Table(cells, colWidths=widths, repeatRows=1, hAlign="LEFT")
+    table._pl_hashes = [h for row in cells for cell in row for h in cell._pl_hashes]
     style = [
         ("BACKGROUND", (0, 0), (-1, 0), ACCENT),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -291,6 +458,11 @@ def _line_plot(
         plot.yValueAxis.valueMin, plot.yValueAxis.valueMax = y_range
     else:
         plot.yValueAxis.valueMin = 0
+    points = [p for pts in data for p in pts]  # the dashed lines too: a cap must stay inside the axis
+    for axis, values, fixed in ((plot.xValueAxis, [p[0] for p in points], x_range), (plot.yValueAxis, [p[1] for p in points], y_range)):
+        if not fixed and values and all(float(v).is_integer() for v in values):
+            low = int(min(values)) if axis is plot.xValueAxis else min(0, int(min(values)))
+            _integer_ticks(axis, low, int(max(values)))
     drawing.add(plot)
     drawing.add(_label(width / 2, height - 10, title, size=9, bold=True))
     drawing.add(_label(plot.x + plot.width / 2, 1, x_label, size=7, colour=MUTED))
@@ -301,11 +473,30 @@ def _line_plot(
     named = [(name, points) for name, points in series if points]
     if len(named) > 1:
         legend = Legend()
-        legend.x, legend.y = plot.x + plot.width - 30 * mm, plot.y + 10 * mm
+        # Right-aligned inside the drawing: a long model name must not run past the page.
+        widest = max(pdfmetrics.stringWidth(text(name), FONT, 7) for name, _p in named)
+        legend.x, legend.y = max(plot.x + 2, width - widest - 18), plot.y + 10 * mm
         legend.fontName, legend.fontSize = FONT, 7
         legend.colorNamePairs = [(SERIES_COLOURS[i % len(SERIES_COLOURS)], text(name)) for i, (name, _p) in enumerate(named)]
         drawing.add(legend)
     return drawing
+
+
+def _integer_ticks(axis, low: int, high: int, *, most: int = 8) -> None:
+    """Ticks at whole numbers only, for an axis of integer quantities (epochs, counts):
+    reportlab's own choice would put one at 1.5 epochs."""
+    if high <= low:
+        high = low + 1
+    step = 1
+    for candidate in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
+        step = candidate
+        if (high - low) / candidate <= most:
+            break
+    else:
+        step = math.ceil((high - low) / most)
+    axis.valueMin, axis.valueMax = low, high
+    axis.valueSteps = list(range(low, high + 1, step))
+    axis.labelTextFormat = "%d"
 
 
 def line_chart(
@@ -397,12 +588,81 @@ class _NumberedCanvas(pdf_canvas.Canvas):
         self.restoreState()
 
 
-def render_pdf(path: Path | str, flowables: list[Flowable], *, title: str, subject: str = "", author: str = "Privacy Ledger", generated_at: datetime | None = None) -> str:
+class _KeepWithNext(KeepTogether):
+    """Headings (keepWithNext) and the flowable after them, grouped by reportlab's document.
+
+    All on one page when they fit. Otherwise the headings stay with the first part of what
+    follows when that part fits below them (a long table splits under its heading), and go
+    to the next page with it when it does not: a heading never ends a page.
+    """
+
+    def split(self, aW, aH):  # noqa: N803 (reportlab's API)
+        if getattr(self, "_wrapInfo", None) != (aW, aH):
+            self.wrap(aW, aH)
+        content = self._content[:]
+        if self._H <= aH:  # noqa: SIM300 (aH is reportlab's name, not a constant)
+            return content
+        *lead, last = content
+        lead_height = sum(f.wrapOn(self.canv, aW, aH)[1] + f.getSpaceAfter() for f in lead)
+        room = aH - lead_height - last.getSpaceBefore()
+        parts = last.splitOn(self.canv, aW, room) if room > 0 else []
+        if parts and not isinstance(parts[0], ActionFlowable) and parts[0].wrapOn(self.canv, aW, room)[1] <= room:
+            return [*lead, *parts]
+        frame = getattr(self, "_frame", None)
+        if frame is not None and getattr(frame, "_atTop", False):
+            return content  # already at the top of a page: nothing to gain from a break
+        return [FrameBreak(), *content]
+
+
+def _collect_hashes(flowables: Iterable[Any], found: dict[str, list[str]]) -> None:
+    """Every hash shown in ``flowables`` (tables and containers included), in order of first
+    use, with the labels of the places it is used."""
+    for flow in flowables:
+        if isinstance(flow, list | tuple):
+            _collect_hashes(flow, found)
+            continue
+        for digest in getattr(flow, "_pl_hashes", None) or []:
+            labels = found.setdefault(digest.value, [])
+            if digest.label and digest.label not in labels:
+                labels.append(digest.label)
+        if not hasattr(flow, "_pl_hashes"):
+            _collect_hashes(getattr(flow, "_content", None) or [], found)
+            if isinstance(flow, Table):
+                _collect_hashes(flow._cellvalues, found)
+
+
+def hashes_appendix(flowables: Iterable[Flowable], *, extra: Sequence[Flowable] = ()) -> list[Flowable]:
+    """The "Hashes in full" appendix: each hash the document shows shortened, in full, with
+    where it is used; ``extra`` follows it (e.g. a signed checkpoint as one JSON line)."""
+    found: dict[str, list[str]] = {}
+    _collect_hashes(list(flowables), found)
+    if not found and not extra:
+        return []
+    flows: list[Flowable] = [page_break(), heading("Hashes in full")]
+    if found:
+        flows.append(note(
+            f"The body shows each hash by its first {HASH_SHOWN} hexadecimal digits; here they are in full, "
+            "to compare with the records or recompute."
+        ))
+        flows.append(data_table(
+            ["Shown as", "Where used", "Full value"],
+            [[Hash(value), "; ".join(labels) or "—", Hash(value, full=True)] for value, labels in found.items()],
+        ))
+    flows.extend(extra)
+    return flows
+
+
+def render_pdf(
+    path: Path | str, flowables: list[Flowable], *, title: str, subject: str = "", author: str = "Privacy Ledger",
+    generated_at: datetime | None = None, appendix: Sequence[Flowable] = (),
+) -> str:
     """Write ``flowables`` to ``path`` as a PDF with the house page template; return its SHA-256.
 
-    The file is written beside its final name and moved into place, so a reader never
-    sees a half-written report.
+    Hashes shown shortened (:func:`hash_cell`) are listed in full in a closing appendix,
+    followed by ``appendix``. The file is written beside its final name and moved into
+    place, so a reader never sees a half-written report.
     """
+    flowables = [*flowables, *hashes_appendix(flowables, extra=appendix)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     generated = text(generated_at or timezone.now())
@@ -420,6 +680,7 @@ def render_pdf(path: Path | str, flowables: list[Flowable], *, title: str, subje
         creator="Privacy Ledger",
         invariant=1,
     )
+    doc.keepTogetherClass = _KeepWithNext
 
     def make_canvas(*args, **kwargs):
         return _NumberedCanvas(*args, report_title=title, generated_at=generated, **kwargs)

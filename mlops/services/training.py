@@ -15,6 +15,7 @@ import numpy as np
 from mlops import artifacts, data
 from mlops.models import RunStatus, SisaAssignment, SisaCheckpoint, TrainingRun
 from mlops.services.config import _json_number, _schema_for, _train_config
+from mlops.signals import training_run_progress
 
 
 class _Cancelled(Exception):
@@ -81,6 +82,8 @@ class _ProgressReporter:
         )
         if self.on_progress is not None:
             self.on_progress({"run_id": self.run.pk, **progress})
+        # Robust: a failing watcher must not fail the training (Django logs its error).
+        training_run_progress.send_robust(sender=TrainingRun, run_id=self.run.pk, progress=progress)
 
     def should_stop(self) -> bool:
         # At most one query a second: cancellation need not be instant, training steps are.
