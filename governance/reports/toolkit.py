@@ -428,9 +428,14 @@ def _line_plot(
     markers: bool = True,
 ) -> Drawing:
     drawing = Drawing(width, height)
+    named = [(name, points) for name, points in series if points]
+    # The legend gets rows of its own under the x axis: drawn inside the plot it would
+    # cover the curves it names.
+    legend_rows = len(named) if len(named) > 1 else 0
+    legend_height = legend_rows * 9
     plot = LinePlot()
-    plot.x, plot.y = 14 * mm, 12 * mm
-    plot.width, plot.height = width - 20 * mm, height - 24 * mm
+    plot.x, plot.y = 14 * mm, 12 * mm + legend_height
+    plot.width, plot.height = width - 20 * mm, height - 24 * mm - legend_height
     data = [list(points) for _name, points in series if points] + [list(points) for points, _c in extra_lines]
     if not data:
         drawing.add(_label(width / 2, height / 2, f"{title}: no data recorded", size=9, colour=MUTED))
@@ -465,17 +470,19 @@ def _line_plot(
             _integer_ticks(axis, low, int(max(values)))
     drawing.add(plot)
     drawing.add(_label(width / 2, height - 10, title, size=9, bold=True))
-    drawing.add(_label(plot.x + plot.width / 2, 1, x_label, size=7, colour=MUTED))
+    drawing.add(_label(plot.x + plot.width / 2, 1 + legend_height, x_label, size=7, colour=MUTED))
     y_axis_label = _label(0, 0, y_label, size=7, colour=MUTED)
     y_axis_label.x, y_axis_label.y = 4, plot.y + plot.height + 3
     y_axis_label.textAnchor = "start"
     drawing.add(y_axis_label)
-    named = [(name, points) for name, points in series if points]
-    if len(named) > 1:
+    if legend_rows:
         legend = Legend()
-        # Right-aligned inside the drawing: a long model name must not run past the page.
-        widest = max(pdfmetrics.stringWidth(text(name), FONT, 7) for name, _p in named)
-        legend.x, legend.y = max(plot.x + 2, width - widest - 18), plot.y + 10 * mm
+        # One row per series from the left edge under the axis: swatch, then the name, so a
+        # long model name runs into the free width, not past the page.
+        legend.alignment = "right"
+        legend.x, legend.y = 4, legend_height - 4
+        legend.columnMaximum = legend_rows
+        legend.deltay, legend.dx, legend.dy = 9, 8, 5
         legend.fontName, legend.fontSize = FONT, 7
         legend.colorNamePairs = [(SERIES_COLOURS[i % len(SERIES_COLOURS)], text(name)) for i, (name, _p) in enumerate(named)]
         drawing.add(legend)
