@@ -67,13 +67,19 @@ def demo_logging(*, verbosity: int, log_path: Path) -> Iterator[Path | None]:
         # would write its records twice.
         logger.handlers = kept if logger.propagate else [*kept, to_file]
     # Libraries (opacus, torch, numpy) warn through the warnings module, which prints to stderr.
-    warnings_were_captured = getattr(warnings.showwarning, "__module__", "") == "logging"
-    logging.captureWarnings(True)
+    # Replaced here and put back afterwards, not with logging.captureWarnings: that one does
+    # nothing when an earlier caller (Celery's logging set-up) left it on while something else
+    # (a warnings.catch_warnings block) has since put the original showwarning back.
+    previous_showwarning = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        logging.getLogger("py.warnings").warning("%s", warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = showwarning
     try:
         yield log_path
     finally:
-        if not warnings_were_captured:
-            logging.captureWarnings(False)
+        warnings.showwarning = previous_showwarning
         for logger, handlers in saved:
             logger.handlers = handlers
         to_file.close()
