@@ -28,16 +28,20 @@ from governance.audit_anchor import audit_chain_anchored_verify
 from governance.models import (
     ApiKey,
     AuditEvent,
+    CompellingGrounds,
     ConsentEvent,
     DataCategory,
     DataSubject,
     DataSubjectCategory,
     ProcessingActivity,
+    ProcessingObjection,
+    ProcessingRestriction,
     Purpose,
     PurposeCompatibility,
     ReportJob,
     ReportKind,
     ReportStatus,
+    RestrictionLifting,
 )
 from governance.pseudonymisation import IdentifierError, pseudonymise
 from governance.reports import jobs
@@ -621,3 +625,126 @@ class ReportJobAdmin(PanelsAdminMixin, ReadOnlyAdmin):
                                        "generate the report again.", messages.ERROR)
             return back
         return FileResponse(open(file_path, "rb"), content_type="application/pdf", as_attachment=True, filename=file_path.name)  # noqa: SIM115
+
+
+# --- Processing limits (Art. 18, Art. 21): written through the API's services only -----
+
+
+class _LimitAdmin(ReadOnlyAdmin):
+    """A processing limit on a person, shown by pseudonym; searched by external identifier."""
+
+    search_help_text = "An external identifier (pseudonymised before the search) or a pseudonym."
+    search_fields = ["subject__pseudonym"]
+
+    @admin.display(description="person (pseudonym)")
+    def subject_pseudonym(self, obj) -> str:
+        return obj.subject.pseudonym[:16] + "…"
+
+    def get_search_results(self, request, queryset, search_term):
+        if not search_term.strip():
+            return queryset, False
+        return _pseudonymised_search(queryset, search_term, "subject__pseudonym"), False
+
+
+@admin.register(ProcessingRestriction)
+class ProcessingRestrictionAdmin(_LimitAdmin):
+    list_display = ["id", "subject_pseudonym", "ground_shown", "restricted_shown", "restricted_by", "state"]
+    list_filter = ["ground", "restricted_at"]
+    list_select_related = ["subject", "lifting"]
+    fields = ["subject_pseudonym", "ground_shown", "justification", "restricted_shown", "restricted_by", "state",
+              "lifting_shown"]
+    readonly_fields = fields
+
+    @admin.display(description="ground (Art. 18(1))", ordering="ground")
+    def ground_shown(self, obj) -> str:
+        return obj.get_ground_display()
+
+    @admin.display(description="restricted", ordering="restricted_at")
+    def restricted_shown(self, obj) -> str:
+        return display.moment(obj.restricted_at)
+
+    def _lifting(self, obj):
+        try:
+            return obj.lifting
+        except RestrictionLifting.DoesNotExist:
+            return None
+
+    @admin.display(description="state")
+    def state(self, obj) -> str:
+        lifting = self._lifting(obj)
+        return "in force" if lifting is None else f"lifted {display.moment(lifting.lifted_at)}"
+
+    @admin.display(description="lifting (Art. 18(3))")
+    def lifting_shown(self, obj) -> str:
+        lifting = self._lifting(obj)
+        if lifting is None:
+            return "Not lifted: the person's data are only stored."
+        return facts([
+            ("Lifted", display.moment(lifting.lifted_at)), ("By", lifting.lifted_by),
+            ("Person informed", display.moment(lifting.informed_at)), ("Why", lifting.reason),
+        ])
+
+
+@admin.register(ProcessingObjection)
+class ProcessingObjectionAdmin(_LimitAdmin):
+    list_display = ["id", "subject_pseudonym", "purpose", "direct_marketing", "objected_shown", "recorded_by", "state"]
+    list_filter = ["direct_marketing", "purpose", "objected_at"]
+    list_select_related = ["subject", "purpose", "compelling_grounds"]
+    fields = ["subject_pseudonym", "purpose", "direct_marketing", "grounds", "objected_shown", "recorded_by", "state",
+              "compelling_grounds_shown"]
+    readonly_fields = fields
+
+    @admin.display(description="objected", ordering="objected_at")
+    def objected_shown(self, obj) -> str:
+        return display.moment(obj.objected_at)
+
+    def _grounds(self, obj):
+        try:
+            return obj.compelling_grounds
+        except CompellingGrounds.DoesNotExist:
+            return None
+
+    @admin.display(description="state")
+    def state(self, obj) -> str:
+        if obj.direct_marketing:
+            return "in force (direct marketing: absolute, Art. 21(3))"
+        grounds = self._grounds(obj)
+        return "in force" if grounds is None else f"overridden {display.moment(grounds.recorded_at)}"
+
+    @admin.display(description="compelling legitimate grounds (Art. 21(1))")
+    def compelling_grounds_shown(self, obj) -> str:
+        grounds = self._grounds(obj)
+        if grounds is None:
+            return "None recorded: the person is left out of processing for the purpose."
+        return facts([
+            ("Recorded", display.moment(grounds.recorded_at)), ("By", grounds.recorded_by),
+            ("Justification", grounds.justification),
+        ])
+
+
+@admin.register(RestrictionLifting)
+class RestrictionLiftingAdmin(ReadOnlyAdmin):
+    list_display = ["restriction", "lifted_shown", "lifted_by", "informed_shown"]
+    list_select_related = ["restriction"]
+    fields = ["restriction", "reason", "informed_shown", "lifted_shown", "lifted_by"]
+    readonly_fields = fields
+
+    @admin.display(description="lifted", ordering="lifted_at")
+    def lifted_shown(self, obj) -> str:
+        return display.moment(obj.lifted_at)
+
+    @admin.display(description="person informed (Art. 18(3))", ordering="informed_at")
+    def informed_shown(self, obj) -> str:
+        return display.moment(obj.informed_at)
+
+
+@admin.register(CompellingGrounds)
+class CompellingGroundsAdmin(ReadOnlyAdmin):
+    list_display = ["objection", "recorded_shown", "recorded_by"]
+    list_select_related = ["objection"]
+    fields = ["objection", "justification", "recorded_shown", "recorded_by"]
+    readonly_fields = fields
+
+    @admin.display(description="recorded", ordering="recorded_at")
+    def recorded_shown(self, obj) -> str:
+        return display.moment(obj.recorded_at)

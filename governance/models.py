@@ -404,3 +404,102 @@ class ReportJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()}, job {self.pk} ({self.get_status_display().lower()})"
+
+
+# --- Processing limits: restriction (Art. 18) and objection (Art. 21) ---------------
+#
+# Append-only like the consent ledger: a restriction is lifted, and an objection answered
+# by compelling grounds, by a new row pointing at it, never by changing it. Every moment
+# here is stamped by the server inside the consent ledger's critical section
+# (governance.consent_clock), so a snapshot that read the ledger at K saw every limit
+# stamped at or before K and none stamped after. The rows go with the person's subject
+# row on erasure (Art. 17): they are data about the person.
+
+# Purposes under this code are direct marketing (Art. 21(2)-(3)): purposes carry no other
+# marketing notion, so the code decides, and an objection to them is absolute.
+DIRECT_MARKETING_PURPOSE_CODE = "marketing"
+
+
+def purpose_code_is_direct_marketing(code: str) -> bool:
+    return code == DIRECT_MARKETING_PURPOSE_CODE or code.startswith(DIRECT_MARKETING_PURPOSE_CODE + ".")
+
+
+class RestrictionGround(models.TextChoices):
+    ACCURACY_CONTESTED = "18_1_a", "Art. 18(1)(a) accuracy contested, while the controller verifies it"
+    UNLAWFUL_ERASURE_OPPOSED = "18_1_b", "Art. 18(1)(b) processing unlawful, the person opposes erasure"
+    LEGAL_CLAIMS = "18_1_c", "Art. 18(1)(c) no longer needed, but required by the person for legal claims"
+    OBJECTION_PENDING = "18_1_d", "Art. 18(1)(d) objection under Art. 21(1) pending verification of grounds"
+
+
+class ProcessingRestriction(AppendOnlyModel):
+    """An Art. 18(1) restriction: while it holds, the person's data are only stored (no new
+    snapshot, no training). Lifted by a ``RestrictionLifting``, never changed."""
+
+    subject = models.ForeignKey(DataSubject, on_delete=models.CASCADE, related_name="restrictions")
+    ground = models.CharField(max_length=10, choices=RestrictionGround.choices)
+    justification = models.TextField(help_text="Why, in the DPO's words (no identifier).")
+    restricted_at = models.DateTimeField(help_text="When the restriction took effect (the server's clock).")
+    restricted_by = models.CharField(max_length=150)
+
+    class Meta:
+        ordering = ["-restricted_at", "-id"]
+        indexes = [models.Index(fields=["subject", "restricted_at"])]
+
+    def __str__(self) -> str:
+        return f"Restriction {self.pk} ({self.get_ground_display()})"
+
+
+class RestrictionLifting(AppendOnlyModel):
+    """The end of a restriction: who, why, when, and when the person was told (Art. 18(3))."""
+
+    restriction = models.OneToOneField(ProcessingRestriction, on_delete=models.CASCADE, related_name="lifting")
+    reason = models.TextField()
+    informed_at = models.DateTimeField(help_text="When the person was informed, before the lifting (Art. 18(3)).")
+    lifted_at = models.DateTimeField(help_text="When the restriction ended (the server's clock).")
+    lifted_by = models.CharField(max_length=150)
+
+    class Meta:
+        ordering = ["-lifted_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Lifting of restriction {self.restriction_id}"
+
+
+class ProcessingObjection(AppendOnlyModel):
+    """An Art. 21 objection to processing for a purpose (and the purposes it covers)."""
+
+    subject = models.ForeignKey(DataSubject, on_delete=models.CASCADE, related_name="objections")
+    purpose = models.ForeignKey(Purpose, on_delete=models.PROTECT, related_name="objections")
+    grounds = models.TextField(
+        blank=True, help_text="The person's grounds relating to their particular situation (Art. 21(1)); none "
+        "are needed against direct marketing.",
+    )
+    direct_marketing = models.BooleanField(
+        default=False, help_text="The purpose is direct marketing (Art. 21(2)-(3)): the objection is absolute.",
+    )
+    objected_at = models.DateTimeField(help_text="When the objection took effect (the server's clock).")
+    recorded_by = models.CharField(max_length=150)
+
+    class Meta:
+        ordering = ["-objected_at", "-id"]
+        indexes = [models.Index(fields=["purpose", "objected_at"]), models.Index(fields=["subject", "purpose"])]
+
+    def __str__(self) -> str:
+        return f"Objection {self.pk} to {self.purpose_id}"
+
+
+class CompellingGrounds(AppendOnlyModel):
+    """The DPO's record of compelling legitimate grounds overriding an objection (Art. 21(1));
+    never for direct marketing (Art. 21(3))."""
+
+    objection = models.OneToOneField(ProcessingObjection, on_delete=models.CASCADE, related_name="compelling_grounds")
+    justification = models.TextField()
+    recorded_at = models.DateTimeField(help_text="From this moment the objection no longer excludes the person.")
+    recorded_by = models.CharField(max_length=150)
+
+    class Meta:
+        verbose_name_plural = "compelling legitimate grounds"
+        ordering = ["-recorded_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Compelling grounds for objection {self.objection_id}"

@@ -346,3 +346,87 @@ def data_subject_find(*, identifier: str):
     candidates = pseudonym_candidates(identifier)
     found = {s.pseudonym: s for s in DataSubject.objects.filter(pseudonym__in=candidates)}
     return next((found[p] for p in candidates if p in found), None)
+
+
+# --- Processing limits: restriction (Art. 18) and objection (Art. 21) ---------------
+#
+# Rule (documented in docs/governance.md): a person is restricted at T when a restriction
+# of theirs took effect at or before T and was not lifted at or before T. A person objects
+# to a purpose P at T when an objection of theirs to P or to a purpose covering P (an
+# ancestor, as for consent) took effect at or before T and no compelling grounds were
+# recorded for it at or before T (never for direct marketing, Art. 21(3)). Every moment is
+# the server's, stamped inside the consent ledger's critical section, so the answer for a T
+# at or before a ledger moment K (governance.consent_clock) never changes afterwards.
+
+OBJECTION_BASES = ("public_task", "legitimate_interests")
+
+
+def objection_applies(*, lawful_basis: str, purpose_code: str) -> bool:
+    """Whether an Art. 21 objection stops processing under ``lawful_basis`` for the purpose:
+    Art. 21(1) covers Art. 6(1)(e) and (f); Art. 21(2) direct marketing under any basis but
+    consent (where withdrawal, Art. 7(3), is the route)."""
+    from governance.models import LawfulBasis, purpose_code_is_direct_marketing
+
+    if lawful_basis in OBJECTION_BASES:
+        return True
+    return purpose_code_is_direct_marketing(purpose_code) and lawful_basis != LawfulBasis.CONSENT
+
+
+def restrictions_in_force(*, at: datetime | None = None):
+    """Restrictions holding at ``at`` (default now), as a queryset (compose it with ``__in``)."""
+    from governance.models import ProcessingRestriction
+
+    at = at or timezone.now()
+    return ProcessingRestriction.objects.filter(restricted_at__lte=at).exclude(lifting__lifted_at__lte=at)
+
+
+def restricted_subject_ids(*, at: datetime | None = None):
+    """Ids of the people restricted at ``at`` (default now): a lazy queryset, usable as a subquery."""
+    return restrictions_in_force(at=at).values("subject_id").distinct()
+
+
+def objections_in_force(*, purpose: Purpose | None = None, at: datetime | None = None):
+    """Objections excluding people at ``at`` (default now): to ``purpose`` or a purpose covering
+    it when given, else to any purpose; compelling grounds recorded by then lift all but
+    direct-marketing ones."""
+    from django.db.models import Q
+
+    from governance.models import ProcessingObjection
+
+    at = at or timezone.now()
+    objections = ProcessingObjection.objects.filter(objected_at__lte=at)
+    if purpose is not None:
+        objections = objections.filter(purpose_id__in=purpose_and_ancestor_ids(purpose=purpose))
+    return objections.exclude(Q(direct_marketing=False) & Q(compelling_grounds__recorded_at__lte=at))
+
+
+def objecting_subject_ids(*, purpose: Purpose, at: datetime | None = None):
+    """Ids of the people objecting to ``purpose`` at ``at`` (default now): a lazy queryset."""
+    return objections_in_force(purpose=purpose, at=at).values("subject_id").distinct()
+
+
+def restricted_subjects_sql(*, at: datetime) -> tuple[str, list]:
+    """SQL yielding the subject_id of every person restricted at ``at`` (no duplicates matter
+    to ``IN``); for set-based statements such as a snapshot's classification."""
+    sql = (
+        "SELECT pr.subject_id FROM governance_processingrestriction pr WHERE pr.restricted_at <= %s "
+        "AND NOT EXISTS (SELECT 1 FROM governance_restrictionlifting rl "
+        "WHERE rl.restriction_id = pr.id AND rl.lifted_at <= %s)"
+    )
+    return sql, [at, at]
+
+
+def objecting_subjects_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list]:
+    """SQL yielding the subject_id of every person objecting to ``purpose`` (or a purpose
+    covering it) at ``at``; same rule as objections_in_force."""
+    ids = purpose_and_ancestor_ids(purpose=purpose)
+    if not ids:
+        return "SELECT NULL AS subject_id WHERE 1 = 0", []
+    placeholders = ", ".join(["%s"] * len(ids))
+    sql = (
+        "SELECT po.subject_id FROM governance_processingobjection po "
+        f"WHERE po.purpose_id IN ({placeholders}) AND po.objected_at <= %s "
+        "AND (po.direct_marketing OR NOT EXISTS (SELECT 1 FROM governance_compellinggrounds cg "
+        "WHERE cg.objection_id = po.id AND cg.recorded_at <= %s))"
+    )
+    return sql, [*ids, at, at]

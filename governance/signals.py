@@ -15,6 +15,10 @@ from django.dispatch import Signal
 # kwargs: consent_event_ids (list[str], the new withdrawal events), actor
 consent_withdrawn = Signal()
 
+# A person's objection (Art. 21) to processing for a purpose was committed.
+# kwargs: subject_id (int), purpose_code (str), objection_id (int), actor
+processing_objected = Signal()
+
 
 def send_on_commit(signal: Signal, **kwargs) -> None:
     """Send ``signal`` once the current transaction commits; receivers' errors are logged

@@ -43,6 +43,8 @@ EXCLUSION_LABELS = {
     "withdrawn": "Consent withdrawn",
     "expired": "Consent expired",
     "retention_passed": "Retention period passed (Art. 5(1)(e))",
+    "restricted": "Processing restricted (Art. 18)",
+    "objected": "Objected to the purpose (Art. 21)",
 }
 FEATURE_TYPE_LABELS = {"float": "number (decimal)", "int": "number (whole)", "bool": "yes / no", "category": "category"}
 

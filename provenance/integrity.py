@@ -17,7 +17,12 @@ This verifier trusts none of the derived columns. For one snapshot it checks, in
 4. the history: amendments numbered 1..n, each starting from the root the previous one
    left, and the root and counts the audit log recorded when the snapshot was created
    and when an erasure amended it (an attacker who rewrote the root and the counts to
-   match a tampered membership still has to rewrite the hash-chained audit log).
+   match a tampered membership still has to rewrite the hash-chained audit log);
+5. the processing limits: no member's person was restricted (Art. 18) or, where objections
+   apply, objecting to the purpose (Art. 21) at the moments the creation event says the
+   snapshot read them (``limits_at``). The rule is evaluated at the snapshot's moments, as
+   consent is: a restriction recorded afterwards leaves the snapshot as it was. Snapshots
+   whose creation event predates the rule (no ``limits_at``) skip this step.
 
 Members are read once, in chunks, with one streamed query; nothing per row.
 """
@@ -129,7 +134,17 @@ def _lock_against_amendments(snapshot_id: int) -> None:
             cursor.execute(f"SELECT 1 FROM {Snapshot._meta.db_table} WHERE id = %s FOR SHARE", [snapshot_id])
 
 
-def _history_difference(snapshot: Snapshot, amendments: list[SnapshotAmendment]) -> str | None:
+def _creation_event(snapshot: Snapshot) -> tuple[int, dict] | None:
+    """(position, details) of the snapshot's creation event in the audit log, or None."""
+    return (
+        AuditEvent.objects.filter(action="snapshot.created", object_type="snapshot", object_id=str(snapshot.pk))
+        .order_by("position").values_list("position", "details").first()
+    )
+
+
+def _history_difference(
+    snapshot: Snapshot, amendments: list[SnapshotAmendment], created: tuple[int, dict] | None
+) -> str | None:
     """The amendment chain and the audit log's record of the roots and counts."""
     previous = snapshot.merkle_root
     for expected, amendment in enumerate(amendments, start=1):
@@ -139,10 +154,6 @@ def _history_difference(snapshot: Snapshot, amendments: list[SnapshotAmendment])
             before = "the snapshot's merkle_root" if expected == 1 else f"amendment {expected - 1}'s new root"
             return f"amendment {expected}: its previous root differs from {before}"
         previous = amendment.new_root
-    created = (
-        AuditEvent.objects.filter(action="snapshot.created", object_type="snapshot", object_id=str(snapshot.pk))
-        .order_by("position").values_list("position", "details").first()
-    )
     if created is not None:
         position, details = created
         for key, field, stored in (
@@ -171,6 +182,32 @@ def _history_difference(snapshot: Snapshot, amendments: list[SnapshotAmendment])
                     f"{amendment.erasure_request_id} recorded in the audit log"
                 )
     return None
+
+
+def _limits_difference(snapshot: Snapshot, created: tuple[int, dict] | None) -> str | None:
+    """The first member whose person the limits excluded at the snapshot's moments, or None."""
+    from governance.moments import moment_parse
+    from provenance.services.snapshots import limits_reason_branches
+
+    details = created[1] if created is not None else None
+    if not isinstance(details, dict) or not details.get("limits_at"):
+        return None
+    moments = [moment_parse(value) for value in details["limits_at"]]
+    branches, params = limits_reason_branches(
+        purpose=snapshot.purpose, moments=moments, objections=bool(details.get("objections_apply")), alias="m",
+    )
+    sql = (
+        f"SELECT record_id, reason FROM (SELECT m.record_id AS record_id, CASE {' '.join(branches)} ELSE NULL END "
+        f"AS reason FROM {SnapshotMembership._meta.db_table} m WHERE m.snapshot_id = %s) limited "
+        "WHERE reason IS NOT NULL ORDER BY record_id LIMIT 1"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, snapshot.pk])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    why = "restricted (Art. 18)" if row[1] == "restricted" else "objecting to the purpose (Art. 21)"
+    return f"record {row[0]}: its person was {why} at the moment the snapshot was taken, yet is a member"
 
 
 def _json(value: str | None) -> Any:
@@ -205,9 +242,8 @@ def _verify(snapshot: Snapshot, *, chunk_size: int) -> SnapshotVerification:
     sid = snapshot.pk
     schema = snapshot.dataset.schema
     amendments = list(SnapshotAmendment.objects.filter(snapshot_id=sid).order_by("sequence", "id"))
-    audit_checked = AuditEvent.objects.filter(
-        action="snapshot.created", object_type="snapshot", object_id=str(sid)
-    ).exists()
+    created = _creation_event(snapshot)
+    audit_checked = created is not None
 
     def result(difference: str | None, checked: int) -> SnapshotVerification:
         return SnapshotVerification(difference is None, sid, checked, difference, audit_checked)
@@ -256,14 +292,16 @@ def _verify(snapshot: Snapshot, *, chunk_size: int) -> SnapshotVerification:
     if acc.root() != current_root:
         stored_as = f"amendment {amendments[-1].sequence}'s new root" if amendments else "the stored root"
         return result(f"root recomputed from the members differs from {stored_as}", checked)
-    return result(_history_difference(snapshot, amendments), checked)
+    return result(
+        _history_difference(snapshot, amendments, created) or _limits_difference(snapshot, created), checked
+    )
 
 
 def snapshot_verify(*, snapshot_id: int, chunk_size: int = CHUNK_SIZE) -> SnapshotVerification:
     """Recompute one snapshot's leaves, counts and root from its records; see the module."""
     with transaction.atomic():
         _lock_against_amendments(snapshot_id)
-        snapshot = Snapshot.objects.select_related("dataset").filter(pk=snapshot_id).first()
+        snapshot = Snapshot.objects.select_related("dataset", "purpose").filter(pk=snapshot_id).first()
         if snapshot is None:
             return SnapshotVerification(False, snapshot_id, 0, "the snapshot does not exist")
         return _verify(snapshot, chunk_size=chunk_size)

@@ -57,6 +57,30 @@ def snapshot_members_no_longer_covered(*, snapshot: Snapshot, at: datetime) -> i
         return int(cursor.fetchone()[0])
 
 
+def snapshot_members_limited(*, snapshot: Snapshot, at: datetime) -> dict[str, int]:
+    """How many people still in ``snapshot`` are restricted (Art. 18) and how many object to
+    its purpose (Art. 21, where objections apply to its lawful basis) at ``at``:
+    ``{"restricted": n, "objected": m}``, a person restricted and objecting counted once, as
+    restricted. One grouped query."""
+    from governance.selectors import objecting_subjects_sql, objection_applies, restricted_subjects_sql
+
+    restricted_sql, params = restricted_subjects_sql(at=at)
+    reason = f"WHEN m.subject_id IN ({restricted_sql}) THEN 'restricted' "
+    if objection_applies(lawful_basis=snapshot.lawful_basis, purpose_code=snapshot.purpose.code):
+        objected_sql, objected_params = objecting_subjects_sql(purpose=snapshot.purpose, at=at)
+        reason += f"WHEN m.subject_id IN ({objected_sql}) THEN 'objected' "
+        params = [*params, *objected_params]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT reason, COUNT(*) FROM (SELECT DISTINCT m.subject_id, CASE {reason} END AS reason "
+            f"FROM {SnapshotMembership._meta.db_table} m WHERE m.snapshot_id = %s) limited "
+            "WHERE reason IS NOT NULL GROUP BY reason",
+            [*params, snapshot.pk],
+        )
+        counts = dict(cursor.fetchall())
+    return {"restricted": int(counts.get("restricted", 0)), "objected": int(counts.get("objected", 0))}
+
+
 def snapshot_current_root(*, snapshot: Snapshot) -> str:
     """The root of the current membership: the last amendment's, or the original."""
     latest = SnapshotAmendment.objects.filter(snapshot=snapshot).order_by("-id").values_list("new_root", flat=True).first()

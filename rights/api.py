@@ -7,17 +7,23 @@ pseudonym: a person appears only as ``subject_ref``.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import tempfile
+import zipfile
 from pathlib import Path
 
 import django_filters
 from django.conf import settings
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from governance.filtersets import ApiFilterSet, StrictBooleanFilter
 from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY
@@ -35,6 +41,8 @@ from rights.models import (
     RefusalGround,
     RemediationAction,
 )
+from rights.portability import portability_csv
+from rights.reports import access_answer_pdf_write
 
 # --- Serializers ---------------------------------------------------------------------
 
@@ -284,3 +292,94 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
             open(path, "rb"), content_type="application/pdf", as_attachment=True,  # noqa: SIM115 (FileResponse closes it)
             filename=Path(obj.certificate_path).name,
         )
+
+
+# --- The rights of access (Art. 15) and portability (Art. 20) ---------------------------
+# POST, so the identifier stays out of URLs and access logs; it is pseudonymised on arrival
+# and never stored. The format is a body field: DRF reserves the ``?format=`` query
+# parameter for choosing a renderer.
+
+
+class SubjectAccessRequestSerializer(serializers.Serializer):
+    subject = serializers.CharField(help_text="The person's external identifier (e-mail, customer number); pseudonymised on arrival, never stored.")
+    format = serializers.ChoiceField(choices=["json", "pdf"], required=False, default="json",
+                                     help_text="json: the machine-readable answer; pdf: the answer for the person.")
+
+
+class SubjectPortabilityRequestSerializer(serializers.Serializer):
+    subject = serializers.CharField(help_text="The person's external identifier; pseudonymised on arrival, never stored.")
+    format = serializers.ChoiceField(choices=["json", "csv"], required=False, default="json",
+                                     help_text="json: one JSON document; csv: a ZIP of one CSV per dataset and export.json.")
+
+
+def _attachment(content: bytes, *, content_type: str, filename: str) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["X-Content-SHA256"] = hashlib.sha256(content).hexdigest()
+    return response
+
+
+class SubjectAccessView(APIView):
+    """The answer to a right-of-access request (GDPR Art. 15) for one person.
+
+    For the DPO only: the answer holds the person's own data (Art. 15(3)).
+    """
+
+    role_permissions = {"default": DPO_ONLY}
+
+    @extend_schema(
+        request=SubjectAccessRequestSerializer,
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, (200, "application/pdf"): OpenApiTypes.BINARY},
+        examples=[OpenApiExample("Access answer as JSON", value={"subject": "alice@example.org"}, request_only=True),
+                  OpenApiExample("Access answer as PDF", value={"subject": "alice@example.org", "format": "pdf"},
+                                 request_only=True)],
+        summary="Answer a right-of-access request (Art. 15): JSON, or the PDF for the person",
+        description="Every item of Art. 15(1)(a)–(h) and 15(2) and the copy of the data (15(3)); see docs/rights.md. "
+                    "An unknown person is answered: no data held (data_held false). Each answer is audited.",
+    )
+    def post(self, request):
+        data = _body(request)
+        answer = services.subject_access_answer(identifier=data.get("subject"), format=data.get("format"),
+                                                actor=request.user)
+        if (data.get("format") or "json") != "pdf":
+            return Response(answer)
+        # Written to a private temporary directory and deleted once read: the answer holds the
+        # person's data, and a copy left in the report storage would outlive its purpose.
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "access-answer.pdf"
+            access_answer_pdf_write(answer=answer, path=path)
+            content = path.read_bytes()
+        reference = answer.get("subject_ref") or "no-data-held"
+        return _attachment(content, content_type="application/pdf", filename=f"access-answer-{reference}.pdf")
+
+
+class SubjectPortabilityView(APIView):
+    """The data a person provided, processed on consent or contract (GDPR Art. 20)."""
+
+    role_permissions = {"default": DPO_ONLY}
+
+    @extend_schema(
+        request=SubjectPortabilityRequestSerializer,
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, (200, "application/zip"): OpenApiTypes.BINARY,
+                   409: OpenApiResponse(description="Art. 20(1): the person has no record processed on consent or "
+                                                    "contract; the body names the bases found.")},
+        examples=[OpenApiExample("Export as CSV", value={"subject": "alice@example.org", "format": "csv"},
+                                 request_only=True)],
+        summary="Export a person's data for portability (Art. 20): JSON, or a ZIP of CSV files",
+        description="Only records in datasets whose processing activity rests on consent (Art. 6(1)(a)) or a "
+                    "contract (6(1)(b)); refused with 409 naming Art. 20(1) otherwise. An unknown person is "
+                    "answered: no data held (data_held false). Each export and refusal is audited.",
+    )
+    def post(self, request):
+        data = _body(request)
+        export = services.subject_portability_export(identifier=data.get("subject"), format=data.get("format"),
+                                                     actor=request.user)
+        if (data.get("format") or "json") != "csv" or not export["data_held"]:
+            return Response(export)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, content in portability_csv(export).items():
+                archive.writestr(name, content)
+            archive.writestr("export.json", json.dumps(export, indent=2, ensure_ascii=False))
+        return _attachment(buffer.getvalue(), content_type="application/zip",
+                           filename=f"portability-{export['subject_ref']}.zip")

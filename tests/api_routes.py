@@ -81,3 +81,23 @@ def api_routes() -> list[Route]:
                 allowed = frozenset()
             routes[(method, path)] = Route(name, path, method, action, allowed)
     return sorted(routes.values(), key=lambda r: (r.path, r.method))
+
+
+# The role policy of routes, written apart from the views' role_permissions: a test
+# compares what the code enforces with what is meant. Paths as api_routes() reverses them.
+_DPO = frozenset({"dpo"})
+_DPO_AND_AUDITOR = frozenset({"dpo", "auditor"})
+ROLE_POLICY: dict[tuple[str, str], frozenset[str]] = {
+    # Processing limits (Art. 18, Art. 21): recorded by the DPO, read by the DPO and auditors.
+    ("GET", "/api/v1/restrictions/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/restrictions/"): _DPO,
+    ("GET", "/api/v1/restrictions/999999999/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/restrictions/999999999/lift/"): _DPO,
+    ("GET", "/api/v1/objections/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/objections/"): _DPO,
+    ("GET", "/api/v1/objections/999999999/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/objections/999999999/compelling-grounds/"): _DPO,
+    # Access (Art. 15) and portability (Art. 20): the answers hold a person's own data.
+    ("POST", "/api/v1/subjects/access/"): _DPO,
+    ("POST", "/api/v1/subjects/portability/"): _DPO,
+}

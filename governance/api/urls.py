@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from governance.api import reports, views
+from governance.api import limits, reports, views
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
@@ -13,6 +13,8 @@ router.register("data-subject-categories", views.DataSubjectCategoryViewSet, bas
 router.register("processing-activities", views.ProcessingActivityViewSet, basename="processing-activity")
 router.register("consent-events", views.ConsentEventViewSet, basename="consent-event")
 router.register("reports", reports.ReportJobViewSet, basename="report-job")
+router.register("restrictions", limits.RestrictionViewSet, basename="restriction")
+router.register("objections", limits.ObjectionViewSet, basename="objection")
 
 urlpatterns = [
     path("reports/ropa.csv", reports.RopaCsvView.as_view(), name="ropa-csv"),

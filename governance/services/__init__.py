@@ -11,7 +11,9 @@
   data-subject categories;
 - ``activities``: records of processing activities (Art. 30(1)): validate, create, update;
 - ``consent``: the consent ledger (Art. 7): validating and ingesting batches of consent events;
-- ``consent_evidence``: the closed set of evidence keys, each decoded and checked by its own rule.
+- ``consent_evidence``: the closed set of evidence keys, each decoded and checked by its own rule;
+- ``limits``: processing limits on a person: restriction (Art. 18) and its lifting, objection
+  (Art. 21) and the compelling grounds that override it.
 
 Inside the package the imports run one way: ``errors`` <- ``audit`` <- everything else, and
 ``subjects`` and ``consent_evidence`` <- ``consent``. Keyword-only, atomic, audited. Callers import from here.
@@ -41,6 +43,12 @@ from governance.services.consent import (
 )
 from governance.services.consent_evidence import CONSENT_EVIDENCE_KEYS, ip_truncate
 from governance.services.errors import SYSTEM_ACTOR, ServiceConflict, ServiceError, moment_for_field
+from governance.services.limits import (
+    processing_objection_compelling_grounds_record,
+    processing_objection_create,
+    processing_restriction_create,
+    processing_restriction_lift,
+)
 from governance.services.purposes import (
     COMPATIBILITY_FACTORS,
     data_category_create,
@@ -95,4 +103,9 @@ __all__ = [
     "consent_event_derive_id",
     "consent_events_ingest",
     "ip_truncate",
+    # limits
+    "processing_objection_compelling_grounds_record",
+    "processing_objection_create",
+    "processing_restriction_create",
+    "processing_restriction_lift",
 ]

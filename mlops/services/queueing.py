@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 def snapshot_trainable_check(*, snapshot: Snapshot) -> None:
     """Refuse (409) to train on ``snapshot`` unless it is current and everyone still in it
-    is covered for its purpose now.
+    is covered for its purpose now: consent valid, not restricted (Art. 18), not objecting
+    to the purpose (Art. 21).
 
     A reconstruction records what was lawful at a past moment; people covered then may
     have withdrawn since, so it is never trained on. A current snapshot may be days old:
@@ -53,7 +54,7 @@ def snapshot_trainable_check(*, snapshot: Snapshot) -> None:
     """
     from governance.consent_clock import consent_ledger_moment
     from provenance.models import SnapshotKind
-    from provenance.selectors import snapshot_members_no_longer_covered
+    from provenance.selectors import snapshot_members_limited, snapshot_members_no_longer_covered
 
     if snapshot.kind != SnapshotKind.CURRENT:
         raise ServiceConflict(
@@ -62,7 +63,26 @@ def snapshot_trainable_check(*, snapshot: Snapshot) -> None:
             field="snapshot",
         )
     with transaction.atomic():  # the ledger's moment is read inside the reading transaction
-        lost = snapshot_members_no_longer_covered(snapshot=snapshot, at=consent_ledger_moment())
+        now = consent_ledger_moment()
+        lost = snapshot_members_no_longer_covered(snapshot=snapshot, at=now)
+        limited = snapshot_members_limited(snapshot=snapshot, at=now)
+    if limited["restricted"] or limited["objected"]:
+        # Art. 18(1): a restricted person's data are only stored; Art. 21: an objection
+        # stops the processing for the purpose. Neither may be trained on from now on.
+        def people(n: int) -> str:
+            return "1 person" if n == 1 else f"{n} people"
+
+        parts = []
+        if limited["restricted"]:
+            parts.append(f"{people(limited['restricted'])} whose processing is restricted (Art. 18)")
+        if limited["objected"]:
+            verb = "objects" if limited["objected"] == 1 else "object"
+            parts.append(f"{people(limited['objected'])} who {verb} to {snapshot.purpose.code} (Art. 21)")
+        raise ServiceConflict(
+            f"Snapshot {snapshot.pk} holds {' and '.join(parts)} as of now. Take a new snapshot, which leaves "
+            "them out, and train on that.",
+            field="snapshot", restricted=limited["restricted"], objected=limited["objected"],
+        )
     if lost:
         who = "1 person" if lost == 1 else f"{lost} people"
         raise ServiceConflict(

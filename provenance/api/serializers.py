@@ -84,7 +84,8 @@ class SnapshotSerializer(serializers.ModelSerializer):
     trainable = serializers.BooleanField(
         read_only=True,
         help_text="False for a reconstruction (taken for a past moment): never trained on. A current snapshot "
-        "is also re-checked against the consent ledger when a run is queued.",
+        "is also re-checked against the consent ledger, restrictions (Art. 18) and objections (Art. 21) when a run "
+        "is queued.",
     )
     amendments = SnapshotAmendmentSerializer(many=True, read_only=True)
 
@@ -98,6 +99,13 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "current_merkle_root", "amendments", "openlineage_run_id",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "excluded_counts": {
+                "help_text": "Records left out, by reason (each counted under the first that applies): no_consent, "
+                "withdrawn, expired (consent, Art. 7), retention_passed (Art. 5(1)(e)), restricted (the person's "
+                "processing is restricted, Art. 18) and objected (the person objects to the purpose, Art. 21)."
+            }
+        }
 
     def get_current_merkle_root(self, obj: Snapshot) -> str:
         amendments = list(obj.amendments.all())

@@ -13,7 +13,12 @@ from django.utils import timezone
 from governance.consent_clock import consent_ledger_moment
 from governance.dispatch import task_dispatch_on_commit
 from governance.models import LawfulBasis, ProcessingActivity, Purpose, PurposeCompatibility
-from governance.selectors import consent_state_sql
+from governance.selectors import (
+    consent_state_sql,
+    objecting_subjects_sql,
+    objection_applies,
+    restricted_subjects_sql,
+)
 from governance.services import ServiceError, audit_event_record
 from provenance import merkle
 from provenance.models import (
@@ -24,7 +29,8 @@ from provenance.models import (
     SnapshotMembership,
 )
 
-EXCLUSION_REASONS = ("no_consent", "withdrawn", "expired", "retention_passed")
+# A record is counted under the first reason that applies, in this order.
+EXCLUSION_REASONS = ("no_consent", "withdrawn", "expired", "retention_passed", "restricted", "objected")
 # How far ``at`` may lie from the moment a snapshot is taken and still count as that moment
 # (clocks of the caller and the server disagree): beyond it in the past, a reconstruction.
 SNAPSHOT_CLOCK_SKEW = timedelta(minutes=5)
@@ -63,15 +69,52 @@ def _consent_reason_sql(alias: str) -> str:
     )
 
 
+def limits_moments(*, at: datetime, ledger_moment: datetime, kind: str) -> list[datetime]:
+    """The moments at which restrictions and objections decide a snapshot's membership.
+
+    A reconstruction: T alone (T is before the ledger moment K, so every limit stamped by T
+    was read). A current snapshot: K, and T as well when T is before K (a person limited at
+    either is left out); a T after K counts as K, since limits stamped after K were not read.
+    """
+    if kind == SnapshotKind.RECONSTRUCTION:
+        return [at]
+    return [ledger_moment, at] if at < ledger_moment else [ledger_moment]
+
+
+def limits_reason_branches(
+    *, purpose: Purpose, moments: list[datetime], objections: bool, alias: str = "r"
+) -> tuple[list[str], list]:
+    """CASE branches (and their params) for the restricted and objecting people at ``moments``."""
+    branches: list[str] = []
+    params: list = []
+    restricted = []
+    for moment in moments:
+        sql, sql_params = restricted_subjects_sql(at=moment)
+        restricted.append(f"{alias}.subject_id IN ({sql})")
+        params += sql_params
+    branches.append(f"WHEN {' OR '.join(restricted)} THEN 'restricted'")
+    if objections:
+        objected = []
+        for moment in moments:
+            sql, sql_params = objecting_subjects_sql(purpose=purpose, at=moment)
+            objected.append(f"{alias}.subject_id IN ({sql})")
+            params += sql_params
+        branches.append(f"WHEN {' OR '.join(objected)} THEN 'objected'")
+    return branches, params
+
+
 def _membership_select(
     *, dataset_id: int, purpose: Purpose, at: datetime, consent: bool, cutoff: datetime | None,
     known_at: datetime | None = None, also_at: datetime | None = None,
+    limits_at: list[datetime] | None = None, objections: bool = False,
 ) -> tuple[str, list]:
     """(classification query, params): every record of the dataset that existed at T,
     with its content hash and why it is excluded, or 'included'. ``known_at``: consent
     counts only events recorded by then (the moment the snapshot read the ledger).
     ``also_at``: consent must be valid at this moment too (a current snapshot taken for a
-    T a little before or after K must hold only people covered at both)."""
+    T a little before or after K must hold only people covered at both). ``limits_at``:
+    people restricted (Art. 18) at any of these moments are out, and, with ``objections``,
+    people objecting to the purpose (Art. 21) at any of them."""
     reason = ["CASE"]
     params: list = []
     if cutoff is not None:
@@ -81,6 +124,10 @@ def _membership_select(
         reason.append(_consent_reason_sql("c"))
         if also_at is not None:
             reason.append(_consent_reason_sql("c2"))
+    if limits_at:
+        branches, limit_params = limits_reason_branches(purpose=purpose, moments=limits_at, objections=objections)
+        reason.extend(branches)
+        params += limit_params
     reason.append("ELSE 'included' END")
     reason_sql = " ".join(reason) if len(reason) > 2 else "'included'"
     if consent:
@@ -240,12 +287,21 @@ def snapshot_create(
     record and never trained on (people covered then may have withdrawn since). Otherwise
     the snapshot is *current*: a run may train on it, so it holds only people whose
     consent is valid both at T and at K, and retention is counted from the later of the two.
+
+    With any basis, people whose processing is restricted (Art. 18) are left out (reason
+    ``restricted``), and people objecting to the purpose (Art. 21: bases 6(1)(e), (f), and
+    direct marketing on any basis but consent) too (reason ``objected``), at the moments
+    ``limits_moments`` gives (T for a reconstruction; K, and T when before K, otherwise);
+    the audit event records them (``limits_at``, ``objections_apply``) for snapshot_verify.
     """
     activity = dataset.processing_activity
     consent = activity.lawful_basis == LawfulBasis.CONSENT
-    # Only a consent snapshot reads the ledger, so only it waits for consent writers.
-    known_at = consent_ledger_moment() if consent else None
-    now = known_at or timezone.now()
+    # Every snapshot reads the restrictions and objections, stamped in the consent ledger's
+    # critical section, so every snapshot waits for its writers; only a consent snapshot
+    # reads the consent events (and records the moment as consent_known_at).
+    ledger_moment = consent_ledger_moment()
+    known_at = ledger_moment if consent else None
+    now = ledger_moment
     at = at or now
     if at > now + SNAPSHOT_CLOCK_SKEW:
         raise ServiceError("A snapshot cannot be taken for a moment in the future.", field="at")
@@ -262,9 +318,13 @@ def snapshot_create(
         lawful_basis=activity.lawful_basis, compatibility=compatibility,
         included_count=0, included_subjects=0, excluded_counts={}, merkle_root="",
     )
+    limits_at = limits_moments(at=at, ledger_moment=ledger_moment, kind=kind)
+    # Art. 21 stops processing under 6(1)(e) or (f), and direct marketing under any basis
+    # but consent (where the consent filter already applies the withdrawal).
+    objections = objection_applies(lawful_basis=activity.lawful_basis, purpose_code=purpose.code)
     body, params = _membership_select(
         dataset_id=dataset.pk, purpose=purpose, at=at, consent=consent, cutoff=cutoff, known_at=known_at,
-        also_at=also_at,
+        also_at=also_at, limits_at=limits_at, objections=objections,
     )
     counts, included_subjects, root = _fill_membership(snapshot_id=snapshot.pk, body=body, params=params)
     included = counts.get("included", 0)
@@ -283,6 +343,8 @@ def snapshot_create(
             "lawful_basis": activity.lawful_basis, "compatibility": compatibility.pk if compatibility else None,
             "included": included, "included_subjects": included_subjects, "excluded": excluded,
             "merkle_root": root, "retention": str(retention) if retention is not None else None,
+            # What snapshot_verify re-applies: the moments restrictions and objections were read at.
+            "limits_at": [moment.isoformat() for moment in limits_at], "objections_apply": objections,
         },
     )
     from provenance.tasks import snapshot_openlineage_emit

@@ -46,10 +46,10 @@ def test_withdrawn_subject_is_excluded_after_the_withdrawal_and_included_before(
     p = pseudonymise
     assert _members(before) == {p("alice"), p("bob"), p("erin")}
     assert before.included_count == 4 and before.included_subjects == 3
-    assert before.excluded_counts == {"no_consent": 1, "withdrawn": 0, "expired": 1, "retention_passed": 0}
+    assert before.excluded_counts == {"no_consent": 1, "withdrawn": 0, "expired": 1, "retention_passed": 0, "restricted": 0, "objected": 0}
     assert _members(after) == {p("alice"), p("erin")}
     assert after.included_count == 2
-    assert after.excluded_counts == {"no_consent": 1, "withdrawn": 2, "expired": 1, "retention_passed": 0}
+    assert after.excluded_counts == {"no_consent": 1, "withdrawn": 2, "expired": 1, "retention_passed": 0, "restricted": 0, "objected": 0}
     assert after.lawful_basis == "consent"
     assert after.merkle_root == merkle_root_independent(
         list(DataRecord.objects.filter(pk__in=SnapshotMembership.objects.filter(snapshot=after).values("record_id"))
@@ -71,7 +71,9 @@ def test_records_past_retention_and_records_not_yet_ingested_are_left_out():
     assert current.excluded_counts["retention_passed"] == 2
     earlier = services.snapshot_create(dataset=dataset, purpose=purpose(CODE), at=now - timedelta(days=6))
     assert _members(earlier) == {pseudonymise("old-1"), pseudonymise("old-2")}
-    assert earlier.excluded_counts == {"no_consent": 0, "withdrawn": 0, "expired": 0, "retention_passed": 0}
+    assert earlier.excluded_counts == {
+        "no_consent": 0, "withdrawn": 0, "expired": 0, "retention_passed": 0, "restricted": 0, "objected": 0
+    }
 
 
 def test_purpose_not_covered_is_refused_citing_purpose_limitation(ml_client):
