@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.conf import settings
 from django.core.cache import cache
@@ -96,3 +98,22 @@ def celery_worker(transactional_db, _celery_session_worker):
 
         app.control.purge()
     yield _celery_session_worker
+    if _celery_session_worker is not None:
+        _wait_until_the_worker_is_idle()
+
+
+def _wait_until_the_worker_is_idle(timeout: float = 60.0) -> None:
+    """Work a test set off may still run when it ends (an audit queued when its model was
+    registered). The flush that follows a transactional test truncates every table and would
+    deadlock with that task's row locks (found by CI), so wait for the session worker, which
+    runs in this process, to hold no request; purging first drops what has not started."""
+    from celery.worker import state
+
+    from config.celery import app
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.control.purge()
+        if not state.active_requests and not state.reserved_requests:
+            return
+        time.sleep(0.1)
