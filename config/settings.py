@@ -578,6 +578,17 @@ CELERY_BEAT_SCHEDULE["erasure-deadline-digest"] = {
     "schedule": crontab(hour=DEADLINE_DIGEST_HOUR, minute=0),
 }
 
+# Access (Art. 15) and portability (Art. 20) answers built by a task are downloadable for
+# this many days after completion, then answer 410 and the daily purge deletes their files:
+# a copy of a person's data must not outlive the answer's purpose.
+RIGHTS_ANSWER_DOWNLOAD_DAYS = env_int("RIGHTS_ANSWER_DOWNLOAD_DAYS", 30)
+if RIGHTS_ANSWER_DOWNLOAD_DAYS < 1:
+    raise ImproperlyConfigured(f"RIGHTS_ANSWER_DOWNLOAD_DAYS must be 1 or more, got {RIGHTS_ANSWER_DOWNLOAD_DAYS}")
+CELERY_BEAT_SCHEDULE["rights-purge-expired-answers"] = {
+    "task": "rights.purge_expired_answers",
+    "schedule": crontab(hour=3, minute=30),
+}
+
 # --- provenance ---
 PROVENANCE_MAX_ROWS_PER_REQUEST = env_int("PROVENANCE_MAX_ROWS_PER_REQUEST", 100_000)
 # Snapshots and report jobs both have a "kind": one named enum each, no hashed names.
@@ -617,7 +628,8 @@ MLOPS_LIRA_REFERENCES = env_int("MLOPS_LIRA_REFERENCES", 8)
 # record; the audit run costs one training (0 turns it off unless a policy needs it).
 MLOPS_CANARY_COUNT = env_int("MLOPS_CANARY_COUNT", 1000)
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
-    {"ModelStatusEnum": "mlops.models.ModelStatus", "AuditJobStatusEnum": "mlops.models.AuditJobStatus"}
+    {"ModelStatusEnum": "mlops.models.ModelStatus", "AuditJobStatusEnum": "mlops.models.AuditJobStatus",
+     "RectificationActionEnum": "mlops.models.RectificationAction"}
 )
 # Redis redelivers a task whose worker died only after the visibility timeout; lowering
 # it (e.g. in the killed-worker test) makes redelivery quick, but it must stay above the
@@ -664,5 +676,9 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {
         "ConsentActionEnum": "governance.models.ConsentAction",
         "RemediationActionEnum": "rights.models.RemediationAction",
+        # Erasure and the other rights share their statuses; each refuses on its own grounds.
+        "RequestStatusEnum": "rights.models.ErasureStatus",
+        "ErasureRefusalGroundEnum": "rights.models.RefusalGround",
+        "RightsRefusalGroundEnum": "rights.models.RightsRefusalGround",
     }
 )

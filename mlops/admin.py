@@ -45,6 +45,7 @@ from mlops.models import (
     PrivacyAuditJob,
     PrivacyBudget,
     PrivacyLedgerEntry,
+    RectificationPolicy,
     RunStatus,
     SisaCheckpoint,
     TrainingRun,
@@ -667,7 +668,7 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
     @admin.display(description="status")
     def status_shown(self, obj: ModelVersion) -> str:
         css = "pl-ok" if obj.status == ModelStatus.ACTIVE else "pl-bad" if obj.status in (
-            ModelStatus.TAINTED, ModelStatus.AUDIT_FAILED) else ""
+            ModelStatus.TAINTED, ModelStatus.AUDIT_FAILED, ModelStatus.STALE) else ""
         return format_html('<span class="{}">{}</span>', css, obj.get_status_display())
 
     @admin.display(description="privacy guarantee")
@@ -791,6 +792,32 @@ class AuditPolicyAdmin(ModelAdmin):
             max_tpr_at_1pct_fpr=obj.max_tpr_at_1pct_fpr, max_auc=obj.max_auc,
             epsilon_lower_bound_within_claim=obj.epsilon_lower_bound_within_claim,
             max_attribute_gain=obj.max_attribute_gain, reason=obj.reason,
+        ).pk
+
+
+@admin.register(RectificationPolicy)
+class RectificationPolicyAdmin(ModelAdmin):
+    """Append-only: saving writes a new policy through the service (DPO only, audited), which
+    applies it to the processing activity's stale versions at once."""
+
+    list_display = ["__str__", "action", "set_by", "created_shown"]
+    list_filter = ["action"]
+    fields = ["processing_activity", "action", "justification"]
+
+    @admin.display(description="set", ordering="created_at")
+    def created_shown(self, obj: RectificationPolicy) -> str:
+        return display.moment(obj.created_at)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = services.rectification_policy_set(
+            actor=request.user, processing_activity=obj.processing_activity, action=obj.action,
+            justification=obj.justification,
         ).pk
 
 

@@ -24,3 +24,6 @@ class MlopsConfig(AppConfig):
 
         redispatch_register("training runs", training_runs_redispatch)
         redispatch_register("privacy audits", privacy_audit_jobs_redispatch)
+
+        # Models trained on values a rectification corrected become stale (provenance's signal).
+        from mlops import receivers  # noqa: F401

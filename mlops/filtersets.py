@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from governance.filtersets import ApiFilterSet, IdFilter, StrictBooleanFilter
 from governance.moments import UTCIsoDateTimeFilter
-from mlops.models import AuditPolicy, ModelVersion, TrainingRun
+from mlops.models import AuditPolicy, ModelVersion, RectificationPolicy, TrainingRun
 
 
 class TrainingRunFilterSet(ApiFilterSet):
@@ -34,3 +34,11 @@ class AuditPolicyFilterSet(ApiFilterSet):
     class Meta:
         model = AuditPolicy
         fields: list[str] = []
+
+
+class RectificationPolicyFilterSet(ApiFilterSet):
+    processing_activity = IdFilter(field_name="processing_activity")
+
+    class Meta:
+        model = RectificationPolicy
+        fields = ["action"]

@@ -150,6 +150,10 @@ class ModelStatus(models.TextChoices):
     PENDING_AUDIT = "pending_audit", "Awaiting its privacy audit"
     AUDIT_FAILED = "audit_failed", "Failed its audit policy"
     TAINTED = "tainted", "Tainted (a subject withdrew consent or asked for erasure)"
+    # Trained on record versions a rectification has since corrected: the lineage's head (it
+    # still holds the people it was trained on, so erasure finds it) but not to be served
+    # until the processing activity's rectification policy retrains it or accepts it.
+    STALE = "stale", "Stale: trained on values since rectified (Art. 16)"
     SUPERSEDED = "superseded", "Superseded"
     RETIRED = "retired", "Retired"
 
@@ -569,3 +573,39 @@ class PrivacyLedgerTotal(models.Model):
     reserved_runs = models.PositiveIntegerField(default=0)
     non_private_runs = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class RectificationAction(models.TextChoices):
+    RETRAIN = "retrain", "Retrain on a fresh snapshot"
+    ACCEPT = "accept", "Accept: keep serving the version trained on the old values"
+
+
+class RectificationPolicy(models.Model):
+    """What a processing activity's DPO decided for model versions trained on values a
+    rectification (Art. 16) corrected since: retrain them on a fresh snapshot, or accept
+    them with a recorded justification. Append-only: a change is a new row, the latest per
+    activity applies, so what was decided when stays readable."""
+
+    processing_activity = models.ForeignKey(
+        "governance.ProcessingActivity", on_delete=models.PROTECT, related_name="rectification_policies"
+    )
+    action = models.CharField(max_length=10, choices=RectificationAction.choices)
+    justification = models.TextField(help_text="Why this remediation is proportionate for the activity.")
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "rectification policies"
+        indexes = [models.Index(fields=["processing_activity", "-id"])]
+
+    def __str__(self) -> str:
+        return f"Rectification policy {self.pk} of processing activity {self.processing_activity_id}: {self.action}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("Rectification policies are append-only: record a new policy instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Rectification policies are append-only: record a new policy instead.")

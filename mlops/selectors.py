@@ -25,6 +25,7 @@ DEFAULT_LEDGER_DELTA = 1e-5
 NEUTRAL_STATUS_REASONS = {
     ModelStatus.TAINTED: "Its training data changed after this version was trained.",
     ModelStatus.RETIRED: "Retired after its training data changed.",
+    ModelStatus.STALE: "Some of its training data were corrected after this version was trained.",
 }
 
 
@@ -160,13 +161,13 @@ def read_before(*, amendments: list[dict[str, int]], run: str = "") -> Q:
 
 
 def live_versions_trained_before(*, amendments: list[dict[str, int]]) -> list[dict]:
-    """Live (active or tainted) versions whose run read its snapshot before one of
+    """Live (active, tainted or stale) versions whose run read its snapshot before one of
     ``amendments`` removed people from it."""
     from mlops.models import ModelStatus
 
     return list(
         ModelVersion.objects.filter(read_before(amendments=amendments, run="training_run__"),
-                                    status__in=(ModelStatus.ACTIVE, ModelStatus.TAINTED))
+                                    status__in=(ModelStatus.ACTIVE, ModelStatus.TAINTED, ModelStatus.STALE))
         .order_by("pk").values("id", "name", "version", "status", "training_run_id")
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -92,7 +92,11 @@ class DatasetAdmin(PanelsAdminMixin, ReadOnlyAdmin):
     fields = readonly_fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(record_count=Count("records"))
+        # Current versions: a rectified record counts once (its superseded version is kept
+        # for the snapshots that hold it, not as another record).
+        return super().get_queryset(request).annotate(
+            record_count=Count("records", filter=Q(records__superseded_at__isnull=True))
+        )
 
     @admin.display(description="records", ordering="record_count")
     def record_count(self, obj) -> int:

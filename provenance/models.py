@@ -84,11 +84,37 @@ class DataRecord(models.Model):
     features = models.JSONField()
     label = models.JSONField(null=True)
     content_hash = models.CharField(max_length=64)
+    # A rectified record keeps the ingestion moment of the version it corrects: retention
+    # counts from when the data were collected, and a correction does not extend it.
     ingested_at = models.DateTimeField(db_index=True)
+    # Rectification (Art. 16) writes a new row and leaves this one as it was: snapshots taken
+    # before still hold it, and their Merkle leaves hash its id and content. A superseded
+    # row is never a candidate for a new snapshot; it goes with its person's erasure or with
+    # the retention purge (same ingestion moment as its successor), and no sooner, since the
+    # snapshots that trained models hold it.
+    supersedes = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by",
+        help_text="The earlier version of this record that a rectification (Art. 16) corrected.",
+    )
+    superseded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a rectification replaced this version (never in new snapshots since)."
+    )
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["subject"]), models.Index(fields=["dataset", "id"])]
+        indexes = [
+            models.Index(fields=["subject"]),
+            models.Index(fields=["dataset", "id"]),
+            # Few rows: "this dataset's superseded versions" (registration of a model whose
+            # snapshot holds one) is an index probe, not a walk over the records.
+            models.Index(
+                fields=["dataset", "id"], condition=models.Q(superseded_at__isnull=False), name="datarecord_superseded"
+            ),
+        ]
+
+    @property
+    def is_current(self) -> bool:
+        return self.superseded_at is None
 
 
 class SnapshotKind(models.TextChoices):

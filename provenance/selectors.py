@@ -180,7 +180,8 @@ def dataset_lineage(*, dataset: Dataset) -> dict:
         Snapshot.objects.filter(dataset=dataset).select_related("purpose").order_by("pk")
     )
     runs, models = _runs_and_models([s.pk for s in snapshots])
-    counts = DataRecord.objects.filter(dataset=dataset).aggregate(
+    # Current versions only: a rectified record (Art. 16) is one record, not two.
+    counts = DataRecord.objects.filter(dataset=dataset, superseded_at__isnull=True).aggregate(
         records=Count("id"), subjects=Count("subject_id", distinct=True)
     )
     activities = {dataset.processing_activity_id: dataset.processing_activity}

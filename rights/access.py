@@ -68,7 +68,8 @@ def _records_of(subject: DataSubject) -> list[dict[str, Any]]:
     from provenance.models import DataRecord
 
     return list(
-        DataRecord.objects.filter(subject=subject).order_by("dataset_id", "ingested_at", "id")
+        # Current values only: a version a rectification replaced is kept for the law, not given out.
+        DataRecord.objects.filter(subject=subject, superseded_at__isnull=True).order_by("dataset_id", "ingested_at", "id")
         .values("dataset_id", "features", "label", "ingested_at")
     )
 

@@ -14,7 +14,8 @@ from django.utils.html import format_html
 from unfold.decorators import action, display
 
 from governance import display as show
-from governance.admin_mixins import ModelAdmin
+from governance.admin_mixins import ModelAdmin, ReadOnlyAdmin
+from governance.models import RestrictionGround
 from governance.roles import AUDITOR, DPO, has_role
 from rights import admin_views as views
 from rights import deadlines, selectors
@@ -28,6 +29,9 @@ from rights.models import (
     ErasureStatus,
     ErasureStepStatus,
     RefusalGround,
+    RightsRefusalGround,
+    RightsRequest,
+    RightsRequestType,
 )
 
 BADGES = {"danger": "danger", "warning": "warning", "info": "info", "success": "success", "primary": "primary",
@@ -285,3 +289,118 @@ class ErasureReceiptAdmin(ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- Requests under the other rights (Art. 15, 16, 18, 20, 21) ---------------------------
+# A list with filters and a readable page; the DPO acts through /api/v1/requests/ (and the
+# erasure pages above stay as they are). Read-only: a request changes only by its services.
+
+
+@admin.register(RightsRequest)
+class RightsRequestAdmin(ReadOnlyAdmin):
+    list_display = ["request_display", "type_display", "status_badge", "deadline_badge", "deadline",
+                    "channel_display", "received_display", "limit_link"]
+    list_display_links = ["request_display"]
+    list_filter = ["type", "status", "regime", "channel"]
+    search_fields = ["id", "subject_ref"]
+    actions = None
+    fieldsets = [
+        ("Request", {"fields": ["type_display", "subject_ref", "data_held_display", "channel_display",
+                                "received_display", "regime_display", "notes"]}),
+        ("Deadline (Art. 12(3))", {"fields": ["deadline", "deadline_badge", "extended_display", "extension_reasons",
+                                              "informed_display"]}),
+        ("Identity (Art. 12(6))", {"fields": ["verified_display", "verification_method"]}),
+        ("What is asked", {"fields": ["purpose", "restriction_ground_display", "justification"]}),
+        ("Answer", {"fields": ["status_badge", "completed_display", "outcome", "limit_link", "answer_display",
+                               "answer_sha256"]}),
+        ("Refusal (Art. 12(4), 12(5))", {"fields": ["refusal_ground_display", "refusal_justification",
+                                                    "refusal_notice"]}),
+    ]
+    readonly_fields = [f for _, options in fieldsets for f in options["fields"]]
+
+    def get_queryset(self, request):
+        return selectors.rights_request_queryset().select_related("purpose", "verified_by").order_by(
+            "effective_due", "id")
+
+    @admin.display(description="request", ordering="id")
+    def request_display(self, obj):
+        return f"Request {obj.pk}"
+
+    @admin.display(description="right", ordering="type")
+    def type_display(self, obj):
+        return show.label(RightsRequestType, obj.type)
+
+    @display(description="status", ordering="status", label=BADGES)
+    def status_badge(self, obj):
+        return views.STATUS_VARIANT.get(obj.status, "default"), obj.get_status_display()
+
+    @display(description="time", label=BADGES)
+    def deadline_badge(self, obj):
+        state = views.deadline_state(obj)
+        variant = "danger" if state["overdue"] or state["late_by"] else "warning" if state["due_soon"] else (
+            "info" if obj.is_open else "default")
+        return variant, state["text"]
+
+    @admin.display(description="deadline", ordering="effective_due")
+    def deadline(self, obj):
+        return show.moment(obj.effective_due_at)
+
+    @admin.display(description="received by", ordering="channel")
+    def channel_display(self, obj):
+        return show.label(ErasureChannel, obj.channel)
+
+    @admin.display(description="received", ordering="received_at")
+    def received_display(self, obj):
+        return show.moment(obj.received_at)
+
+    @admin.display(description="regime")
+    def regime_display(self, obj):
+        return show.label(ErasureRegime, obj.regime)
+
+    @admin.display(description="data held at receipt")
+    def data_held_display(self, obj):
+        return "yes" if obj.data_held_at_receipt else "no: answered that no data are held"
+
+    @admin.display(description="verified")
+    def verified_display(self, obj):
+        return f"{show.moment(obj.verified_at)} by {obj.verified_by}" if obj.verified_at else "not yet"
+
+    @admin.display(description="extended to")
+    def extended_display(self, obj):
+        return show.moment(obj.extended_due_at) if obj.extended_due_at else "not extended"
+
+    @admin.display(description="subject informed of the extension")
+    def informed_display(self, obj):
+        return show.moment(obj.subject_informed_of_extension_at) if obj.subject_informed_of_extension_at else "—"
+
+    @admin.display(description="restriction ground")
+    def restriction_ground_display(self, obj):
+        return show.label(RestrictionGround, obj.restriction_ground) if obj.restriction_ground else "—"
+
+    @admin.display(description="refused on")
+    def refusal_ground_display(self, obj):
+        return show.label(RightsRefusalGround, obj.refusal_ground) if obj.refusal_ground else "—"
+
+    @admin.display(description="completed")
+    def completed_display(self, obj):
+        return show.moment(obj.completed_at) if obj.completed_at else "—"
+
+    @admin.display(description="limit recorded")
+    def limit_link(self, obj):
+        model = {RightsRequestType.RESTRICTION: "processingrestriction",
+                 RightsRequestType.OBJECTION: "processingobjection"}.get(obj.type)
+        if model is None or obj.limit_id is None:
+            return "—"
+        what = "Restriction" if obj.type == RightsRequestType.RESTRICTION else "Objection"
+        return format_html('<a href="{}">{} {}</a>', reverse(f"admin:governance_{model}_change", args=[obj.limit_id]),
+                           what, obj.limit_id)
+
+    @admin.display(description="answer file")
+    def answer_display(self, obj):
+        if obj.type not in (RightsRequestType.ACCESS, RightsRequestType.PORTABILITY):
+            return "—"
+        if selectors.rights_answer_expired(rights_request=obj):
+            return f"expired on {show.moment(obj.answer_expires_at)}; the files are deleted"
+        if not obj.answer_path:
+            return "not built yet"
+        return f"downloadable by the DPO until {show.moment(obj.answer_expires_at)} (GET /api/v1/requests/{obj.pk}/answer/)"

@@ -1,4 +1,5 @@
-"""REST API of the erasure workflow: /api/v1/erasure-requests/.
+"""REST API of the rights: /api/v1/erasure-requests/, /api/v1/requests/ (every right) and
+the immediate access and portability answers under /api/v1/subjects/.
 
 Creating, verifying, executing, extending, rejecting and overriding a remediation are
 for the DPO; the DPO and the auditor read. No response carries an identifier or a
@@ -18,14 +19,23 @@ import django_filters
 from django.conf import settings
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.filtersets import ApiFilterSet, StrictBooleanFilter
+from governance.models import RestrictionGround
 from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY
 from governance.services import ServiceError
 from rights import selectors, services
@@ -40,9 +50,13 @@ from rights.models import (
     RecipientNotification,
     RefusalGround,
     RemediationAction,
+    RightsRefusalGround,
+    RightsRequest,
+    RightsRequestType,
 )
 from rights.portability import portability_csv
 from rights.reports import access_answer_pdf_write
+from rights.services import requests as requests_service
 
 # --- Serializers ---------------------------------------------------------------------
 
@@ -383,3 +397,230 @@ class SubjectPortabilityView(APIView):
             archive.writestr("export.json", json.dumps(export, indent=2, ensure_ascii=False))
         return _attachment(buffer.getvalue(), content_type="application/zip",
                            filename=f"portability-{export['subject_ref']}.zip")
+
+
+# --- Every other right: /api/v1/requests/ ----------------------------------------------
+# One intake for every right (issue 18): type erasure is handed to the erasure intake and
+# answered with its representation; the other types are RightsRequest rows. The auditor
+# reads the requests' metadata, never an answer (it holds the person's data).
+
+
+class RightsRequestSerializer(serializers.ModelSerializer):
+    verified_by = serializers.StringRelatedField(allow_null=True)
+    type_label = serializers.CharField(source="get_type_display", read_only=True)
+    article = serializers.CharField(read_only=True)
+    effective_due_at = serializers.DateField(read_only=True)
+    days_left = serializers.SerializerMethodField()
+    overdue = serializers.SerializerMethodField()
+    data_held = serializers.BooleanField(source="data_held_at_receipt", read_only=True)
+    purpose = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+    answer_available = serializers.SerializerMethodField()
+    answer_expired = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RightsRequest
+        fields = [
+            "id", "type", "type_label", "article", "subject_ref", "data_held", "channel", "received_at", "regime",
+            "status", "due_at", "extended_due_at", "effective_due_at", "days_left", "overdue", "extension_reasons",
+            "extended_at", "subject_informed_of_extension_at", "verified_at", "verified_by", "verification_method",
+            "refusal_ground", "refusal_justification", "refusal_notice", "rejected_at", "purpose",
+            "restriction_ground", "limit_id", "execution_started_at", "completed_at", "outcome", "answer_available",
+            "answer_expired", "answer_sha256", "answer_expires_at", "created_at",
+        ]
+
+    def get_days_left(self, obj: RightsRequest) -> int | None:
+        return selectors.erasure_request_days_left(erasure_request=obj)
+
+    def get_overdue(self, obj: RightsRequest) -> bool:
+        return selectors.erasure_request_is_overdue(erasure_request=obj)
+
+    def get_answer_available(self, obj: RightsRequest) -> bool:
+        return bool(obj.answer_path) and not selectors.rights_answer_expired(rights_request=obj)
+
+    def get_answer_expired(self, obj: RightsRequest) -> bool:
+        return selectors.rights_answer_expired(rights_request=obj)
+
+
+class RightsRequestCreateSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=[*RightsRequestType.choices, ("erasure", "Erasure (Art. 17)")])
+    subject = serializers.CharField(help_text="The person's external identifier; pseudonymised on arrival, never stored.")
+    channel = serializers.ChoiceField(choices=ErasureChannel.choices, required=False, default=ErasureChannel.API)
+    received_at = serializers.DateTimeField(required=False, help_text="Defaults to now.")
+    regime = serializers.ChoiceField(choices=ErasureRegime.choices, required=False, default=ErasureRegime.EU)
+    notes = serializers.CharField(required=False, allow_blank=True)
+    ground = serializers.ChoiceField(choices=ErasureGround.choices, required=False, help_text="Erasure: Art. 17(1) ground.")
+    purpose = serializers.CharField(required=False, help_text="Objection: the purpose code objected to.")
+    grounds = serializers.CharField(required=False, help_text="Objection: the person's grounds (Art. 21(1)).")
+    restriction_ground = serializers.ChoiceField(choices=RestrictionGround.choices, required=False)
+    justification = serializers.CharField(required=False, help_text="Restriction or rectification: why.")
+    dataset = serializers.IntegerField(required=False, help_text="Rectification: the dataset whose records are corrected.")
+    corrections = serializers.ListField(child=serializers.DictField(), required=False,
+                                        help_text='Rectification: [{"record": id, "values": {field: value}}].')
+
+
+class ErasureReceivedSerializer(ErasureRequestSerializer):
+    """An erasure request received at /requests/: its representation, with ``type``."""
+
+    type = serializers.CharField(default="erasure", read_only=True)
+
+    class Meta(ErasureRequestSerializer.Meta):
+        fields = ["type", *ErasureRequestSerializer.Meta.fields]
+
+
+class RightsRejectSerializer(serializers.Serializer):
+    refusal_ground = serializers.ChoiceField(choices=RightsRefusalGround.choices)
+    justification = serializers.CharField()
+
+
+class LiftSerializer(serializers.Serializer):
+    reason = serializers.CharField()
+    informed_at = serializers.DateTimeField(help_text="When the person was told, before the lifting (Art. 18(3)).")
+
+
+class RightsRequestFilterSet(ApiFilterSet):
+    type = django_filters.ChoiceFilter(choices=RightsRequestType.choices)
+    status = django_filters.ChoiceFilter(choices=ErasureStatus.choices)
+    overdue = StrictBooleanFilter(method="filter_overdue", help_text="Open and past the (extended) deadline.")
+
+    class Meta:
+        model = RightsRequest
+        fields = ["type", "status"]
+
+    def filter_overdue(self, queryset, name, value):
+        overdue = selectors.erasure_requests_overdue_q()
+        return queryset.filter(overdue) if value else queryset.exclude(overdue)
+
+
+class _AnyFormatNegotiation(DefaultContentNegotiation):
+    """``?format=`` of the answer route chooses the file, not a renderer."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Requests under Art. 15, 16, 18, 20, 21, by deadline (filter: type, status, overdue); "
+                               "erasure requests are under /erasure-requests/"),
+    retrieve=extend_schema(summary="One rights request"),
+)
+class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Data-subject requests of every right; erasure is received here and kept under /erasure-requests/."""
+
+    serializer_class = RightsRequestSerializer
+    filterset_class = RightsRequestFilterSet
+    ordering_fields = ["effective_due", "received_at", "id"]
+    role_permissions = {"read": DPO_AND_AUDITOR, "write": DPO_ONLY, "answer": DPO_ONLY, "default": DPO_ONLY}
+
+    def get_queryset(self):
+        return selectors.rights_request_queryset().order_by("effective_due", "id").select_related(
+            "verified_by", "purpose")
+
+    def get_content_negotiator(self):
+        if getattr(self, "action", None) == "answer":
+            return _AnyFormatNegotiation()
+        return super().get_content_negotiator()
+
+    def _respond(self, obj: RightsRequest, code: int = status.HTTP_200_OK) -> Response:
+        return Response(RightsRequestSerializer(self.get_queryset().get(pk=obj.pk)).data, status=code)
+
+    @extend_schema(
+        request=RightsRequestCreateSerializer,
+        responses={201: PolymorphicProxySerializer(
+            component_name="ReceivedRequest", resource_type_field_name=None,
+            serializers=[RightsRequestSerializer, ErasureReceivedSerializer]),
+            400: OpenApiResponse(description="A field is missing or invalid."),
+            409: OpenApiResponse(description="Already restricted, objecting, or a request of the type open.")},
+        examples=[OpenApiExample("Access by e-mail", value={
+            "type": "access", "subject": "alice@example.org", "channel": "email"}, request_only=True),
+            OpenApiExample("Objection", value={
+                "type": "objection", "subject": "alice@example.org", "purpose": "analytics.product",
+                "grounds": "I do not want my usage profiled."}, request_only=True)],
+        summary="Receive a request of any right (an unknown person is answered: no data held)",
+    )
+    def create(self, request):
+        data = _body(request)
+        if data.get("type") == "erasure":
+            obj = services.erasure_request_receive(
+                identifier=data.get("subject"), ground=data.get("ground"), channel=data.get("channel"),
+                received_at=data.get("received_at"), regime=data.get("regime"), notes=data.get("notes"),
+                actor=request.user,
+            )
+            fresh = selectors.erasure_request_queryset().get(pk=obj.pk)
+            return Response(ErasureReceivedSerializer(fresh).data, status=status.HTTP_201_CREATED)
+        text = data.get("grounds") if data.get("type") == RightsRequestType.OBJECTION else data.get("justification")
+        obj = services.rights_request_receive(
+            type=data.get("type"), identifier=data.get("subject"), channel=data.get("channel"),
+            received_at=data.get("received_at"), regime=data.get("regime"), notes=data.get("notes"),
+            purpose=data.get("purpose"), restriction_ground=data.get("restriction_ground"), justification=text,
+            dataset=data.get("dataset"), corrections=data.get("corrections"), actor=request.user,
+        )
+        return self._respond(obj, status.HTTP_201_CREATED)
+
+    @extend_schema(request=VerifySerializer, responses=RightsRequestSerializer, summary="Record identity verification")
+    @action(detail=True, methods=["post"])
+    def verify(self, request, pk=None):
+        obj = self.get_object()
+        return self._respond(services.rights_request_verify(
+            rights_request=obj, method=_body(request).get("method") or "", actor=request.user))
+
+    @extend_schema(request=ExtendSerializer, responses=RightsRequestSerializer,
+                   summary="Extend the deadline once by two months (Art. 12(3))")
+    @action(detail=True, methods=["post"])
+    def extend(self, request, pk=None):
+        obj, data = self.get_object(), _body(request)
+        return self._respond(services.rights_request_extend(
+            rights_request=obj, reasons=data.get("reasons"), subject_informed_at=data.get("subject_informed_at"),
+            actor=request.user))
+
+    @extend_schema(request=RightsRejectSerializer, responses=RightsRequestSerializer,
+                   summary="Refuse a manifestly unfounded or excessive request (Art. 12(5); carries the notice)")
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        obj, data = self.get_object(), _body(request)
+        return self._respond(services.rights_request_reject(
+            rights_request=obj, refusal_ground=data.get("refusal_ground"), justification=data.get("justification"),
+            actor=request.user))
+
+    @extend_schema(request=None, responses={202: RightsRequestSerializer,
+                                            409: OpenApiResponse(description="Not verified, or finished.")},
+                   summary="Execute: build the answer (task) or record the limit")
+    @action(detail=True, methods=["post"])
+    def execute(self, request, pk=None):
+        obj = self.get_object()
+        return self._respond(services.rights_request_execute(rights_request=obj, actor=request.user),
+                             status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=LiftSerializer, responses=RightsRequestSerializer,
+                   summary="Lift the restriction this request recorded (Art. 18(3))")
+    @action(detail=True, methods=["post"])
+    def lift(self, request, pk=None):
+        obj, data = self.get_object(), _body(request)
+        return self._respond(services.rights_request_restriction_lift(
+            rights_request=obj, informed_at=data.get("informed_at"), reason=data.get("reason"), actor=request.user))
+
+    @extend_schema(
+        parameters=[OpenApiParameter("format", str, enum=["json", "pdf", "csv"],
+                                     description="json (default); pdf for access; csv (a ZIP) for portability.")],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
+                   410: OpenApiResponse(description="The download period (RIGHTS_ANSWER_DOWNLOAD_DAYS) has ended.")},
+        summary="Download the answer of an access or portability request",
+    )
+    @action(detail=True, methods=["get"])
+    def answer(self, request, pk=None):
+        obj = self.get_object()
+        if selectors.rights_answer_expired(rights_request=obj):
+            return Response({"detail": "The download period of this answer has ended; its files are deleted."},
+                            status=status.HTTP_410_GONE)
+        files = requests_service.answer_files(obj)
+        if not files:
+            raise NotFound("No answer yet: it is built when the request is executed.")
+        fmt = request.query_params.get("format") or "json"
+        if fmt not in files:
+            raise ServiceError(f"{fmt!r} is not offered for this answer; choose one of: {', '.join(files)}.",
+                               field="format")
+        path = files[fmt]
+        if not path.exists():
+            raise NotFound("The answer file is missing from the report storage.")
+        types = {"json": "application/json", "pdf": "application/pdf", "csv": "application/zip"}
+        return FileResponse(open(path, "rb"), content_type=types[fmt], as_attachment=True,  # noqa: SIM115
+                            filename=f"{obj.type}-{obj.subject_ref}-{path.name}")

@@ -1,11 +1,12 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from rights.api import ErasureRequestViewSet, SubjectAccessView, SubjectPortabilityView
+from rights.api import ErasureRequestViewSet, RightsRequestViewSet, SubjectAccessView, SubjectPortabilityView
 
 router = DefaultRouter(trailing_slash=True)
 router.include_root_view = False
 router.register("erasure-requests", ErasureRequestViewSet, basename="erasure-request")
+router.register("requests", RightsRequestViewSet, basename="rights-request")
 
 urlpatterns = [
     *router.urls,

@@ -37,6 +37,7 @@ from rights.models import (
     RecipientNotification,
     RemediationAction,
 )
+from rights.selectors import LIVE_MODEL_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def _lineage_actions(plan: dict) -> dict[str, str]:
     replaces it); mlops retrains a head that is not SISA whatever is asked."""
     actions: dict[str, str] = {}
     for model in plan["model_versions"]:
-        if model["status"] in ("active", "tainted"):
+        if model["status"] in LIVE_MODEL_STATUSES:
             action = model["remediation"]
             if model.get("sisa") and not model.get("override"):
                 action = RemediationAction.SISA_UNLEARN

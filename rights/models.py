@@ -1,4 +1,4 @@
-"""Right to erasure (GDPR Art. 17): requests, their resumable execution log, Art. 19
+"""Data-subject requests: erasure (GDPR Art. 17) with its resumable execution log, Art. 19
 notifications and the receipt that outlives the person's subject row.
 
 Nothing here holds a raw identifier or a pseudonym. A request points at its subject
@@ -6,6 +6,10 @@ until execution deletes the subject row (the FK is then cleared by SET_NULL); wh
 is ``subject_ref`` (the random audit reference) and ``identifier_receipt_hash``, an HMAC
 of the normalised identifier under ERASURE_RECEIPT_SALT, a key distinct from the
 pseudonymisation key, so that a repeated request is recognised without re-identifying.
+
+The other rights (access, portability, rectification, restriction, objection) are
+``RightsRequest`` rows; both models share ``RightsRequestBase``, so deadlines, verification,
+extension and refusal are one set of fields with one set of rules.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from governance.models import RestrictionGround
 
 
 class ErasureRegime(models.TextChoices):
@@ -66,9 +72,18 @@ class RemediationAction(models.TextChoices):
     RETIRE = "retire", "Retire the model"
 
 
-class ErasureRequest(models.Model):
+class RightsRequestBase(models.Model):
+    """What every data-subject request shares (GDPR Art. 12): who and how it arrived, the
+    Art. 12(3) deadline and its one extension, identity verification (Art. 12(6)), the
+    refusal with its Art. 12(4) notice, execution with its outbox and lease, and the answer.
+
+    Erasure keeps its own table (``ErasureRequest``) and history; the other rights share
+    ``RightsRequest``. The workflow rules on these fields live once, in
+    rights.services.workflow, used by both.
+    """
+
     subject = models.ForeignKey(
-        "governance.DataSubject", null=True, blank=True, on_delete=models.SET_NULL, related_name="erasure_requests",
+        "governance.DataSubject", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Cleared when execution deletes the subject row.",
     )
     subject_ref = models.UUIDField(
@@ -85,11 +100,6 @@ class ErasureRequest(models.Model):
         blank=True, help_text="How the request arrived and was answered (e.g. a letter's reference); no identifier.",
     )
     regime = models.CharField(max_length=5, choices=ErasureRegime.choices, default=ErasureRegime.EU)
-    ground = models.CharField(max_length=10, choices=ErasureGround.choices)
-    purpose = models.ForeignKey(
-        "governance.Purpose", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
-        help_text="For Art. 17(1)(b): the purpose whose consent was withdrawn.",
-    )
     status = models.CharField(max_length=12, choices=ErasureStatus.choices, default=ErasureStatus.RECEIVED, db_index=True)
     due_at = models.DateField(help_text="Art. 12(3) deadline (last day in time).")
     extended_due_at = models.DateField(null=True, blank=True)
@@ -101,7 +111,8 @@ class ErasureRequest(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     verification_method = models.CharField(max_length=300, blank=True)
-    refusal_ground = models.CharField(max_length=10, choices=RefusalGround.choices, blank=True)
+    # Each concrete model gives the grounds it may be refused on (its own choices).
+    refusal_ground = models.CharField(max_length=10, blank=True)
     refusal_justification = models.TextField(blank=True)
     refusal_notice = models.TextField(blank=True, help_text="The Art. 12(4) notice sent to the subject.")
     rejected_at = models.DateTimeField(null=True, blank=True)
@@ -112,8 +123,6 @@ class ErasureRequest(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     outcome = models.TextField(blank=True, help_text="The answer given to the subject.")
-    certificate_path = models.CharField(max_length=500, blank=True, help_text="Relative to settings.REPORT_ROOT.")
-    certificate_sha256 = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -121,9 +130,36 @@ class ErasureRequest(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        abstract = True
+        ordering = ["due_at", "id"]
+
+    @property
+    def effective_due_at(self):
+        return self.extended_due_at or self.due_at
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+class ErasureRequest(RightsRequestBase):
+    # The erasure table predates the shared base: its subject keeps its reverse name.
+    subject = models.ForeignKey(
+        "governance.DataSubject", null=True, blank=True, on_delete=models.SET_NULL, related_name="erasure_requests",
+        help_text="Cleared when execution deletes the subject row.",
+    )
+    ground = models.CharField(max_length=10, choices=ErasureGround.choices)
+    purpose = models.ForeignKey(
+        "governance.Purpose", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="For Art. 17(1)(b): the purpose whose consent was withdrawn.",
+    )
+    refusal_ground = models.CharField(max_length=10, choices=RefusalGround.choices, blank=True)
+    certificate_path = models.CharField(max_length=500, blank=True, help_text="Relative to settings.REPORT_ROOT.")
+    certificate_sha256 = models.CharField(max_length=64, blank=True)
+
+    class Meta(RightsRequestBase.Meta):
         # The tables keep the names they had when erasure lived in governance.
         db_table = "governance_erasurerequest"
-        ordering = ["due_at", "id"]
         constraints = [
             # One open request per person: a second one while the first runs is refused (409).
             models.UniqueConstraint(
@@ -136,13 +172,76 @@ class ErasureRequest(models.Model):
     def __str__(self) -> str:
         return f"Erasure request {self.pk} ({self.get_status_display().lower()})"
 
-    @property
-    def effective_due_at(self):
-        return self.extended_due_at or self.due_at
+
+class RightsRequestType(models.TextChoices):
+    ACCESS = "access", "Access (Art. 15)"
+    PORTABILITY = "portability", "Portability (Art. 20)"
+    RECTIFICATION = "rectification", "Rectification (Art. 16)"
+    RESTRICTION = "restriction", "Restriction of processing (Art. 18)"
+    OBJECTION = "objection", "Objection (Art. 21)"
+
+
+# The article each type answers under: named in every refusal of the workflow.
+RIGHTS_REQUEST_ARTICLES = {
+    RightsRequestType.ACCESS: "Art. 15",
+    RightsRequestType.PORTABILITY: "Art. 20",
+    RightsRequestType.RECTIFICATION: "Art. 16",
+    RightsRequestType.RESTRICTION: "Art. 18",
+    RightsRequestType.OBJECTION: "Art. 21",
+}
+
+
+class RightsRefusalGround(models.TextChoices):
+    """Art. 12(5): a request manifestly unfounded or excessive may be refused (the controller
+    bears the burden of showing it)."""
+
+    MANIFESTLY_UNFOUNDED = "12_5_unf", "Art. 12(5) manifestly unfounded"
+    MANIFESTLY_EXCESSIVE = "12_5_exc", "Art. 12(5) manifestly excessive, in particular because repetitive"
+
+
+class RightsRequest(RightsRequestBase):
+    """A request under Art. 15, 16, 18, 20 or 21, with the fields its type needs."""
+
+    type = models.CharField(max_length=20, choices=RightsRequestType.choices, db_index=True)
+    refusal_ground = models.CharField(max_length=10, choices=RightsRefusalGround.choices, blank=True)
+    purpose = models.ForeignKey(
+        "governance.Purpose", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="Objection (Art. 21): the purpose objected to.",
+    )
+    restriction_ground = models.CharField(
+        max_length=10, choices=RestrictionGround.choices, blank=True, help_text="Restriction: the Art. 18(1) ground."
+    )
+    justification = models.TextField(
+        blank=True,
+        help_text="Restriction: why processing is restricted; objection: the person's grounds (Art. 21(1)); "
+                  "rectification: the reason for the correction.",
+    )
+    corrections = models.JSONField(
+        default=dict, blank=True, help_text="Rectification: {dataset, corrections: [{record, values}]} as given to provenance's record_rectify."
+    )
+    answer_path = models.CharField(
+        max_length=500, blank=True, help_text="Access/portability: folder of the answer files, relative to REPORT_ROOT."
+    )
+    answer_sha256 = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the JSON answer.")
+    answer_expires_at = models.DateTimeField(null=True, blank=True)
+    # A plain id: the governance ProcessingRestriction or ProcessingObjection row created.
+    limit_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta(RightsRequestBase.Meta):
+        constraints = [
+            models.UniqueConstraint(
+                fields=["identifier_receipt_hash", "type"],
+                condition=Q(status__in=["received", "verified", "in_progress"]) & ~Q(type="objection"),
+                name="unique_open_rights_request_per_type",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_type_display()} request {self.pk} ({self.get_status_display().lower()})"
 
     @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_STATUSES
+    def article(self) -> str:
+        return RIGHTS_REQUEST_ARTICLES[self.type]
 
 
 class ErasureRemediationOverride(models.Model):

@@ -9,6 +9,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from mlops.services import LIVE_STATUSES
 from rights.models import (
     OPEN_STATUSES,
     ErasureReceipt,
@@ -17,11 +18,14 @@ from rights.models import (
     ErasureStep,
     ErasureStepStatus,
     RemediationAction,
+    RightsRequest,
 )
 
 # Model statuses whose weights are in use and must be remediated; superseded or retired
 # versions only have their artifact file deleted.
-LIVE_MODEL_STATUSES = ("active", "tainted")
+# The lineage heads that hold people (the one definition is mlops's): active, awaiting their
+# audit, tainted or stale versions all still have an artifact trained on the person.
+LIVE_MODEL_STATUSES = tuple(str(status) for status in LIVE_STATUSES)
 
 
 def today() -> date:
@@ -30,6 +34,17 @@ def today() -> date:
 
 def erasure_request_queryset() -> QuerySet[ErasureRequest]:
     return ErasureRequest.objects.annotate(effective_due=Coalesce("extended_due_at", "due_at"))
+
+
+def rights_request_queryset() -> QuerySet[RightsRequest]:
+    """Requests under Art. 15, 16, 18, 20 and 21, with the effective deadline to order by."""
+    return RightsRequest.objects.annotate(effective_due=Coalesce("extended_due_at", "due_at"))
+
+
+def rights_answer_expired(*, rights_request: RightsRequest, now: Any = None) -> bool:
+    """Whether the download period of a built answer has ended (RIGHTS_ANSWER_DOWNLOAD_DAYS)."""
+    expires = rights_request.answer_expires_at
+    return expires is not None and expires <= (now or timezone.now())
 
 
 def erasure_request_list(*, status: str | None = None, overdue: bool | None = None) -> QuerySet[ErasureRequest]:

@@ -43,3 +43,27 @@ def send_deadline_digest() -> int:
     from rights.digest import deadline_digest_send
 
     return deadline_digest_send()
+
+
+@shared_task(
+    bind=True, name="rights.build_rights_answer", acks_late=True, autoretry_for=_DATABASE_FAULTS,
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, retry_kwargs={"max_retries": 20}, max_retries=None,
+)
+def build_rights_answer(self, request_id: int) -> dict:
+    """Build the answer of an access (Art. 15) or portability (Art. 20) request; a
+    redelivered task finds it built, a duplicate waits for the live worker's lease."""
+    from governance.leases import LeaseHeld, task_wait_for_lease
+    from rights.services.requests import rights_request_answer_build
+
+    try:
+        return rights_request_answer_build(request_id=request_id)
+    except LeaseHeld as held:
+        return task_wait_for_lease(self, held)
+
+
+@shared_task(name="rights.purge_expired_answers")
+def purge_expired_answers() -> int:
+    """Daily: delete access and portability answers past RIGHTS_ANSWER_DOWNLOAD_DAYS."""
+    from rights.services.requests import rights_answers_purge
+
+    return rights_answers_purge()

@@ -17,6 +17,7 @@ from typing import Any
 from django.db.models import Count, Max, Sum
 
 from rights.models import ErasureRequest, ErasureStep, RemediationAction
+from rights.selectors import LIVE_MODEL_STATUSES
 
 
 def _check(claim: str, ok: bool, detail: str = "") -> dict[str, Any]:
@@ -102,7 +103,7 @@ def erasure_claims_verify(*, request: ErasureRequest, plan: dict) -> list[dict[s
                                                                   if n.startswith("remediate_lineage_") and d.get("name")})
     if names:
         doubles = list(
-            ModelVersion.objects.filter(name__in=names, status__in=("active", "tainted")).values("name")
+            ModelVersion.objects.filter(name__in=names, status__in=LIVE_MODEL_STATUSES).values("name")
             .annotate(n=Count("id")).filter(n__gt=1).values_list("name", flat=True)
         )
         checks.append(_check("one live version per model name", not doubles, ", ".join(doubles)))
@@ -114,7 +115,7 @@ def erasure_claims_verify(*, request: ErasureRequest, plan: dict) -> list[dict[s
         if version is None:
             checks.append(_check(f"{label} exists", False, "no such model version"))
             continue
-        if version.status in ("active", "tainted") and details.get("outcome") != "retired":
+        if version.status in LIVE_MODEL_STATUSES and details.get("outcome") != "retired":
             try:
                 intact = artifacts.sha256_of(artifacts.absolute(version.artifact_path)) == version.artifact_sha256
             except (OSError, ValueError):

@@ -97,7 +97,21 @@ ROLE_POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/objections/"): _DPO,
     ("GET", "/api/v1/objections/999999999/"): _DPO_AND_AUDITOR,
     ("POST", "/api/v1/objections/999999999/compelling-grounds/"): _DPO,
+    # Rectification policies (Art. 16): the DPO decides retrain or accept; every role reads them.
+    ("GET", "/api/v1/rectification-policies/"): frozenset({"dpo", "ml_engineer", "auditor"}),
+    ("POST", "/api/v1/rectification-policies/"): _DPO,
+    ("GET", "/api/v1/rectification-policies/999999999/"): frozenset({"dpo", "ml_engineer", "auditor"}),
     # Access (Art. 15) and portability (Art. 20): the answers hold a person's own data.
     ("POST", "/api/v1/subjects/access/"): _DPO,
     ("POST", "/api/v1/subjects/portability/"): _DPO,
+    # Requests of every right (issue 18): the DPO acts; auditors read the metadata, never an answer.
+    ("GET", "/api/v1/requests/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/requests/"): _DPO,
+    ("GET", "/api/v1/requests/999999999/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/requests/999999999/verify/"): _DPO,
+    ("POST", "/api/v1/requests/999999999/extend/"): _DPO,
+    ("POST", "/api/v1/requests/999999999/reject/"): _DPO,
+    ("POST", "/api/v1/requests/999999999/execute/"): _DPO,
+    ("POST", "/api/v1/requests/999999999/lift/"): _DPO,
+    ("GET", "/api/v1/requests/999999999/answer/"): _DPO,
 }

@@ -254,6 +254,7 @@ def model_figures() -> dict[str, Any]:
 
     counts = ModelVersion.objects.aggregate(
         tainted=Count("pk", filter=Q(status=ModelStatus.TAINTED)),
+        stale=Count("pk", filter=Q(status=ModelStatus.STALE)),
         pending_audit=Count("pk", filter=Q(status=ModelStatus.PENDING_AUDIT)),
         audit_failed=Count("pk", filter=Q(status=ModelStatus.AUDIT_FAILED)),
         privacy_bug=Count("pk", filter=Q(canary_audit__flagged=True)),
@@ -262,6 +263,8 @@ def model_figures() -> dict[str, Any]:
     return {"figures": [
         Figure("Tainted", counts["tainted"], _changelist(label, status__exact=ModelStatus.TAINTED),
                _tone(counts["tainted"]), "training data changed: remediate"),
+        Figure("Stale", counts["stale"], _changelist(label, status__exact=ModelStatus.STALE),
+               _tone(counts["stale"]), "trained on values since rectified: set the rectification policy"),
         Figure("Failed their audit policy", counts["audit_failed"],
                _changelist(label, status__exact=ModelStatus.AUDIT_FAILED), _tone(counts["audit_failed"], alert=True),
                "not to be served"),

@@ -46,6 +46,9 @@ def _subject_locked(identifier: Any):
     from governance.pseudonymisation import IdentifierError
     from governance.selectors import data_subject_find
 
+    if isinstance(identifier, DataSubject):
+        # A rights request (rights.services.requests) holds the subject, never the identifier.
+        return DataSubject.objects.select_for_update().get(pk=identifier.pk)
     if not isinstance(identifier, str) or not identifier.strip():
         raise ServiceError("The person's external identifier is required.", field="subject")
     try:

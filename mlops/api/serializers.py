@@ -22,6 +22,8 @@ from mlops.models import (
     ModelVersion,
     Optimizer,
     PrivacyAuditJob,
+    RectificationAction,
+    RectificationPolicy,
     TaskType,
     TrainingRun,
     UnlearningCheck,
@@ -277,6 +279,22 @@ class AuditPolicySetSerializer(serializers.Serializer):
         if (attrs.get("dataset") is None) == (attrs.get("processing_activity") is None):
             raise serializers.ValidationError({"dataset": "give either a dataset or a processing activity"})
         return attrs
+
+
+class RectificationPolicySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RectificationPolicy
+        fields = ["id", "processing_activity", "action", "justification", "set_by", "created_at"]
+        read_only_fields = fields
+
+
+class RectificationPolicySetSerializer(serializers.Serializer):
+    processing_activity = serializers.PrimaryKeyRelatedField(queryset=ProcessingActivity.objects.all())
+    action = serializers.ChoiceField(
+        choices=RectificationAction.choices,
+        help_text="retrain: stale versions are retrained on a fresh snapshot; accept: they stay in service.",
+    )
+    justification = serializers.CharField(max_length=4000, help_text="Why this remediation is proportionate.")
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):

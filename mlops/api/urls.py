@@ -8,6 +8,7 @@ router.include_root_view = False
 router.register("training-runs", views.TrainingRunViewSet, basename="training-run")
 router.register("models", views.ModelVersionViewSet, basename="model-version")
 router.register("audit-policies", views.AuditPolicyViewSet, basename="audit-policy")
+router.register("rectification-policies", views.RectificationPolicyViewSet, basename="rectification-policy")
 
 urlpatterns = [
     # The model-version end of the lineage: a model is mlops's, its PROV export provenance's.

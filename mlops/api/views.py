@@ -17,8 +17,13 @@ from governance.roles import sees_erasure_detail
 from governance.services.errors import ServiceConflict
 from mlops import artifacts, selectors, services
 from mlops.api import serializers
-from mlops.filtersets import AuditPolicyFilterSet, ModelVersionFilterSet, TrainingRunFilterSet
-from mlops.models import AuditPolicy, ModelVersion
+from mlops.filtersets import (
+    AuditPolicyFilterSet,
+    ModelVersionFilterSet,
+    RectificationPolicyFilterSet,
+    TrainingRunFilterSet,
+)
+from mlops.models import AuditPolicy, ModelVersion, RectificationPolicy
 from provenance import lineage_exports
 from provenance.models import Dataset
 
@@ -134,6 +139,36 @@ class AuditPolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         body = serializers.AuditPolicySetSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         policy = services.audit_policy_set(actor=request.user, **body.validated_data)
+        return Response(self.get_serializer(policy).data, status=status.HTTP_201_CREATED)
+
+
+class RectificationPolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Rectification policies (Art. 16): what is done with a processing activity's model
+    versions trained on values a rectification corrected since (status ``stale``):
+    ``retrain`` them on a fresh snapshot, or ``accept`` them with a justification.
+    Append-only: setting one writes a new policy; the latest per activity applies, at once
+    to the versions stale now and to every later rectification."""
+
+    queryset = RectificationPolicy.objects.select_related("set_by").order_by("-created_at", "-id")
+    serializer_class = serializers.RectificationPolicySerializer
+    filterset_class = RectificationPolicyFilterSet
+    role_permissions = {"create": DPO_ONLY, "default": READ_ROLES}
+
+    @extend_schema(
+        request=serializers.RectificationPolicySetSerializer,
+        responses={201: serializers.RectificationPolicySerializer, 400: OpenApiTypes.OBJECT},
+        examples=[OpenApiExample(
+            "Retrain after a rectification",
+            value={"processing_activity": 2, "action": "retrain",
+                   "justification": "Corrected clinical values change the risk scores: serve none trained on the old."},
+            request_only=True,
+        )],
+    )
+    def create(self, request):
+        """Set the rectification policy of a processing activity (DPO only)."""
+        body = serializers.RectificationPolicySetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        policy = services.rectification_policy_set(actor=request.user, **body.validated_data)
         return Response(self.get_serializer(policy).data, status=status.HTTP_201_CREATED)
 
 

@@ -10,6 +10,8 @@
   taint, supersede, retire;
 - ``remediation``: bringing a model lineage back to a version trained on none of the people
   removed (retrain, unlearn, keep on DP, retire), serialised per lineage and coalesced;
+- ``rectification``: versions trained on record values a rectification (Art. 16) corrected:
+  stale, and the processing activity's policy (retrain on a fresh snapshot, or accept);
 - ``unlearning``: SISA unlearning of a lineage's head from its shards' checkpoints;
 - ``audits``: loading a version's models, the loss-threshold membership-inference audit;
 - ``audit_jobs``: which audits a version gets, running one under a lease, the audit policy
@@ -43,6 +45,12 @@ from mlops.services.execution import (
     training_run_fail_stuck,
 )
 from mlops.services.queueing import training_run_queue, training_runs_redispatch
+from mlops.services.rectification import (
+    records_rectified_receive,
+    rectification_policy_current,
+    rectification_policy_set,
+    stale_versions_retrain,
+)
 from mlops.services.registry import (
     LIVE_STATUSES,
     erasure_amendments_after,
@@ -68,6 +76,10 @@ __all__ = [
     "lineage_head",
     "model_lineage_remediate",
     "model_versions_taint_trained_before",
+    "rectification_policy_current",
+    "rectification_policy_set",
+    "records_rectified_receive",
+    "stale_versions_retrain",
     "shard_config",
     "shard_rows",
     "ProgressCallback",

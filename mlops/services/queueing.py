@@ -356,13 +356,17 @@ def _enqueue_training(*, run_id: int, task_id: str, queue: str | None) -> None:
 def training_runs_redispatch() -> int:
     """The outbox sweep of training runs: queued and never sent, sent long ago and never
     started, or running with a lapsed lease (its worker died) and not re-sent since.
-    Remediation runs are left out: the erasure that trains them resumes them."""
+    Erasure remediation runs (on the snapshot of the version they replace) are left out: the
+    erasure that trains them resumes them. A rectification's retrain reads a fresh snapshot
+    and is sent through the outbox like any run."""
     from mlops.tasks import train_model
 
     now = timezone.now()
     lapsed = Q(status=RunStatus.RUNNING) & (Q(heartbeat_at__lt=lease_cutoff(now)) | Q(
         heartbeat_at__isnull=True, started_at__lt=lease_cutoff(now)))
-    stalled = TrainingRun.objects.filter(remediates__isnull=True).filter(
+    stalled = TrainingRun.objects.filter(
+        Q(remediates__isnull=True) | ~Q(snapshot_id=F("remediates__training_run__snapshot_id"))
+    ).filter(
         Q(status=RunStatus.QUEUED, dispatched_at__isnull=True, created_at__lt=unsent_cutoff(now))
         | Q(status=RunStatus.QUEUED, dispatched_at__lt=unstarted_cutoff(now))
         | (lapsed & (Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=F("heartbeat_at"))

@@ -33,7 +33,9 @@ from mlops.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
 from mlops.selectors import read_before
 from provenance.models import AmendmentReason, SnapshotAmendment
 
-LIVE_STATUSES = (ModelStatus.ACTIVE, ModelStatus.PENDING_AUDIT, ModelStatus.TAINTED)
+# The lineage's head, whichever of these: registration keeps it to one, erasure finds it.
+# Only ``active`` is served; pending_audit, tainted and stale await their audit or remediation.
+LIVE_STATUSES = (ModelStatus.ACTIVE, ModelStatus.PENDING_AUDIT, ModelStatus.TAINTED, ModelStatus.STALE)
 # Version rows are locked FOR NO KEY UPDATE: a run being queued to replace a version holds a
 # foreign key to it (KEY SHARE, checked at commit), which FOR UPDATE would block; with the
 # audit chain's head locked after it, that was a deadlock under concurrent erasures.
@@ -100,7 +102,7 @@ def run_trained_on_erased_people(*, run: TrainingRun) -> bool:
 
 
 def lineage_head(*, name: str, for_update: bool = False) -> ModelVersion | None:
-    """The live (active or tainted) version of ``name``; registration keeps it to one."""
+    """The live (active, pending audit, tainted or stale) version of ``name``; registration keeps it to one."""
     qs = ModelVersion.objects.filter(name=name, status__in=LIVE_STATUSES).select_related("training_run")
     if for_update:
         qs = qs.select_for_update(of=("self",), no_key=True)
@@ -133,7 +135,13 @@ def model_version_register(
     if policies:
         status = ModelStatus.PENDING_AUDIT
         reason = "awaiting the privacy audits its audit policy requires"
+    from mlops.services.rectification import registration_staleness
+
+    # A run that read a snapshot holding record versions rectified since (queued before the
+    # rectification, or on an old snapshot) trained on the old values.
+    status, reason, retrain_after = registration_staleness(run=run, status=status, reason=reason)
     if late:
+        retrain_after = False
         status = ModelStatus.TAINTED
         reason = (f"on registration: trained on data read before {len(late)} erasure amendment(s) of snapshot "
                   f"{run.snapshot_id}; awaiting remediation")
@@ -155,6 +163,10 @@ def model_version_register(
     model_version_audits_plan(model_version=version)
     if status == ModelStatus.TAINTED:
         _announce_taint([version.pk], reason)
+    if retrain_after:
+        from mlops.services.rectification import stale_versions_retrain_on_commit
+
+        stale_versions_retrain_on_commit(model_version_ids=[version.pk])
     return version
 
 
@@ -183,7 +195,9 @@ def model_versions_taint_trained_before(*, amendments: list[dict[str, int]], rea
         .filter(read_before(amendments=amendments, run="training_run__"), status__in=LIVE_STATUSES).order_by("pk")
         .values_list("pk", "name", "status")
     )
-    newly = [pk for pk, _, status in live if status in (ModelStatus.ACTIVE, ModelStatus.PENDING_AUDIT)]
+    # A stale version holding an erased person is tainted: the erasure's remediation is owed
+    # first (and its retrain reads the amended snapshot, not the stale values' one).
+    newly = [pk for pk, _, status in live if status in (ModelStatus.ACTIVE, ModelStatus.PENDING_AUDIT, ModelStatus.STALE)]
     ModelVersion.objects.filter(pk__in=newly).update(status=ModelStatus.TAINTED, status_reason=reason)
     cancelled = []
     from mlops.services.execution import training_run_cancel

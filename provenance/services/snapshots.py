@@ -108,8 +108,10 @@ def _membership_select(
     known_at: datetime | None = None, also_at: datetime | None = None,
     limits_at: list[datetime] | None = None, objections: bool = False,
 ) -> tuple[str, list]:
-    """(classification query, params): every record of the dataset that existed at T,
-    with its content hash and why it is excluded, or 'included'. ``known_at``: consent
+    """(classification query, params): every record of the dataset that existed at T and
+    is a current version (a version a rectification superseded is never a candidate, not
+    even for a reconstruction: the old value is in no new snapshot, Art. 16), with its
+    content hash and why it is excluded, or 'included'. ``known_at``: consent
     counts only events recorded by then (the moment the snapshot read the ledger).
     ``also_at``: consent must be valid at this moment too (a current snapshot taken for a
     T a little before or after K must hold only people covered at both). ``limits_at``:
@@ -141,13 +143,14 @@ def _membership_select(
         body = (
             f"SELECT r.id AS record_id, r.subject_id AS subject_id, r.content_hash AS content_hash, {reason_sql} AS reason "
             f"FROM {DataRecord._meta.db_table} r {joins} "
-            "WHERE r.dataset_id = %s AND r.ingested_at <= %s"
+            "WHERE r.dataset_id = %s AND r.ingested_at <= %s AND r.superseded_at IS NULL"
         )
         params = [*params, *join_params, dataset_id, at]
     else:
         body = (
             f"SELECT r.id AS record_id, r.subject_id AS subject_id, r.content_hash AS content_hash, {reason_sql} AS reason "
-            f"FROM {DataRecord._meta.db_table} r WHERE r.dataset_id = %s AND r.ingested_at <= %s"
+            f"FROM {DataRecord._meta.db_table} r WHERE r.dataset_id = %s AND r.ingested_at <= %s "
+            "AND r.superseded_at IS NULL"
         )
         params = [*params, dataset_id, at]
     return body, params

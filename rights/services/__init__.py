@@ -13,6 +13,9 @@ One module per concept (as Zulip split its actions):
 - ``dispatch``: start execution and send it to a worker after the commit; the outbox sweep;
 - ``withdrawals``: Art. 17(1)(b), a consent withdrawal opens a request;
 - ``objections``: Art. 17(1)(c), an objection (Art. 21) opens a request;
+- ``requests``: the requests under Art. 15, 16, 18, 20 and 21 (receive, verify, extend,
+  reject, execute, lift a restriction; the answer files built in a task);
+- ``workflow``: the intake, verification, extension and refusal rules every right shares;
 - ``access``: answering the rights of access (Art. 15) and portability (Art. 20);
 - ``_common``: the small helpers they share.
 
@@ -36,6 +39,15 @@ from rights.services.dispatch import (
 )
 from rights.services.intake import NO_DATA_HELD_ANSWER, erasure_receipt_hash, erasure_request_receive
 from rights.services.objections import erasure_request_open_for_objection
+from rights.services.requests import (
+    rights_answers_purge,
+    rights_request_execute,
+    rights_request_extend,
+    rights_request_receive,
+    rights_request_reject,
+    rights_request_restriction_lift,
+    rights_request_verify,
+)
 from rights.services.withdrawals import (
     erasure_request_open_for_withdrawal,
     erasure_requests_open_for_withdrawals,
@@ -60,6 +72,13 @@ __all__ = [
     "erasure_requests_open_for_withdrawals_sweep",
     "erasure_requests_redispatch",
     "refusal_notice_text",
+    "rights_answers_purge",
+    "rights_request_execute",
+    "rights_request_extend",
+    "rights_request_receive",
+    "rights_request_reject",
+    "rights_request_restriction_lift",
+    "rights_request_verify",
     "subject_access_answer",
     "subject_portability_export",
 ]

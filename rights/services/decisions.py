@@ -1,6 +1,7 @@
 """The DPO's decisions on a request before execution: verify the requester's identity,
 extend the deadline, refuse under an Art. 17(3) exemption (with the Art. 12(4) notice),
-override the remediation proposed for a model."""
+override the remediation proposed for a model. Verification, extension and refusal follow
+the rules every right shares (rights.services.workflow)."""
 
 from __future__ import annotations
 
@@ -10,31 +11,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from governance.services import ServiceConflict, ServiceError, audit_event_record
-from rights import deadlines
 from rights.models import ErasureRemediationOverride, ErasureRequest, ErasureStatus, RefusalGround, RemediationAction
-from rights.services._common import _choice, _locked, _moment, _user
+from rights.selectors import LIVE_MODEL_STATUSES
+from rights.services import workflow
+from rights.services._common import _choice, _locked, _user
 
 
 @transaction.atomic
 def erasure_request_verify(*, erasure_request: ErasureRequest | int, method: str = "", actor: Any = None) -> ErasureRequest:
     """Record that the requester's identity was verified (Art. 12(6)); required before execution."""
-    request = _locked(erasure_request)
-    if request.status != ErasureStatus.RECEIVED:
-        raise ServiceConflict(
-            f"Only a received request can be verified; this one is {request.status}.", status=request.status
-        )
-    if not isinstance(method, str) or len(method) > 300:
-        raise ServiceError("The verification method is text of at most 300 characters.", field="method")
-    request.status = ErasureStatus.VERIFIED
-    request.verified_at = timezone.now()
-    request.verified_by = _user(actor)
-    request.verification_method = method.strip()
-    request.save(update_fields=["status", "verified_at", "verified_by", "verification_method", "updated_at"])
-    audit_event_record(
-        actor=actor, action="erasure_request.verified", object_type="erasure_request", object_id=request.pk,
-        subject_ref=request.subject_ref, details={"method": request.verification_method},
-    )
-    return request
+    return workflow.request_verify(_locked(erasure_request), method=method, actor=actor, object_type="erasure_request")
 
 
 @transaction.atomic
@@ -46,62 +32,22 @@ def erasure_request_extend(
     actor: Any = None,
     today: Any = None,
 ) -> ErasureRequest:
-    """Extend the deadline once by two further months (Art. 12(3); CCPA: 45 days).
+    """Extend the deadline once by two further months (Art. 12(3); CCPA: 45 days); the
+    rules are rights.services.workflow.request_extend's, the same for every right."""
+    return workflow.request_extend(
+        _locked(erasure_request), reasons=reasons, subject_informed_at=subject_informed_at, actor=actor, today=today,
+        object_type="erasure_request",
+    )
 
-    Only while the first deadline has not passed, with reasons, and after telling the
-    subject, which must also have happened within the first period.
-    """
-    request = _locked(erasure_request)
-    if not request.is_open:
-        raise ServiceConflict(f"Only an open request can be extended; this one is {request.status}.")
-    if not isinstance(reasons, str) or not reasons.strip():
-        raise ServiceError(
-            "Reasons are required: Art. 12(3) allows an extension only for complex or numerous requests, "
-            "and the subject must be told why.", field="reasons",
-        )
-    if subject_informed_at in (None, ""):
-        raise ServiceError("Record when the subject was informed of the extension (Art. 12(3)).", field="subject_informed_at")
-    informed = _moment(subject_informed_at, "subject_informed_at")
-    on = today or timezone.localdate()
-    allowed, why = deadlines.extension_allowed(
-        first_due=request.due_at, today=on, already_extended=request.extended_due_at is not None
-    )
-    if not allowed:
-        raise ServiceConflict(why)
-    if timezone.localtime(informed).date() > request.due_at:
-        raise ServiceError("The subject must be informed within the first period.", field="subject_informed_at")
-    if informed < request.received_at:
-        raise ServiceError("The subject cannot be informed before the request was received.", field="subject_informed_at")
-    request.extended_due_at = deadlines.extended_due_date(
-        regime=request.regime, received_on=timezone.localtime(request.received_at).date(),
-        holidays=deadlines.configured_holidays(),
-    )
-    request.extension_reasons = reasons.strip()
-    request.extended_at = timezone.now()
-    request.subject_informed_of_extension_at = informed
-    request.save(update_fields=[
-        "extended_due_at", "extension_reasons", "extended_at", "subject_informed_of_extension_at", "updated_at",
-    ])
-    audit_event_record(
-        actor=actor, action="erasure_request.extended", object_type="erasure_request", object_id=request.pk,
-        subject_ref=request.subject_ref,
-        details={
-            "previous_due_at": request.due_at.isoformat(), "extended_due_at": request.extended_due_at.isoformat(),
-            "reasons": request.extension_reasons, "subject_informed_at": informed.isoformat(),
-        },
-    )
-    return request
+
+ERASURE_NOT_DOING = "erasing your personal data"
 
 
 def refusal_notice_text(*, request: ErasureRequest, ground: str, justification: str) -> str:
     """The Art. 12(4) notice: reasons, the right to complain and to a judicial remedy."""
-    return (
-        f"We are not erasing your personal data in response to your request received on "
-        f"{timezone.localtime(request.received_at):%d %B %Y}. Reason: {RefusalGround(ground).label}. "
-        f"{justification.strip()} "
-        "You have the right to lodge a complaint with a supervisory authority (Art. 77 GDPR), in particular "
-        "in the Member State of your habitual residence, place of work or place of the alleged infringement, "
-        "and the right to an effective judicial remedy (Art. 79 GDPR)."
+    return workflow.refusal_notice(
+        received_at=request.received_at, not_doing=ERASURE_NOT_DOING, ground_label=RefusalGround(ground).label,
+        justification=justification,
     )
 
 
@@ -110,25 +56,10 @@ def erasure_request_reject(
     *, erasure_request: ErasureRequest | int, refusal_ground: Any, justification: Any, actor: Any = None
 ) -> ErasureRequest:
     """Refuse under an Art. 17(3) exemption, with a justification and the Art. 12(4) notice."""
-    request = _locked(erasure_request)
-    if request.status not in (ErasureStatus.RECEIVED, ErasureStatus.VERIFIED):
-        raise ServiceConflict(f"Only a received or verified request can be rejected; this one is {request.status}.")
-    ground = _choice(refusal_ground, RefusalGround, "refusal_ground", "Art. 17(3) exemption")
-    if not isinstance(justification, str) or not justification.strip():
-        raise ServiceError("A justification is required for a refusal under Art. 17(3).", field="justification")
-    request.status = ErasureStatus.REJECTED
-    request.refusal_ground = ground
-    request.refusal_justification = justification.strip()
-    request.refusal_notice = refusal_notice_text(request=request, ground=ground, justification=justification)
-    request.rejected_at = timezone.now()
-    request.outcome = request.refusal_notice
-    request.save(update_fields=[
-        "status", "refusal_ground", "refusal_justification", "refusal_notice", "rejected_at", "outcome", "updated_at",
-    ])
-    audit_event_record(
-        actor=actor, action="erasure_request.rejected", object_type="erasure_request", object_id=request.pk,
-        subject_ref=request.subject_ref,
-        details={"refusal_ground": ground, "justification": request.refusal_justification},
+    request = workflow.request_refuse(
+        _locked(erasure_request), refusal_ground=refusal_ground, grounds=RefusalGround,
+        grounds_label="Art. 17(3) exemption", grounds_article="Art. 17(3)", justification=justification,
+        not_doing=ERASURE_NOT_DOING, actor=actor, object_type="erasure_request",
     )
     # The written answer the person is owed within the deadline (Art. 12(4)): a one-page
     # PDF, small enough to write here rather than in a task. It is served where a completed
@@ -178,7 +109,7 @@ def erasure_request_override_remediation(
         raise ServiceError(
             f"Model version {model_version_id} was not trained on this person's data.", field="model_version"
         )
-    if version["status"] not in ("active", "tainted"):
+    if version["status"] not in LIVE_MODEL_STATUSES:
         raise ServiceError(
             f"Model version {model_version_id} is {version['status']}: its artifact is deleted, nothing to decide.",
             field="model_version",

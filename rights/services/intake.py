@@ -11,10 +11,10 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from governance.services import ServiceConflict, ServiceError, audit_event_record
-from rights import deadlines
+from governance.services import ServiceConflict, audit_event_record
 from rights.models import ErasureChannel, ErasureGround, ErasureRegime, ErasureRequest, ErasureStatus
-from rights.services._common import _choice, _conflict_if_open, _moment, _request_details, _user
+from rights.services import workflow
+from rights.services._common import _choice, _conflict_if_open, _request_details, _user
 
 NO_DATA_HELD_ANSWER = (
     "We hold no personal data relating to the identifier given, so there is nothing to erase. "
@@ -54,34 +54,23 @@ def erasure_request_receive(
     from governance.selectors import data_subject_find
     from rights.selectors import erasure_previous_completed
 
-    if not isinstance(identifier, str) or not identifier.strip():
-        raise ServiceError("The data subject's identifier is required (e.g. their e-mail or customer number).", field="subject")
-    if len(identifier) > 500:
-        raise ServiceError("An identifier is at most 500 characters.", field="subject")
+    identifier = workflow.intake_identifier(identifier)
     ground = _choice(ground, ErasureGround, "ground", "Art. 17(1) ground")
-    # Absent or empty means the default; any other value must be one of the choices ({} or 0
-    # are refused, not read as "absent").
-    channel = _choice(ErasureChannel.API if channel in (None, "") else channel, ErasureChannel, "channel", "channel")
-    regime = _choice(ErasureRegime.EU if regime in (None, "") else regime, ErasureRegime, "regime", "regime")
-    received = timezone.now() if received_at in (None, "") else _moment(received_at, "received_at")
-    if notes is None:
-        notes = ""
-    if not isinstance(notes, str) or len(notes) > 4000:
-        raise ServiceError("Notes are text of at most 4,000 characters.", field="notes")
+    intake = workflow.intake_fields(channel=channel, regime=regime, received_at=received_at, notes=notes)
+    channel, regime, received = intake.channel, intake.regime, intake.received
 
     pseudonym = pseudonymise(identifier)
     receipt_hash = erasure_receipt_hash(pseudonym=pseudonym)
     _conflict_if_open(receipt_hash)
     subject = data_subject_find(identifier=identifier)  # earlier normalisations' subjects too
-    received_on = timezone.localtime(received).date()
-    due = deadlines.due_date(regime=regime, received_on=received_on, holidays=deadlines.configured_holidays())
+    due = workflow.intake_due_date(regime=regime, received=received)
     request = ErasureRequest(
         subject=subject,
         subject_ref=subject.reference if subject else None,
         identifier_receipt_hash=receipt_hash,
         data_held_at_receipt=subject is not None,
         channel=channel, received_at=received, regime=regime, ground=ground, due_at=due,
-        notes=notes.strip(), created_by=_user(actor),
+        notes=intake.notes, created_by=_user(actor),
     )
     previous = erasure_previous_completed(receipt_hash=receipt_hash)
     if subject is None:
