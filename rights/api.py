@@ -9,10 +9,7 @@ pseudonym: a person appears only as ``subject_ref``.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import tempfile
-import zipfile
 from pathlib import Path
 
 import django_filters
@@ -54,7 +51,7 @@ from rights.models import (
     RightsRequest,
     RightsRequestType,
 )
-from rights.portability import portability_csv
+from rights.portability import portability_zip
 from rights.reports import access_answer_pdf_write
 from rights.services import requests as requests_service
 
@@ -390,12 +387,7 @@ class SubjectPortabilityView(APIView):
                                                      actor=request.user)
         if (data.get("format") or "json") != "csv" or not export["data_held"]:
             return Response(export)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, content in portability_csv(export).items():
-                archive.writestr(name, content)
-            archive.writestr("export.json", json.dumps(export, indent=2, ensure_ascii=False))
-        return _attachment(buffer.getvalue(), content_type="application/zip",
+        return _attachment(portability_zip(export), content_type="application/zip",
                            filename=f"portability-{export['subject_ref']}.zip")
 
 

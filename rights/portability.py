@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import re
+import zipfile
 from datetime import datetime
 from typing import Any
 
@@ -135,3 +136,14 @@ def portability_export(*, subject: DataSubject, generated_at: datetime | None = 
         "not_included": not_included,
     }
     return export
+
+
+def portability_zip(export: dict[str, Any]) -> bytes:
+    """The CSV form of ``export`` as given to the person: a ZIP of one CSV per dataset
+    (portability_csv) and the JSON export itself, so the two never disagree."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, text in portability_csv(export).items():
+            archive.writestr(name, text)
+        archive.writestr("export.json", json.dumps(export, indent=2, ensure_ascii=False))
+    return buffer.getvalue()

@@ -13,11 +13,9 @@ governance limit (governance.services.limits) at once; rectification calls
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import shutil
-import zipfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -397,7 +395,7 @@ def answer_files(request: RightsRequest) -> dict[str, Path]:
 def _write_answer(request: RightsRequest, folder: Path) -> str:
     """Write the answer files into ``folder``; the SHA-256 of the JSON answer."""
     from rights.access import access_answer
-    from rights.portability import portability_csv, portability_export
+    from rights.portability import portability_export, portability_zip
     from rights.reports import access_answer_pdf_write
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -410,12 +408,7 @@ def _write_answer(request: RightsRequest, folder: Path) -> str:
         export = portability_export(subject=request.subject)
         content = json.dumps(export, indent=2, ensure_ascii=False).encode()
         (folder / "export.json").write_bytes(content)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, text in portability_csv(export).items():
-                archive.writestr(name, text)
-            archive.writestr("export.json", content)
-        (folder / "export.zip").write_bytes(buffer.getvalue())
+        (folder / "export.zip").write_bytes(portability_zip(export))
     return hashlib.sha256(content).hexdigest()
 
 
