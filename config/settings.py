@@ -499,7 +499,7 @@ LOGGING = {
 
 # --- Privacy Ledger ----------------------------------------------------------------
 # `manage.py demo`: one step per app, bottom layer first.
-DEMO_STEPS = ("governance.demo", "provenance.demo", "mlops.demo", "rights.demo", "assessments.demo")
+DEMO_STEPS = ("governance.demo", "provenance.demo", "mlops.demo", "rights.demo", "assessments.demo", "rights.demo_requests")
 API_KEY_DEFAULT_LIFETIME_DAYS = env_int("API_KEY_DEFAULT_LIFETIME_DAYS", 365)
 
 # --- governance (foundation) ---

@@ -8,6 +8,7 @@ against its SHA-256, so an auditor downloads the certificate the subject was giv
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,16 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
+def _when(value: Any) -> Any:
+    """An ISO time of the JSON answer as the toolkit shows times (2026-12-02 00:05 UTC)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return value
+
+
 def access_answer_pdf_write(*, answer: dict[str, Any], path: Path) -> str:
     """Write ``answer`` (rights.access.access_answer) to ``path`` as the PDF given to the
     person; returns its SHA-256. It holds what the JSON holds, in the same order, so the two
@@ -68,7 +79,7 @@ def access_answer_pdf_write(*, answer: dict[str, Any], path: Path) -> str:
     flows = t.title_block(
         "Your right of access: our answer",
         subtitle="GDPR Art. 15 — the information we must give you and a copy of your personal data",
-        facts=[("Your reference", answer.get("subject_ref") or "—"), ("Answer produced", answer["generated_at"]),
+        facts=[("Your reference", answer.get("subject_ref") or "—"), ("Answer produced", _when(answer["generated_at"])),
                ("Format", answer["format"])],
     )
     if not answer["data_held"]:
@@ -135,7 +146,7 @@ def access_answer_pdf_write(*, answer: dict[str, Any], path: Path) -> str:
             ("What it is for", f"{m['purpose']['label']} ({m['purpose']['code']})"),
             ("Model type", f"{m['model_type']}; {_value_text(m['model_spec'])}"),
             ("Features used", _value_text(m["features_used"])), ("Predicts", m["predicts"] or "—"),
-            ("Trained on", m["trained_on_dataset"]), ("Trained at", m["trained_at"]),
+            ("Trained on", m["trained_on_dataset"]), ("Trained at", _when(m["trained_at"])),
             ("Privacy guarantee", f"ε = {_value_text(m['differential_privacy']['epsilon'])}, "
                                   f"δ = {_value_text(m['differential_privacy']['delta'])}"),
             ("Status", m["status_label"]),
@@ -145,14 +156,14 @@ def access_answer_pdf_write(*, answer: dict[str, Any], path: Path) -> str:
     copy = answer["article_15_3_copy_of_the_data"]
     flows += [t.heading(f"{copy['title']} ({copy['article']})"), t.heading("Your records", level=2)]
     for record in copy["records"]:
-        flows.append(t.key_value_table([("Dataset", record["dataset"]), ("Ingested", record["ingested_at"]),
+        flows.append(t.key_value_table([("Dataset", record["dataset"]), ("Ingested", _when(record["ingested_at"])),
                                         *((k, _value_text(v)) for k, v in record["values"].items())]))
         flows.append(t.spacer(2))
     if not copy["records"]:
         flows.append(t.paragraph("No dataset holds records of yours."))
     flows += [t.heading("Your consent history", level=2), t.data_table(
         ["Purpose", "Action", "When", "Notice version", "How"],
-        [[e["purpose_label"], e["action"], e["occurred_at"], e["notice_version"], e["method"]]
+        [[e["purpose_label"], e["action"], _when(e["occurred_at"]), e["notice_version"], e["method"]]
          for e in copy["consent_history"]],
         empty="No consent was recorded.",
     ), t.heading("Models trained on your data", level=2), t.data_table(
