@@ -53,7 +53,7 @@ from rights.models import (
 )
 from rights.portability import portability_zip
 from rights.reports import access_answer_pdf_write
-from rights.services import requests as requests_service
+from rights.services.answers import answer_files
 
 # --- Serializers ---------------------------------------------------------------------
 
@@ -603,7 +603,7 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         if selectors.rights_answer_expired(rights_request=obj):
             return Response({"detail": "The download period of this answer has ended; its files are deleted."},
                             status=status.HTTP_410_GONE)
-        files = requests_service.answer_files(obj)
+        files = answer_files(obj)
         if not files:
             raise NotFound("No answer yet: it is built when the request is executed.")
         fmt = request.query_params.get("format") or "json"

@@ -29,6 +29,6 @@ class RightsConfig(AppConfig):
         from rights.services import erasure_requests_redispatch
 
         redispatch_register("erasure requests", erasure_requests_redispatch)
-        from rights.services.requests import rights_requests_redispatch
+        from rights.services.answers import rights_requests_redispatch
 
         redispatch_register("rights request answers", rights_requests_redispatch)

@@ -16,7 +16,7 @@ from governance.pseudonymisation import pseudonymise
 from governance.services import ServiceError
 from rights import services
 from rights.models import RightsRequest, RightsRequestType
-from rights.services.requests import answer_files
+from rights.services.answers import answer_files
 
 
 def _people_with_records(ctx: DemoContext) -> list[tuple[str, int]]:

@@ -53,7 +53,7 @@ def build_rights_answer(self, request_id: int) -> dict:
     """Build the answer of an access (Art. 15) or portability (Art. 20) request; a
     redelivered task finds it built, a duplicate waits for the live worker's lease."""
     from governance.leases import LeaseHeld, task_wait_for_lease
-    from rights.services.requests import rights_request_answer_build
+    from rights.services.answers import rights_request_answer_build
 
     try:
         return rights_request_answer_build(request_id=request_id)
@@ -64,6 +64,6 @@ def build_rights_answer(self, request_id: int) -> dict:
 @shared_task(name="rights.purge_expired_answers")
 def purge_expired_answers() -> int:
     """Daily: delete access and portability answers past RIGHTS_ANSWER_DOWNLOAD_DAYS."""
-    from rights.services.requests import rights_answers_purge
+    from rights.services.answers import rights_answers_purge
 
     return rights_answers_purge()

@@ -25,6 +25,7 @@ for them as the single module did.
 
 from governance.services import ServiceConflict, ServiceError
 from rights.services.access import subject_access_answer, subject_portability_export
+from rights.services.answers import answer_files, rights_answers_purge
 from rights.services.decisions import (
     erasure_request_extend,
     erasure_request_override_remediation,
@@ -40,7 +41,6 @@ from rights.services.dispatch import (
 from rights.services.intake import NO_DATA_HELD_ANSWER, erasure_receipt_hash, erasure_request_receive
 from rights.services.objections import erasure_request_open_for_objection
 from rights.services.requests import (
-    rights_answers_purge,
     rights_request_execute,
     rights_request_extend,
     rights_request_receive,
@@ -55,6 +55,7 @@ from rights.services.withdrawals import (
 )
 
 __all__ = [
+    "answer_files",
     "ServiceConflict",
     "ServiceError",
     "NO_DATA_HELD_ANSWER",

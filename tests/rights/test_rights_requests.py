@@ -23,7 +23,8 @@ from provenance import services as provenance_services
 from provenance.models import SnapshotMembership
 from rights import deadlines
 from rights.models import ErasureRequest, RightsRequest
-from rights.services.requests import record_rectify_service, rights_answers_purge
+from rights.services.answers import rights_answers_purge
+from rights.services.requests import record_rectify_service
 from tests.api_routes import ROLE_POLICY, api_routes
 from tests.governance.reports_helpers import pdf_text
 from tests.provenance.helpers import SCHEMA, purpose, row
@@ -158,7 +159,7 @@ def test_portability_export_is_a_zip_of_csv_and_expires_with_410_then_is_purged(
 
 @pytest.mark.django_db(transaction=True)
 def test_an_answer_never_sent_to_a_worker_is_sent_again_by_the_sweep(celery_worker, dpo_client):
-    from rights.services.requests import rights_requests_redispatch
+    from rights.services.answers import rights_requests_redispatch
 
     h.people_dataset(act=h.activity(), people=[h.subject_for(ALICE), *h.crowd(3)], seed=4)
     request = _verified(dpo_client, {"type": "access", "subject": ALICE})
