@@ -125,7 +125,7 @@ def consent_state_sql(*, purpose: Purpose, at: datetime, known_at: datetime | No
     ids = purpose_and_ancestor_ids(purpose=purpose)
     if not ids:
         return "SELECT NULL AS subject_id, NULL AS state WHERE 1 = 0", []
-    placeholders = ", ".join(["%s"] * len(ids))
+    in_params = ", ".join(["%s"] * len(ids))
     known_sql, known_params = ("AND recorded_at <= %s", [known_at]) if known_at is not None else ("", [])
     if connection.vendor == "postgresql":
         # DISTINCT ON keeps the first row per subject from one sort, without numbering
@@ -135,7 +135,7 @@ def consent_state_sql(*, purpose: Purpose, at: datetime, known_at: datetime | No
             FROM (
                 SELECT DISTINCT ON (subject_id) subject_id, action, expires_at
                 FROM governance_consentevent
-                WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s {known_sql}
+                WHERE purpose_id IN ({in_params}) AND occurred_at <= %s {known_sql}
                 ORDER BY subject_id, occurred_at DESC, id DESC
             ) latest
         """
@@ -146,7 +146,7 @@ def consent_state_sql(*, purpose: Purpose, at: datetime, known_at: datetime | No
             SELECT subject_id, action, expires_at,
                    ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY occurred_at DESC, id DESC) AS rn
             FROM governance_consentevent
-            WHERE purpose_id IN ({placeholders}) AND occurred_at <= %s {known_sql}
+            WHERE purpose_id IN ({in_params}) AND occurred_at <= %s {known_sql}
         ) latest
         WHERE rn = 1
     """
@@ -422,10 +422,10 @@ def objecting_subjects_sql(*, purpose: Purpose, at: datetime) -> tuple[str, list
     ids = purpose_and_ancestor_ids(purpose=purpose)
     if not ids:
         return "SELECT NULL AS subject_id WHERE 1 = 0", []
-    placeholders = ", ".join(["%s"] * len(ids))
+    in_params = ", ".join(["%s"] * len(ids))
     sql = (
         "SELECT po.subject_id FROM governance_processingobjection po "
-        f"WHERE po.purpose_id IN ({placeholders}) AND po.objected_at <= %s "
+        f"WHERE po.purpose_id IN ({in_params}) AND po.objected_at <= %s "
         "AND (po.direct_marketing OR NOT EXISTS (SELECT 1 FROM governance_compellinggrounds cg "
         "WHERE cg.objection_id = po.id AND cg.recorded_at <= %s))"
     )

@@ -44,8 +44,40 @@ NEXT_STEPS = {
 }
 
 
+class _RequestColumns:
+    """The columns an erasure request and a request under another right show alike: number,
+    status, the Art. 12(3) deadline and how it stands, how and when it was received."""
+
+    @admin.display(description="request", ordering="id")
+    def request_display(self, obj):
+        return f"Request {obj.pk}"
+
+    @display(description="status", ordering="status", label=BADGES)
+    def status_badge(self, obj):
+        return views.STATUS_VARIANT.get(obj.status, "default"), obj.get_status_display()
+
+    @display(description="time", label=BADGES)
+    def deadline_badge(self, obj):
+        state = views.deadline_state(obj)
+        variant = "danger" if state["overdue"] or state["late_by"] else "warning" if state["due_soon"] else (
+            "info" if obj.is_open else "default")
+        return variant, state["text"]
+
+    @admin.display(description="deadline", ordering="effective_due")
+    def deadline(self, obj):
+        return show.moment(obj.effective_due_at)
+
+    @admin.display(description="received by", ordering="channel")
+    def channel_display(self, obj):
+        return show.label(ErasureChannel, obj.channel)
+
+    @admin.display(description="received", ordering="received_at")
+    def received_display(self, obj):
+        return show.moment(obj.received_at)
+
+
 @admin.register(ErasureRequest)
-class ErasureRequestAdmin(ModelAdmin):
+class ErasureRequestAdmin(_RequestColumns, ModelAdmin):
     list_display = ["request_display", "status_badge", "deadline_badge", "deadline", "ground_display",
                     "channel_display", "received_display"]
     list_display_links = ["request_display"]
@@ -103,36 +135,9 @@ class ErasureRequestAdmin(ModelAdmin):
 
     # --- Columns and fields, in words --------------------------------------------------
 
-    @admin.display(description="request", ordering="id")
-    def request_display(self, obj):
-        return f"Request {obj.pk}"
-
-    @display(description="status", ordering="status", label=BADGES)
-    def status_badge(self, obj):
-        return views.STATUS_VARIANT.get(obj.status, "default"), obj.get_status_display()
-
-    @display(description="time", label=BADGES)
-    def deadline_badge(self, obj):
-        state = views.deadline_state(obj)
-        variant = "danger" if state["overdue"] or state["late_by"] else "warning" if state["due_soon"] else (
-            "info" if obj.is_open else "default")
-        return variant, state["text"]
-
-    @admin.display(description="deadline", ordering="effective_due")
-    def deadline(self, obj):
-        return show.moment(obj.effective_due_at)
-
     @admin.display(description="ground", ordering="ground")
     def ground_display(self, obj):
         return show.label(ErasureGround, obj.ground)
-
-    @admin.display(description="received by", ordering="channel")
-    def channel_display(self, obj):
-        return show.label(ErasureChannel, obj.channel)
-
-    @admin.display(description="received", ordering="received_at")
-    def received_display(self, obj):
-        return show.moment(obj.received_at)
 
     @admin.display(description="deadline rules")
     def regime_display(self, obj):
@@ -297,7 +302,7 @@ class ErasureReceiptAdmin(ModelAdmin):
 
 
 @admin.register(RightsRequest)
-class RightsRequestAdmin(ReadOnlyAdmin):
+class RightsRequestAdmin(_RequestColumns, ReadOnlyAdmin):
     list_display = ["request_display", "type_display", "status_badge", "deadline_badge", "deadline",
                     "channel_display", "received_display", "limit_link"]
     list_display_links = ["request_display"]
@@ -322,36 +327,9 @@ class RightsRequestAdmin(ReadOnlyAdmin):
         return selectors.rights_request_queryset().select_related("purpose", "verified_by").order_by(
             "effective_due", "id")
 
-    @admin.display(description="request", ordering="id")
-    def request_display(self, obj):
-        return f"Request {obj.pk}"
-
     @admin.display(description="right", ordering="type")
     def type_display(self, obj):
         return show.label(RightsRequestType, obj.type)
-
-    @display(description="status", ordering="status", label=BADGES)
-    def status_badge(self, obj):
-        return views.STATUS_VARIANT.get(obj.status, "default"), obj.get_status_display()
-
-    @display(description="time", label=BADGES)
-    def deadline_badge(self, obj):
-        state = views.deadline_state(obj)
-        variant = "danger" if state["overdue"] or state["late_by"] else "warning" if state["due_soon"] else (
-            "info" if obj.is_open else "default")
-        return variant, state["text"]
-
-    @admin.display(description="deadline", ordering="effective_due")
-    def deadline(self, obj):
-        return show.moment(obj.effective_due_at)
-
-    @admin.display(description="received by", ordering="channel")
-    def channel_display(self, obj):
-        return show.label(ErasureChannel, obj.channel)
-
-    @admin.display(description="received", ordering="received_at")
-    def received_display(self, obj):
-        return show.moment(obj.received_at)
 
     @admin.display(description="regime")
     def regime_display(self, obj):

@@ -43,15 +43,6 @@ NOT_DOING = {
 }
 
 
-def record_rectify_service():
-    """``provenance.services.record_rectify`` if it exists (built apart), else None."""
-    try:
-        from provenance import services as provenance_services
-    except ImportError:  # pragma: no cover - provenance is an installed app
-        return None
-    return getattr(provenance_services, "record_rectify", None)
-
-
 def _type(value: Any) -> str:
     allowed = [*RightsRequestType.values, "erasure"]
     if value in (None, ""):
@@ -181,8 +172,6 @@ def rights_request_receive(
         ground = restriction_ground
         text = _text(justification, field="justification", required=True, what="Why the processing is restricted (Art. 18)")
     elif type_ == RightsRequestType.RECTIFICATION:
-        if record_rectify_service() is None:
-            raise ServiceError("Rectification (Art. 16) is not available yet in this installation.", field="type")
         if isinstance(dataset, bool) or not isinstance(dataset, int):
             raise ServiceError("A rectification (Art. 16) names the dataset (its id) whose records are corrected.",
                                field="dataset")
@@ -318,11 +307,10 @@ def rights_request_execute(*, rights_request: RightsRequest | int, actor: Any = 
         outcome = (f"Processing for {request.purpose.code!r} stopped for this person from "
                    f"{limit.objected_at:%Y-%m-%d %H:%M} (Art. 21).")
     else:
-        rectify = record_rectify_service()
-        if rectify is None:
-            raise ServiceConflict("Art. 16: rectification is not available yet in this installation.", field="type")
+        from provenance.services import record_rectify
+
         fix = request.corrections
-        result = rectify(subject=request.subject, dataset=fix.get("dataset"), corrections=fix.get("corrections"),
+        result = record_rectify(subject=request.subject, dataset=fix.get("dataset"), corrections=fix.get("corrections"),
                          reason=request.justification, actor=actor)
         told = ", ".join(r.get("name", "") for r in result.get("recipients", []) if isinstance(r, dict)) or "none"
         limit, outcome = None, (

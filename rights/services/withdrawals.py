@@ -121,12 +121,12 @@ def erasure_requests_open_for_withdrawals_sweep(*, actor: Any = None) -> int:
     if not purpose_ids:
         return 0
     events, requests = ConsentEvent._meta.db_table, ErasureRequest._meta.db_table
-    placeholders = ", ".join(["%s"] * len(purpose_ids))
+    in_params = ", ".join(["%s"] * len(purpose_ids))
     sql = f"""
         SELECT e.id FROM (
             SELECT id, subject_id, action, occurred_at,
                    ROW_NUMBER() OVER (PARTITION BY subject_id, purpose_id ORDER BY occurred_at DESC, id DESC) AS rn
-            FROM {events} WHERE purpose_id IN ({placeholders})
+            FROM {events} WHERE purpose_id IN ({in_params})
         ) e
         WHERE e.rn = 1 AND e.action = 'withdrawn'
           AND NOT EXISTS (SELECT 1 FROM {requests} r WHERE r.subject_id = e.subject_id AND r.received_at >= e.occurred_at)
