@@ -83,7 +83,36 @@ def _celery_session_worker(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock(), start_worker(
         app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=30.0, loglevel="WARNING"
     ) as worker:
-        yield worker
+        _SESSION_WORKER["running"] = True
+        try:
+            yield worker
+        finally:
+            _SESSION_WORKER["running"] = False
+
+
+# Whether the session worker is consuming: once started it serves every later test, also
+# those that did not ask for it.
+_SESSION_WORKER = {"running": False}
+
+
+@pytest.fixture(autouse=True)
+def _no_task_outlives_a_transactional_test(request):
+    """A transactional test that never asked for the worker still queues work on commit (an
+    audit when a model version is registered) and the session worker, started by an earlier
+    test, picks it up. The flush after the test would then deadlock with that task's row
+    locks (found by CI on test_a_run_that_read_the_old_snapshot_registers_stale). Asking for
+    the database fixture here puts this teardown before the flush."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = marker is not None and (
+        marker.kwargs.get("transaction") or (marker.args and marker.args[0])
+    )
+    if not transactional and "transactional_db" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    yield
+    if _SESSION_WORKER["running"]:
+        _wait_until_the_worker_is_idle()
 
 
 @pytest.fixture
@@ -98,8 +127,6 @@ def celery_worker(transactional_db, _celery_session_worker):
 
         app.control.purge()
     yield _celery_session_worker
-    if _celery_session_worker is not None:
-        _wait_until_the_worker_is_idle()
 
 
 def _wait_until_the_worker_is_idle(timeout: float = 60.0) -> None:
