@@ -81,6 +81,12 @@ def snapshot_members_limited(*, snapshot: Snapshot, at: datetime) -> dict[str, i
     return {"restricted": int(counts.get("restricted", 0)), "objected": int(counts.get("objected", 0))}
 
 
+def snapshot_members_superseded(*, snapshot: Snapshot) -> int:
+    """How many records still in ``snapshot`` were replaced since by a rectified version
+    (Art. 16): the snapshot holds values known to be wrong. One indexed count."""
+    return SnapshotMembership.objects.filter(snapshot=snapshot, record__superseded_at__isnull=False).count()
+
+
 def snapshot_current_root(*, snapshot: Snapshot) -> str:
     """The root of the current membership: the last amendment's, or the original."""
     latest = SnapshotAmendment.objects.filter(snapshot=snapshot).order_by("-id").values_list("new_root", flat=True).first()

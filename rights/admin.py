@@ -17,6 +17,7 @@ from governance import display as show
 from governance.admin_mixins import ModelAdmin, ReadOnlyAdmin
 from governance.models import RestrictionGround
 from governance.roles import AUDITOR, DPO, has_role
+from rights import admin_requests as requests_views
 from rights import admin_views as views
 from rights import deadlines, selectors
 from rights.admin_filters import ErasureDeadlineFilter, ErasureExecutionFilter
@@ -41,6 +42,7 @@ NEXT_STEPS = {
     ErasureStatus.RECEIVED: ["verify_step", "extend_step", "override_step", "reject_step"],
     ErasureStatus.VERIFIED: ["execute_step", "extend_step", "override_step", "reject_step"],
     ErasureStatus.IN_PROGRESS: ["execute_step", "extend_step"],
+    ErasureStatus.COMPLETED: ["notified_step"],
 }
 
 
@@ -88,7 +90,7 @@ class ErasureRequestAdmin(_RequestColumns, ModelAdmin):
     change_form_before_template = "admin/rights/erasurerequest/summary.html"
     change_form_after_template = "admin/rights/erasurerequest/details.html"
     actions_list = ["log_request", "find_person"]
-    actions_detail = ["verify_step", "execute_step", "extend_step", "override_step", "reject_step"]
+    actions_detail = ["verify_step", "execute_step", "extend_step", "override_step", "reject_step", "notified_step"]
     readonly_fields = [
         "channel_display", "received_display", "regime_display", "ground_display", "purpose", "notes",
         "created_by", "data_held_display", "verified_display", "verification_method", "extended_display",
@@ -193,6 +195,8 @@ class ErasureRequestAdmin(_RequestColumns, ModelAdmin):
             allowed.discard("extend_step")
         if "override_step" in allowed and not views._live_versions(found):
             allowed.discard("override_step")
+        if "notified_step" in allowed and not found.recipient_notifications.filter(notified_at__isnull=True).exists():
+            allowed.discard("notified_step")
         return [a for a in super().get_actions_detail(request, object_id)
                 if a.action_name.removeprefix("rights_erasurerequest_") in allowed]
 
@@ -206,8 +210,7 @@ class ErasureRequestAdmin(_RequestColumns, ModelAdmin):
             "deadline_state": views.deadline_state(obj),
             "impact": views.impact_tables(impact),
             "person_url": person_url,
-            "recipients": [[n.recipient, n.third_country or "—", show.moment(n.notified_at)]
-                           for n in obj.recipient_notifications.all()],
+            "recipients": requests_views.recipient_rows(obj),
             **views.progress_context(obj),
             **(extra_context or {}),
         }
@@ -244,6 +247,10 @@ class ErasureRequestAdmin(_RequestColumns, ModelAdmin):
     def reject_step(self, request, object_id):
         return views.reject_view(self, request, object_id)
 
+    @action(description="Record a recipient told (Art. 19)", url_path="notified", icon="outgoing_mail")
+    def notified_step(self, request, object_id):
+        return requests_views.erasure_notified_view(self, request, object_id)
+
     def get_urls(self):
         return [
             path("<path:object_id>/certificate/", self.admin_site.admin_view(self.document_view),
@@ -273,9 +280,9 @@ class ErasureReceiptAdmin(ModelAdmin):
     """What stays of an executed erasure: counts only (the receipt hash is never shown)."""
 
     list_display = ["request_link", "completed_display", "records_deleted", "snapshots_amended", "models_remediated",
-                    "consent_events_deleted", "recipients_notified"]
+                    "consent_events_deleted", "recipients_to_tell"]
     readonly_fields = ["request_link", "completed_display", "records_deleted", "datasets", "snapshots_amended",
-                       "membership_rows_removed", "models_remediated", "consent_events_deleted", "recipients_notified"]
+                       "membership_rows_removed", "models_remediated", "consent_events_deleted", "recipients_to_tell"]
     fields = readonly_fields
 
     @admin.display(description="request", ordering="request_id")
@@ -297,8 +304,9 @@ class ErasureReceiptAdmin(ModelAdmin):
 
 
 # --- Requests under the other rights (Art. 15, 16, 18, 20, 21) ---------------------------
-# A list with filters and a readable page; the DPO acts through /api/v1/requests/ (and the
-# erasure pages above stay as they are). Read-only: a request changes only by its services.
+# A list by deadline and a request page with one button per next step of the workflow,
+# each a form (rights.admin_requests); nothing is edited in place: a request changes only
+# by its services, as through /api/v1/requests/.
 
 
 @admin.register(RightsRequest)
@@ -309,6 +317,9 @@ class RightsRequestAdmin(_RequestColumns, ReadOnlyAdmin):
     list_filter = ["type", "status", "regime", "channel"]
     search_fields = ["id", "subject_ref"]
     actions = None
+    actions_list = ["log_request"]
+    actions_detail = ["verify_step", "execute_step", "extend_step", "reject_step", "lift_step", "notified_step"]
+    change_form_after_template = "admin/rights/rightsrequest/details.html"
     fieldsets = [
         ("Request", {"fields": ["type_display", "subject_ref", "data_held_display", "channel_display",
                                 "received_display", "regime_display", "notes"]}),
@@ -326,6 +337,64 @@ class RightsRequestAdmin(_RequestColumns, ReadOnlyAdmin):
     def get_queryset(self, request):
         return selectors.rights_request_queryset().select_related("purpose", "verified_by").order_by(
             "effective_due", "id")
+
+    def has_add_permission(self, request, obj=None):
+        return has_role(request.user, DPO)  # the add page is the log form, a service call
+
+    def get_actions_detail(self, request, object_id):
+        """Only the steps that can come next for this request, and only for the DPO."""
+        found = selectors.rights_request_queryset().filter(pk=object_id).first() if str(object_id).isdigit() else None
+        if found is None or not has_role(request.user, DPO):
+            return []
+        allowed = requests_views.next_steps(found)
+        return [a for a in super().get_actions_detail(request, object_id)
+                if a.action_name.removeprefix("rights_rightsrequest_") in allowed]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = requests_views.rights_request_or_404(object_id)
+        extra = {**requests_views.details_context(obj), **(extra_context or {})}
+        return super().change_view(request, str(obj.pk), form_url, extra_context=extra)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return requests_views.log_view(self, request)
+
+    @action(description="Log a request (letter, phone, in person)", url_path="log", icon="add")
+    def log_request(self, request):
+        return HttpResponseRedirect(reverse("admin:rights_rightsrequest_add"))
+
+    @action(description="Verify the identity", url_path="verify", icon="verified_user")
+    def verify_step(self, request, object_id):
+        return requests_views.verify_view(self, request, object_id)
+
+    @action(description="Execute", url_path="execute", icon="play_arrow")
+    def execute_step(self, request, object_id):
+        return requests_views.execute_view(self, request, object_id)
+
+    @action(description="Extend the deadline", url_path="extend", icon="event")
+    def extend_step(self, request, object_id):
+        return requests_views.extend_view(self, request, object_id)
+
+    @action(description="Refuse (Art. 12(5))", url_path="reject", icon="block")
+    def reject_step(self, request, object_id):
+        return requests_views.reject_view(self, request, object_id)
+
+    @action(description="Lift the restriction", url_path="lift", icon="lock_open")
+    def lift_step(self, request, object_id):
+        return requests_views.lift_view(self, request, object_id)
+
+    @action(description="Record a recipient told (Art. 19)", url_path="notified", icon="outgoing_mail")
+    def notified_step(self, request, object_id):
+        return requests_views.notified_view(self, request, object_id)
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/answer/<str:fmt>/", self.admin_site.admin_view(self.answer_view),
+                 name="rights_rightsrequest_answer"),
+            *super().get_urls(),
+        ]
+
+    def answer_view(self, request, object_id, fmt):
+        return requests_views.answer_view(self, request, object_id, fmt)
 
     @admin.display(description="right", ordering="type")
     def type_display(self, obj):

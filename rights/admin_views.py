@@ -62,7 +62,7 @@ STEP_LABELS = {
     "taint_models": "Mark models trained on the data as tainted",
     "delete_old_artifacts": "Delete the files of replaced model versions",
     "delete_consent_events": "Delete the consent events",
-    "notify_recipients": "Notify the recipients (Art. 19)",
+    "notify_recipients": "List the recipients to tell (Art. 19)",
     "delete_subject": "Delete the subject row (the receipt stays)",
     "verify_claims": "Verify every claim against the database",
     "certificate": "Issue the certificate",
@@ -239,7 +239,7 @@ def _step_outcome(name: str, d: dict) -> str:
         return f"{d.get('consent_events_deleted', 0)} consent event(s) deleted"
     if name == "notify_recipients":
         names = d.get("recipients", [])
-        return ("Notified: " + ", ".join(names)) if names else "No recipient is named by the activities involved"
+        return ("To tell: " + ", ".join(names)) if names else "No recipient is named by the activities involved"
     if name == "delete_subject":
         return "Subject row deleted"
     if name == "verify_claims":

@@ -67,7 +67,7 @@ class ErasureStepSerializer(serializers.ModelSerializer):
 class RecipientNotificationSerializer(serializers.ModelSerializer):
     class Meta:
         model = RecipientNotification
-        fields = ["recipient", "third_country", "processing_activity_id", "notified_at"]
+        fields = ["recipient", "third_country", "processing_activity_id", "notified_at", "method"]
 
 
 class RemediationOverrideSerializer(serializers.ModelSerializer):
@@ -174,6 +174,12 @@ def _body(request) -> dict:
     return request.data
 
 
+class NotifiedSerializer(serializers.Serializer):
+    recipient = serializers.CharField(help_text="One of the request's recipient_notifications.")
+    method = serializers.CharField(help_text="How the recipient was told.")
+    notified_at = serializers.DateTimeField(required=False, help_text="When; empty: now.")
+
+
 @extend_schema_view(
     list=extend_schema(summary="Erasure requests, by deadline (filter: status, overdue)"),
     retrieve=extend_schema(summary="One erasure request with its step log and notifications"),
@@ -264,6 +270,16 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
             erasure_request=obj, refusal_ground=data.get("refusal_ground"), justification=data.get("justification"),
             actor=request.user,
         ))
+
+    @extend_schema(request=NotifiedSerializer, responses=ErasureRequestSerializer,
+                   summary="Record that a recipient was told of the erasure (Art. 19)")
+    @action(detail=True, methods=["post"])
+    def notified(self, request, pk=None):
+        obj, data = self.get_object(), _body(request)
+        services.erasure_request_recipient_notified(
+            erasure_request=obj, recipient=data.get("recipient"), notified_at=data.get("notified_at"),
+            method=data.get("method") or "", actor=request.user)
+        return self._respond(obj)
 
     @extend_schema(
         request=OverrideSerializer, responses={201: RemediationOverrideSerializer},
@@ -408,6 +424,7 @@ class RightsRequestSerializer(serializers.ModelSerializer):
     purpose = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
     answer_available = serializers.SerializerMethodField()
     answer_expired = serializers.SerializerMethodField()
+    recipient_notifications = RecipientNotificationSerializer(many=True, read_only=True)
 
     class Meta:
         model = RightsRequest
@@ -417,7 +434,7 @@ class RightsRequestSerializer(serializers.ModelSerializer):
             "extended_at", "subject_informed_of_extension_at", "verified_at", "verified_by", "verification_method",
             "refusal_ground", "refusal_justification", "refusal_notice", "rejected_at", "purpose",
             "restriction_ground", "limit_id", "execution_started_at", "completed_at", "outcome", "answer_available",
-            "answer_expired", "answer_sha256", "answer_expires_at", "created_at",
+            "answer_expired", "answer_sha256", "answer_expires_at", "progress", "recipient_notifications", "created_at",
         ]
 
     def get_days_left(self, obj: RightsRequest) -> int | None:
@@ -505,7 +522,7 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
 
     def get_queryset(self):
         return selectors.rights_request_queryset().order_by("effective_due", "id").select_related(
-            "verified_by", "purpose")
+            "verified_by", "purpose").prefetch_related("recipient_notifications")
 
     def get_content_negotiator(self):
         if getattr(self, "action", None) == "answer":
@@ -589,6 +606,16 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         obj, data = self.get_object(), _body(request)
         return self._respond(services.rights_request_restriction_lift(
             rights_request=obj, informed_at=data.get("informed_at"), reason=data.get("reason"), actor=request.user))
+
+    @extend_schema(request=NotifiedSerializer, responses=RightsRequestSerializer,
+                   summary="Record that a recipient was told of the rectification or restriction (Art. 19)")
+    @action(detail=True, methods=["post"])
+    def notified(self, request, pk=None):
+        obj, data = self.get_object(), _body(request)
+        services.rights_request_recipient_notified(
+            rights_request=obj, recipient=data.get("recipient"), notified_at=data.get("notified_at"),
+            method=data.get("method") or "", actor=request.user)
+        return self._respond(obj)
 
     @extend_schema(
         parameters=[OpenApiParameter("format", str, enum=["json", "pdf", "csv"],

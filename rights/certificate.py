@@ -15,11 +15,18 @@ from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from governance.models import AuditEvent
 from governance.services.audit import audit_checkpoint_sign_head
-from rights.models import ErasureGround, ErasureRequest, ErasureStep, RefusalGround, RemediationAction
+from rights.models import (
+    ErasureGround,
+    ErasureRequest,
+    ErasureStep,
+    RefusalGround,
+    RemediationAction,
+    RightsRefusalGround,
+    RightsRequest,
+)
 
 OUTCOME_WORDS = {
     "retrained": "retrained from scratch on the amended snapshot",
@@ -36,11 +43,12 @@ def _epsilon_text(epsilon) -> str:
     return "∞ (not private)" if epsilon is None else f"{float(epsilon):.2f}"
 
 
-def _audit_events_table(request: ErasureRequest):
+def _audit_events_table(request: ErasureRequest | RightsRequest):
     """The request's audit events with their chain positions and hashes."""
     from governance.reports import toolkit as t
 
-    events = AuditEvent.objects.filter(object_type="erasure_request", object_id=str(request.pk)).order_by("position")
+    object_type = "erasure_request" if isinstance(request, ErasureRequest) else "rights_request"
+    events = AuditEvent.objects.filter(object_type=object_type, object_id=str(request.pk)).order_by("position")
     return t.data_table(
         ["Position", "Event", "Hash"],
         [[position, action, t.hash_cell(digest, label=f"Audit event at position {position}")]
@@ -222,13 +230,25 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
         "counts and a separately keyed hash of the identifier, so that a repeated request is recognised; it does not "
         "re-identify anyone."
     ))
-    flows.append(t.heading("Recipients notified (Art. 19)"))
-    notified_at = parse_datetime(steps.get("notify_recipients", {}).get("notified_at") or "")
+    flows.append(t.heading("Recipients to tell (Art. 19)"))
+    told = {n.recipient: n for n in request.recipient_notifications.all()}
+
+    def told_text(name: str) -> str:
+        n = told.get(name)
+        if n is None or n.notified_at is None:
+            return "to be told; the DPO records when and how"
+        return f"told {timezone.localtime(n.notified_at):%Y-%m-%d %H:%M} ({n.method})"
+
     flows.append(t.data_table(
-        ["Recipient", "Third country", "Notified at"],
-        [[r["name"], r["third_country"] or "—", notified_at] for r in plan["recipients"]],
+        ["Recipient", "Third country", "Told"],
+        [[r["name"], r["third_country"] or "—", told_text(r["name"])] for r in plan["recipients"]],
         empty="The processing activities involved name no recipients.",
     ))
+    if plan["recipients"]:
+        flows.append(t.paragraph(
+            "The ledger sends no message to recipients: the controller tells each of the erasure and records, on "
+            "the request, when and how (audit event 'erasure_request.recipient_notified')."
+        ))
     flows.append(t.heading("Backups"))
     flows.append(t.paragraph(settings.ERASURE_BACKUP_STATEMENT))
     if request.refusal_ground:
@@ -270,41 +290,51 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
     return relative, digest, checkpoint.as_dict()
 
 
-def refusal_notice_relative_path(request: ErasureRequest) -> str:
+def refusal_notice_relative_path(request: ErasureRequest | RightsRequest) -> str:
+    if isinstance(request, RightsRequest):
+        return f"rights/request-{request.pk}/refusal-notice.pdf"
     return f"erasure/erasure-refusal-notice-{request.pk}.pdf"
 
 
-def refusal_notice_write(*, request: ErasureRequest) -> tuple[str, str]:
-    """The written answer to a refused request (Art. 12(4)): the reasons for not acting,
-    the Art. 17(3) exemption relied on, and the rights to complain and to a judicial remedy.
-    Returns (path relative to REPORT_ROOT, SHA-256)."""
+def refusal_notice_write(*, request: ErasureRequest | RightsRequest) -> tuple[str, str]:
+    """The written answer to a refused request (Art. 12(4)): the reasons for not acting, the
+    ground relied on (an Art. 17(3) exemption for erasure, Art. 12(5) for the other rights),
+    and the rights to complain and to a judicial remedy. Returns (path relative to
+    REPORT_ROOT, SHA-256)."""
     from governance.reports import toolkit as t
 
     relative = refusal_notice_relative_path(request)
+    erasure = isinstance(request, ErasureRequest)
+    what = "an erasure request" if erasure else f"a request under {request.article}"
+    facts = [("Erasure request", request.pk)] if erasure else [
+        ("Request", request.pk), ("Right exercised", f"{request.get_type_display()}")]
+    facts += [("Data subject reference", request.subject_ref or "— (no data held)")]
+    if erasure:
+        facts.append(("Ground invoked by the person", ErasureGround(request.ground).label))
+    facts += [
+        ("Received", request.received_at),
+        ("Answer due", request.extended_due_at or request.due_at),
+        ("Refused", request.rejected_at),
+        ("Exemption relied on" if erasure else "Ground relied on (Art. 12(5))",
+         (RefusalGround if erasure else RightsRefusalGround)(request.refusal_ground).label),
+        ("Deadline met", _timeliness_text(request=request, answered_at=request.rejected_at)),
+    ]
     flows = t.title_block(
-        "Notice of refusal of an erasure request",
-        subtitle="GDPR Art. 12(4) — reasons for not taking action; Art. 17(3) exemption",
-        facts=[
-            ("Erasure request", request.pk),
-            ("Data subject reference", request.subject_ref or "— (no data held)"),
-            ("Ground invoked by the person", ErasureGround(request.ground).label),
-            ("Received", request.received_at),
-            ("Answer due", request.extended_due_at or request.due_at),
-            ("Refused", request.rejected_at),
-            ("Exemption relied on", RefusalGround(request.refusal_ground).label),
-            ("Deadline met", _timeliness_text(request=request, answered_at=request.rejected_at)),
-        ],
+        f"Notice of refusal of {what}",
+        subtitle="GDPR Art. 12(4) — reasons for not taking action; "
+                 + ("Art. 17(3) exemption" if erasure else "Art. 12(5) manifestly unfounded or excessive"),
+        facts=facts,
     )
     flows += _lateness_flows(t, request=request, answered_at=request.rejected_at)
-    # The notice itself carries the exemption, the justification and the rights.
+    # The notice itself carries the ground, the justification and the rights.
     flows.append(t.heading("Our answer"))
     flows.append(t.paragraph(request.refusal_notice))
     flows.append(t.heading("Audit chain"))
     flows.append(_audit_events_table(request))
-    flows.append(t.paragraph(
-        "The SHA-256 of this notice is recorded in the next audit event ('erasure.refusal_notice_issued')."
-    ))
+    event = "erasure.refusal_notice_issued" if erasure else "rights_request.refusal_notice_issued"
+    flows.append(t.paragraph(f"The SHA-256 of this notice is recorded in the next audit event ('{event}')."))
     path = Path(settings.REPORT_ROOT) / relative
-    digest = t.render_pdf(path, flows, title=f"Notice of refusal — erasure request {request.pk}",
+    kind = "erasure" if erasure else request.get_type_display().split(" (")[0].lower()
+    digest = t.render_pdf(path, flows, title=f"Notice of refusal — {kind} request {request.pk}",
                           subject="GDPR Art. 12(4) notice of refusal")
     return relative, digest

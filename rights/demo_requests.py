@@ -77,6 +77,14 @@ def run(ctx: DemoContext) -> None:
         justification="The person showed the value was recorded wrongly.",
         corrections=[{"record": record.pk, "values": {feature: corrected}}],
     )
+    # Art. 19: the recipients the record of processing names are listed to be told; the DPO
+    # records having told them (the ledger sends nothing itself).
+    told = []
+    for notification in rectification.recipient_notifications.filter(notified_at__isnull=True):
+        services.rights_request_recipient_notified(rights_request=rectification, recipient=notification.recipient,
+                                                   method="e-mail to the team's privacy contact", actor=dpo)
+        told.append(notification.recipient)
+    ctx.fact("recipients told (Art. 19)", ", ".join(told) or "none named")
     stale = ModelVersion.objects.filter(status=ModelStatus.STALE).count()
     ctx.fact("rectification (Art. 16)", f"request {rectification.pk} {rectification.status}: {feature} of record "
                                         f"{record.pk} corrected; model versions now stale (trained on the old value): {stale}")
@@ -96,10 +104,56 @@ def run(ctx: DemoContext) -> None:
                                       f"{held_back.excluded_counts.get('restricted', 0)} record(s) as restricted; lifted, "
                                       f"snapshot #{back.pk} includes the person's {records_of_second} again")
 
+    # Art. 21 covers processing on a public task or legitimate interests, not consent (the
+    # demo's clinical purpose): first the refusal a DPO sees, then a real objection to a
+    # service-quality analysis the hospital runs on its legitimate interests.
     try:
         services.rights_request_receive(type=RightsRequestType.OBJECTION, identifier=third, channel="email",
                                         purpose=purpose.code, justification="I object.", actor=dpo)
     except ServiceError as refusal:
-        ctx.fact("objection (Art. 21) refused", str(refusal))
-    else:
-        ctx.fact("objection (Art. 21)", "recorded")
+        ctx.fact("objection to a consent purpose (refused)", str(refusal).split(";")[0])
+    quality, monitoring = _legitimate_interests_processing(ctx, people=[i for i, _ in people], dpo=dpo)
+    objection = _executed(ctx, type_=RightsRequestType.OBJECTION, identifier=third, purpose=quality.code,
+                          justification="I do not want my visits analysed; I am a member of staff as well.")
+    after = snapshot_create(dataset=monitoring, purpose=quality, requested_by=dpo)
+    ctx.fact("objection (Art. 21)", f"request {objection.pk} {objection.status}: {quality.code} rests on Art. 6(1)(f); "
+                                    f"snapshot #{after.pk} left out {after.excluded_counts.get('objected', 0)} record(s) "
+                                    "as objected, until compelling grounds are recorded (Art. 21(1))")
+
+
+def _legitimate_interests_processing(ctx: DemoContext, *, people: list[str], dpo):
+    """A purpose on Art. 6(1)(f), its Art. 30 record and a small dataset of the same people."""
+    from datetime import timedelta
+
+    from governance import services as governance
+    from governance.models import DataCategory, DataSubjectCategory, Purpose
+    from provenance import services as provenance
+
+    stamp = timezone.now().strftime("%Y%m%d%H%M%S")
+    code = "operations.service_quality"
+    quality = Purpose.objects.filter(code=code).first()
+    if quality is None:
+        if not Purpose.objects.filter(code="operations").exists():
+            governance.purpose_create(code="operations", name="Running the hospital's services", actor=dpo)
+        quality = governance.purpose_create(code=code, name="Service-quality analysis of outpatient visits", actor=dpo)
+    activity = governance.processing_activity_create(
+        name=f"Outpatient service-quality analysis (demo {stamp})", purposes=[quality],
+        data_subject_categories=list(DataSubjectCategory.objects.filter(code="patient")),
+        retention={c: timedelta(days=365) for c in DataCategory.objects.filter(code="demographic")},
+        controller_name="Example Hospital NHS Trust", controller_contact="privacy@hospital.example",
+        dpo_contact="dpo@hospital.example", recipients=[], lawful_basis="legitimate_interests",
+        legitimate_interests_assessment="Waiting times are analysed to staff clinics; balanced against the "
+                                        "patients' interests in the LIA of March 2026.",
+        security_measures="Pseudonymisation on arrival (HMAC-SHA-256), role-based access.", actor=dpo,
+    )
+    schema = {"features": [{"name": "wait_minutes", "type": "float", "min": 0, "max": 240}],
+              "label": {"name": "seen_on_time", "type": "bool"}}
+    dataset = provenance.dataset_create(
+        name=f"outpatient-visits-{stamp}", owner="Operations", processing_activity=activity, schema=schema,
+        source_system="outpatient booking system (demo)", description="Waiting time per visit, synthetic.", actor=dpo,
+    )
+    provenance.dataset_records_ingest(dataset=dataset, actor=dpo, rows=[
+        {"subject": identifier, "features": {"wait_minutes": 15.0 + 7 * n}, "label": n % 3 != 0}
+        for n, identifier in enumerate(people)
+    ])
+    return quality, dataset

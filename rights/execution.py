@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable
 
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from governance.leases import lease_heartbeat, lease_refuse_if_held
@@ -105,9 +104,8 @@ def _run_step(request_id: int, name: str, work: Callable[[ErasureRequest], dict]
 
 def _plan(request: ErasureRequest) -> dict:
     """Everything later steps need, captured while the subject row still exists."""
-    from governance.models import ConsentEvent, ProcessingActivity
     from mlops.models import ModelVersion
-    from rights.selectors import erasure_request_impact
+    from rights.selectors import erasure_request_impact, subject_processing_activities, subject_recipients
 
     if request.subject_id is None:
         raise ServiceConflict("The request has no subject left to erase and no plan was recorded.")
@@ -115,18 +113,8 @@ def _plan(request: ErasureRequest) -> dict:
     paths = dict(
         ModelVersion.objects.filter(pk__in=[m["id"] for m in impact["model_versions"]]).values_list("pk", "artifact_path")
     )
-    purpose_ids = ConsentEvent.objects.filter(subject_id=request.subject_id).values("purpose_id")
-    activities = ProcessingActivity.objects.filter(
-        Q(datasets__id__in=[d["id"] for d in impact["datasets"]]) | Q(purposes__id__in=purpose_ids)
-    ).distinct().order_by("pk")
-    recipients: dict[str, dict] = {}
-    for activity in activities:
-        for item in activity.recipients or []:
-            name = str(item.get("name") or "").strip()
-            if name and name not in recipients:
-                recipients[name] = {
-                    "name": name, "third_country": str(item.get("third_country") or ""), "processing_activity": activity.pk,
-                }
+    dataset_ids = [d["id"] for d in impact["datasets"]]
+    recipients = subject_recipients(subject_id=request.subject_id, dataset_ids=dataset_ids)
     snapshot_records = {s["id"]: s["records"] for s in impact["snapshots"]}
     models = []
     for m in impact["model_versions"]:
@@ -141,8 +129,10 @@ def _plan(request: ErasureRequest) -> dict:
         "training_runs": impact["training_runs"],
         "model_versions": models,
         "consent_events": impact["consent_events"],
-        "recipients": list(recipients.values()),
-        "processing_activities": [a.pk for a in activities],
+        "recipients": recipients,
+        "processing_activities": list(
+            subject_processing_activities(subject_id=request.subject_id, dataset_ids=dataset_ids).values_list("pk", flat=True)
+        ),
         "totals": impact["totals"],
     }
 
@@ -350,17 +340,18 @@ def _delete_consent(plan: dict) -> Callable[[ErasureRequest], dict]:
 
 def _notify(plan: dict) -> Callable[[ErasureRequest], dict]:
     def work(request: ErasureRequest) -> dict:
-        now = timezone.now()
+        # Art. 19: the recipients are listed to be told. The ledger sends no message, so it
+        # records no moment of telling: the DPO records each (rights.services.recipients).
         RecipientNotification.objects.bulk_create([
             RecipientNotification(
                 request=request, recipient=r["name"], third_country=r["third_country"],
-                processing_activity_id=r["processing_activity"], notified_at=now,
+                processing_activity_id=r["processing_activity"],
             )
             for r in plan["recipients"]
         ], ignore_conflicts=True)
         names = [r["name"] for r in plan["recipients"]]
-        position = _audit(request, "erasure.recipients_notified", {"recipients": names, "article": "19"})
-        return {"recipients": names, "notified_at": now.isoformat(), "audit_positions": [position]}
+        position = _audit(request, "erasure.recipients_to_notify", {"recipients": names, "article": "19"})
+        return {"recipients": names, "audit_positions": [position]}
 
     return work
 
@@ -381,7 +372,7 @@ def _delete_subject(plan: dict, counts: dict) -> Callable[[ErasureRequest], dict
                 "membership_rows_removed": counts["membership_rows_removed"],
                 "models_remediated": counts["models_remediated"],
                 "consent_events_deleted": counts["consent_events_deleted"],
-                "recipients_notified": len(plan["recipients"]), "completed_at": timezone.now(),
+                "recipients_to_tell": len(plan["recipients"]), "completed_at": timezone.now(),
             },
         )
         by_model = data_subject_erase(subject_id=plan["subject_id"])

@@ -224,6 +224,9 @@ class RightsRequest(RightsRequestBase):
     )
     answer_sha256 = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the JSON answer.")
     answer_expires_at = models.DateTimeField(null=True, blank=True)
+    progress = models.JSONField(
+        default=dict, blank=True, help_text="While an answer is built: {'done': n, 'total': m, 'stage': text}."
+    )
     # A plain id: the governance ProcessingRestriction or ProcessingObjection row created.
     limit_id = models.BigIntegerField(null=True, blank=True)
 
@@ -293,21 +296,41 @@ class ErasureStep(models.Model):
 
 
 class RecipientNotification(models.Model):
-    """An Art. 19 notification of the erasure to a recipient of the data."""
+    """An Art. 19 notification to a recipient of the data: of an erasure (recorded by its
+    execution step), or of a rectification or restriction (a rights request: the execution
+    lists who is to be told, and the DPO records when and how each was told)."""
 
-    request = models.ForeignKey(ErasureRequest, on_delete=models.CASCADE, related_name="recipient_notifications")
+    request = models.ForeignKey(
+        ErasureRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="recipient_notifications"
+    )
+    rights_request = models.ForeignKey(
+        "RightsRequest", null=True, blank=True, on_delete=models.CASCADE, related_name="recipient_notifications"
+    )
     recipient = models.CharField(max_length=300)
     third_country = models.CharField(max_length=100, blank=True)
     processing_activity_id = models.BigIntegerField(null=True, blank=True)
-    notified_at = models.DateTimeField()
+    notified_at = models.DateTimeField(null=True, blank=True, help_text="Empty: still to be told.")
+    method = models.CharField(max_length=300, blank=True, help_text="How the recipient was told, as the DPO recorded it.")
+    notified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         # The tables keep the names they had when erasure lived in governance.
         db_table = "governance_recipientnotification"
-        ordering = ["request", "recipient"]
+        ordering = ["request_id", "rights_request_id", "recipient"]
         constraints = [
-            models.UniqueConstraint(fields=["request", "recipient"], name="unique_erasure_recipient_notification")
+            models.UniqueConstraint(fields=["request", "recipient"], name="unique_erasure_recipient_notification"),
+            models.UniqueConstraint(fields=["rights_request", "recipient"], name="unique_rights_recipient_notification"),
+            models.CheckConstraint(
+                condition=Q(request__isnull=False, rights_request__isnull=True)
+                | Q(request__isnull=True, rights_request__isnull=False),
+                name="recipient_notification_of_one_request",
+            ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient} ({'told' if self.notified_at else 'to be told'})"
 
 
 class ErasureReceipt(models.Model):
@@ -321,7 +344,7 @@ class ErasureReceipt(models.Model):
     membership_rows_removed = models.PositiveIntegerField(default=0)
     models_remediated = models.PositiveIntegerField(default=0)
     consent_events_deleted = models.PositiveIntegerField(default=0)
-    recipients_notified = models.PositiveIntegerField(default=0)
+    recipients_to_tell = models.PositiveIntegerField(default=0, help_text="Recipients listed to be told (Art. 19).")
     completed_at = models.DateTimeField()
 
     class Meta:

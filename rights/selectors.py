@@ -215,3 +215,28 @@ def erasure_requests_failed_q() -> Q:
     retry a failure that a retry would meet again."""
     failed_step = ErasureStep.objects.filter(request=OuterRef("pk"), status=ErasureStepStatus.FAILED)
     return Q(Exists(failed_step), status=ErasureStatus.IN_PROGRESS)
+
+
+def subject_processing_activities(*, subject_id: int, dataset_ids: list[int]) -> QuerySet:
+    """The processing activities of ``dataset_ids`` and of the purposes the person consented to."""
+    from governance.models import ConsentEvent, ProcessingActivity
+
+    purpose_ids = ConsentEvent.objects.filter(subject_id=subject_id).values("purpose_id")
+    return ProcessingActivity.objects.filter(
+        Q(datasets__id__in=dataset_ids) | Q(purposes__id__in=purpose_ids)
+    ).distinct().order_by("pk")
+
+
+def subject_recipients(*, subject_id: int, dataset_ids: list[int]) -> list[dict[str, Any]]:
+    """Art. 19: the recipients named by those activities, each once by name (the first
+    activity naming it), as ``{"name", "third_country", "processing_activity"}``."""
+    activities = subject_processing_activities(subject_id=subject_id, dataset_ids=dataset_ids)
+    recipients: dict[str, dict[str, Any]] = {}
+    for activity in activities:
+        for item in activity.recipients or []:
+            name = str(item.get("name") or "").strip()
+            if name and name not in recipients:
+                recipients[name] = {
+                    "name": name, "third_country": str(item.get("third_country") or ""), "processing_activity": activity.pk,
+                }
+    return list(recipients.values())

@@ -113,5 +113,7 @@ ROLE_POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/requests/999999999/reject/"): _DPO,
     ("POST", "/api/v1/requests/999999999/execute/"): _DPO,
     ("POST", "/api/v1/requests/999999999/lift/"): _DPO,
+    ("POST", "/api/v1/requests/999999999/notified/"): _DPO,
+    ("POST", "/api/v1/erasure-requests/999999999/notified/"): _DPO,
     ("GET", "/api/v1/requests/999999999/answer/"): _DPO,
 }

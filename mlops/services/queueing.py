@@ -93,6 +93,22 @@ def snapshot_trainable_check(*, snapshot: Snapshot) -> None:
         )
 
 
+def _refuse_rectified(snapshot: Snapshot) -> None:
+    """A new run is refused (409) on a snapshot holding records rectified since (Art. 16):
+    it would train on values known to be wrong, and its model would be stale on arrival.
+    Remediation runs retrain lineages as their policies say and are not stopped here; a
+    run queued before a rectification is registered stale (mlops.services.rectification)."""
+    from provenance.selectors import snapshot_members_superseded
+
+    superseded = snapshot_members_superseded(snapshot=snapshot)
+    if superseded:
+        raise ServiceConflict(
+            f"Snapshot {snapshot.pk} holds {superseded} record(s) rectified since it was taken (Art. 16): a model "
+            "trained on it would learn the old values. Take a new snapshot, which holds the corrected ones.",
+            field="snapshot", rectified=superseded,
+        )
+
+
 def _resolve_snapshot(*, snapshot: Snapshot | int | None, dataset: Dataset | int | None, purpose, requested_by) -> Snapshot:
     if snapshot is not None:
         if isinstance(snapshot, Snapshot):
@@ -223,6 +239,8 @@ def training_run_queue(
         # After the integrity check, whose answer names what was altered: a snapshot taken by
         # this call was computed from the ledger just now and needs neither.
         snapshot_trainable_check(snapshot=snap)
+        if remediates is None:
+            _refuse_rectified(snap)
     labelled = np.array([v is not None for v in labels.labels])
     split = data.subject_split(
         subject_ids=labels.subject_ids, seed=seed if isinstance(seed, int) else 0,

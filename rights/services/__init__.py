@@ -15,6 +15,8 @@ One module per concept (as Zulip split its actions):
 - ``objections``: Art. 17(1)(c), an objection (Art. 21) opens a request;
 - ``requests``: the requests under Art. 15, 16, 18, 20 and 21 (receive, verify, extend,
   reject, execute, lift a restriction; the answer files built in a task);
+- ``recipients``: Art. 19, the recipients to tell of an erasure, rectification or
+  restriction, and the DPO's record of telling each;
 - ``workflow``: the intake, verification, extension and refusal rules every right shares;
 - ``access``: answering the rights of access (Art. 15) and portability (Art. 20);
 - ``_common``: the small helpers they share.
@@ -40,6 +42,7 @@ from rights.services.dispatch import (
 )
 from rights.services.intake import NO_DATA_HELD_ANSWER, erasure_receipt_hash, erasure_request_receive
 from rights.services.objections import erasure_request_open_for_objection
+from rights.services.recipients import erasure_request_recipient_notified, rights_request_recipient_notified
 from rights.services.requests import (
     rights_request_execute,
     rights_request_extend,
@@ -77,6 +80,8 @@ __all__ = [
     "rights_request_execute",
     "rights_request_extend",
     "rights_request_receive",
+    "erasure_request_recipient_notified",
+    "rights_request_recipient_notified",
     "rights_request_reject",
     "rights_request_restriction_lift",
     "rights_request_verify",

@@ -36,9 +36,28 @@ def answer_files(request: RightsRequest) -> dict[str, Path]:
     if not request.answer_path:
         return {}
     folder = Path(settings.REPORT_ROOT) / request.answer_path
+    if request.status == ErasureStatus.REJECTED:
+        return {"pdf": folder / "refusal-notice.pdf"}
     names = {"json": "answer.json", "pdf": "answer.pdf"} if request.type == RightsRequestType.ACCESS else {
         "json": "export.json", "csv": "export.zip"}
     return {fmt: folder / name for fmt, name in names.items()}
+
+
+# The stages of building an answer, as the request's progress shows them.
+STAGES = {
+    RightsRequestType.ACCESS: ("collecting the records, consents and models", "writing the JSON answer",
+                               "writing the PDF answer"),
+    RightsRequestType.PORTABILITY: ("collecting the records provided by the person", "writing the JSON export",
+                                    "writing the CSV files (ZIP)"),
+}
+
+
+def _progress(request: RightsRequest, done: int) -> None:
+    """Record how far the build is, committed at once so the API and the admin see it move."""
+    stages = STAGES[request.type]
+    stage = stages[done] if done < len(stages) else "done"
+    RightsRequest.objects.filter(pk=request.pk).update(
+        progress={"done": done, "total": len(stages), "stage": stage}, heartbeat_at=timezone.now())
 
 
 def _write_answer(request: RightsRequest, folder: Path) -> str:
@@ -48,15 +67,20 @@ def _write_answer(request: RightsRequest, folder: Path) -> str:
     from rights.reports import access_answer_pdf_write
 
     folder.mkdir(parents=True, exist_ok=True)
+    _progress(request, 0)
     if request.type == RightsRequestType.ACCESS:
         answer = access_answer(subject=request.subject)
+        _progress(request, 1)
         content = json.dumps(answer, indent=2, ensure_ascii=False).encode()
         (folder / "answer.json").write_bytes(content)
+        _progress(request, 2)
         access_answer_pdf_write(answer=answer, path=folder / "answer.pdf")
     else:
         export = portability_export(subject=request.subject)
+        _progress(request, 1)
         content = json.dumps(export, indent=2, ensure_ascii=False).encode()
         (folder / "export.json").write_bytes(content)
+        _progress(request, 2)
         (folder / "export.zip").write_bytes(portability_zip(export))
     return hashlib.sha256(content).hexdigest()
 
@@ -106,7 +130,7 @@ def _build(request_id: int) -> dict[str, Any]:
     with transaction.atomic():
         RightsRequest.objects.filter(pk=request_id).update(
             status=ErasureStatus.COMPLETED, completed_at=now, answer_path=relative, answer_sha256=sha256,
-            answer_expires_at=expires, updated_at=now,
+            answer_expires_at=expires, updated_at=now, progress={"done": 3, "total": 3, "stage": "done"},
             outcome=f"The answer was built and is downloadable until {expires:%Y-%m-%d}.",
         )
         audit_event_record(

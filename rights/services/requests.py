@@ -7,13 +7,17 @@ Intake, verification, extension and refusal follow rights.services.workflow, as 
 does. Execution by type: access and portability build their answer files in a Celery task
 under a lease (``rights_request_answer_build``); restriction and objection record the
 governance limit (governance.services.limits) at once; rectification calls
-``provenance.services.record_rectify`` when that service exists.
+``provenance.services.record_rectify``. Rectification and restriction list the recipients to
+tell (Art. 19, rights.services.recipients).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -29,6 +33,7 @@ from rights.models import (
 from rights.services import workflow
 from rights.services._common import _user
 from rights.services.answers import ANSWER_TYPES, OBJECT_TYPE
+from rights.services.recipients import recipients_to_notify
 
 NO_DATA_HELD_ANSWER = (
     "We hold no personal data relating to the identifier given, so there is nothing to act on. "
@@ -252,12 +257,26 @@ def rights_request_reject(
     *, rights_request: RightsRequest | int, refusal_ground: Any, justification: Any, actor: Any = None
 ) -> RightsRequest:
     """Refuse a manifestly unfounded or excessive request (Art. 12(5)), with the Art. 12(4) notice."""
+    from rights.certificate import refusal_notice_write
+
     request = _locked(rights_request)
-    return workflow.request_refuse(
+    workflow.request_refuse(
         request, refusal_ground=refusal_ground, grounds=RightsRefusalGround, grounds_label="Art. 12(5) ground",
         grounds_article="Art. 12(5)", justification=justification, not_doing=NOT_DOING[request.type], actor=actor,
         object_type=OBJECT_TYPE, article=request.article,
     )
+    # The written answer owed within the deadline (Art. 12(4)), as erasure writes its own:
+    # one page, written here; downloaded as the request's answer (format=pdf), hash audited.
+    relative, digest = refusal_notice_write(request=request)
+    request.answer_path = str(Path(relative).parent)
+    request.answer_sha256 = digest
+    request.answer_expires_at = timezone.now() + timedelta(days=settings.RIGHTS_ANSWER_DOWNLOAD_DAYS)
+    request.save(update_fields=["answer_path", "answer_sha256", "answer_expires_at", "updated_at"])
+    audit_event_record(
+        actor=actor, action=f"{OBJECT_TYPE}.refusal_notice_issued", object_type=OBJECT_TYPE, object_id=request.pk,
+        subject_ref=request.subject_ref, details={"sha256": digest, "path": relative},
+    )
+    return request
 
 
 @transaction.atomic
@@ -298,9 +317,17 @@ def rights_request_execute(*, rights_request: RightsRequest | int, actor: Any = 
                                 outbox=RightsRequest.objects.filter(pk=request.pk))
         return request
     if request.type == RightsRequestType.RESTRICTION:
+        from provenance.models import DataRecord
+        from rights.selectors import subject_recipients
+
         limit = processing_restriction_create(subject=request.subject, ground=request.restriction_ground,
                                               justification=request.justification, actor=actor)
-        outcome = f"Processing restricted to storage from {limit.restricted_at:%Y-%m-%d %H:%M} (Art. 18(1))."
+        datasets = list(DataRecord.objects.filter(subject=request.subject, superseded_at__isnull=True)
+                        .values_list("dataset_id", flat=True).distinct())
+        told = recipients_to_notify(request=request, actor=actor,
+                                    recipients=subject_recipients(subject_id=request.subject_id, dataset_ids=datasets))
+        outcome = (f"Processing restricted to storage from {limit.restricted_at:%Y-%m-%d %H:%M} (Art. 18(1)). "
+                   f"Recipients to be told (Art. 19): {', '.join(told) or 'none'}.")
     elif request.type == RightsRequestType.OBJECTION:
         limit = processing_objection_create(subject=request.subject, purpose=request.purpose,
                                             grounds=request.justification, actor=actor)
@@ -312,10 +339,13 @@ def rights_request_execute(*, rights_request: RightsRequest | int, actor: Any = 
         fix = request.corrections
         result = record_rectify(subject=request.subject, dataset=fix.get("dataset"), corrections=fix.get("corrections"),
                          reason=request.justification, actor=actor)
-        told = ", ".join(r.get("name", "") for r in result.get("recipients", []) if isinstance(r, dict)) or "none"
+        told = recipients_to_notify(request=request, actor=actor, recipients=[
+            {**r, "processing_activity": result["processing_activity"]}
+            for r in result.get("recipients", []) if isinstance(r, dict)
+        ])
         limit, outcome = None, (
             f"{len(result['records'])} record(s) rectified (Art. 16): {', '.join(result['fields'])}. "
-            f"Recipients to be told (Art. 19): {told}."
+            f"Recipients to be told (Art. 19): {', '.join(told) or 'none'}."
         )
     request.limit_id = limit.pk if limit is not None else None
     request.status = ErasureStatus.COMPLETED

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from governance.models import AuditEvent
-from governance.services import ServiceError
+from governance.services import ServiceConflict, ServiceError
 from mlops import services
 from mlops.models import (
     AuditJobStatus,
@@ -154,6 +154,24 @@ def test_a_run_that_read_the_old_snapshot_registers_stale():
 
     version = ModelVersion.objects.get(training_run=run)
     assert version.status == ModelStatus.STALE and version.status_reason.startswith("on registration:")
+
+
+def test_a_new_run_on_a_snapshot_holding_rectified_records_is_refused_and_nothing_is_queued(ml_client):
+    snapshot = make_snapshot(n=120, d=4, seed=9)
+    _rectify(snapshot)
+    before = TrainingRun.objects.count()
+    with pytest.raises(ServiceConflict) as refused:
+        services.training_run_queue(snapshot=snapshot, epochs=1, batch_size=32, noise_multiplier=1.0, enqueue=False)
+    assert "Art. 16" in str(refused.value) and refused.value.extra["rectified"] == 1
+    response = ml_client.post("/api/v1/training-runs/", {
+        "name": "on-old-values", "snapshot": snapshot.pk, "epochs": 1, "batch_size": 32, "noise_multiplier": 1.0,
+    }, format="json")
+    assert response.status_code == 409 and "rectified since it was taken" in response.json()["detail"], response.content
+    assert TrainingRun.objects.count() == before
+    # A new snapshot holds the corrected value, and trains.
+    fresh = provenance_services.snapshot_create(dataset=snapshot.dataset, purpose=snapshot.purpose, requested_by="ml")
+    run = services.training_run_queue(snapshot=fresh, epochs=1, batch_size=32, noise_multiplier=1.0, enqueue=False)
+    assert run.status == RunStatus.QUEUED
 
 
 def test_an_erasure_taints_a_stale_version():
