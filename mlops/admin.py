@@ -40,6 +40,8 @@ from mlops.models import (
     CanaryAudit,
     LedgerState,
     MembershipInferenceAudit,
+    ModelExplanationSummary,
+    ModelOutputPolicy,
     ModelStatus,
     ModelVersion,
     PrivacyAuditJob,
@@ -624,6 +626,53 @@ class MembershipInferenceAuditAdmin(PanelsAdminMixin, ReadOnlyAdmin):
 # --- The model registry -------------------------------------------------------------------
 
 
+_ATTACK_ORDER = {"lira": 0, "loss": 1, "explanation": 2}
+
+
+def output_policy_panel(version: ModelVersion) -> Panel:
+    """The output policy in force beside the explanation attack it depends on (issue 19)."""
+    policy = selectors.output_policy_for(model_version=version)
+    attack = selectors.explanation_attack_of(model_version=version)
+    ceiling = policy.ceiling
+    if policy.attributions_withheld:
+        attributions = format_html('<strong class="pl-bad">withheld</strong>: {}', policy.withheld_because)
+    elif policy.withhold_attributions:
+        attributions = "given; withheld whenever the explanation attack exceeds the audit ceiling"
+    else:
+        attributions = "given with every decision"
+    rows = [
+        ("Decisions show", policy.text().split(";")[0]),
+        ("Per-decision attributions", attributions),
+        ("Rule from", policy.source),
+        ("Explanation-based membership attack", attack.auc_text() if attack is not None else "not run yet"),
+        ("Audit ceiling (AUC)", display.number(ceiling) if ceiling is not None else "none set"),
+    ]
+    return Panel("Output policy and explanation leakage", facts(rows), caption=(
+        "What a decision of this model reveals. The explanation attack guesses who was in the training data from "
+        "the size of their explanations (Shokri et al. 2021): an AUC near 0.5 means explanations give little away."))
+
+
+def logic_summary_panel(version: ModelVersion) -> Panel:
+    """The logic involved (Art. 15(1)(h)): what the model reads and what moves it most."""
+    summary = ModelExplanationSummary.objects.filter(model_version=version).first()
+    if summary is None:
+        return Panel("Logic involved (Art. 15(1)(h))", paragraphs("Not computed yet: the worker computes it after "
+                                                                    "registration."))
+    if summary.error:
+        return Panel("Logic involved (Art. 15(1)(h))", paragraphs(f"Could not be computed: {summary.error}"))
+    rows = [[r["feature"], display.number(r["mean_abs"]), "raises" if r["mean_signed"] >= 0 else "lowers"]
+            for r in summary.global_attributions]
+    body = format_html(
+        "{}{}{}",
+        facts([("Features used", ", ".join(summary.features_used)), ("Method", summary.method.replace("_", " ")),
+               ("Baseline", summary.baseline_rule), ("Computed", display.moment(summary.computed_at))]),
+        display.table(["Feature", "Mean |attribution|", "On average it"], rows, empty="No figure: no validation record."),
+        paragraphs(*summary.notes),
+    )
+    return Panel("Logic involved (Art. 15(1)(h))", body, caption=(
+        "How much each feature moves the model's decision on average, over people it was not trained on."))
+
+
 @admin.register(ModelVersion)
 class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
     list_display = ["__str__", "status", "epsilon_display", "delta_display", "mia_auc", "privacy_bug",
@@ -658,7 +707,7 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
 
     @admin.display(description="membership inference (strongest attack)")
     def mia_auc(self, obj: ModelVersion) -> str:
-        audits = sorted(obj.membership_inference_audits.all(), key=lambda a: a.attack != "lira")
+        audits = sorted(obj.membership_inference_audits.all(), key=lambda a: _ATTACK_ORDER.get(a.attack, 3))
         return f"{audits[0].get_attack_display().split(' (')[0]}: {audits[0].auc_text()}" if audits else display.DASH
 
     @admin.display(description="registered", ordering="created_at")
@@ -717,6 +766,8 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
             Panel("Metrics", metrics_table(obj.metrics)),
             epsilon_curve_panel(run),
             budget_panel(dataset),
+            output_policy_panel(obj),
+            logic_summary_panel(obj),
         ]
         for extra in MODEL_VERSION_PANELS:
             panel = extra(request, obj)
@@ -818,6 +869,37 @@ class RectificationPolicyAdmin(ModelAdmin):
         obj.pk = services.rectification_policy_set(
             actor=request.user, processing_activity=obj.processing_activity, action=obj.action,
             justification=obj.justification,
+        ).pk
+
+
+@admin.register(ModelOutputPolicy)
+class ModelOutputPolicyAdmin(ModelAdmin):
+    """Append-only: saving writes a new policy through the service (DPO only, audited); the
+    latest per model name is in force for all its versions."""
+
+    list_display = ["name", "kind", "digits_shown", "withhold_attributions", "set_by", "created_shown"]
+    list_filter = ["kind", "withhold_attributions"]
+    search_fields = ["name"]
+    fields = ["name", "kind", "digits", "withhold_attributions", "reason"]
+
+    @admin.display(description="digits")
+    def digits_shown(self, obj: ModelOutputPolicy) -> str:
+        return str(obj.digits) if obj.kind == "rounded_probabilities" else display.DASH
+
+    @admin.display(description="set", ordering="created_at")
+    def created_shown(self, obj: ModelOutputPolicy) -> str:
+        return display.moment(obj.created_at)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = services.output_policy_set(
+            actor=request.user, name=obj.name, kind=obj.kind, digits=obj.digits,
+            withhold_attributions=obj.withhold_attributions, reason=obj.reason,
         ).pk
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from governance.filtersets import ApiFilterSet, IdFilter, StrictBooleanFilter
 from governance.moments import UTCIsoDateTimeFilter
-from mlops.models import AuditPolicy, ModelVersion, RectificationPolicy, TrainingRun
+from mlops.models import AuditPolicy, ModelOutputPolicy, ModelVersion, RectificationPolicy, TrainingRun
 
 
 class TrainingRunFilterSet(ApiFilterSet):
@@ -34,6 +34,12 @@ class AuditPolicyFilterSet(ApiFilterSet):
     class Meta:
         model = AuditPolicy
         fields: list[str] = []
+
+
+class OutputPolicyFilterSet(ApiFilterSet):
+    class Meta:
+        model = ModelOutputPolicy
+        fields = ["name", "kind"]
 
 
 class RectificationPolicyFilterSet(ApiFilterSet):

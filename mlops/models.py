@@ -225,6 +225,9 @@ class SisaCheckpoint(models.Model):
 class MembershipAttack(models.TextChoices):
     LOSS = "loss", "Loss threshold (Yeom et al. 2018)"
     LIRA = "lira", "LiRA with reference models (Carlini et al. 2022)"
+    # Score: minus the L1 norm of a record's Integrated Gradients attributions to its true
+    # label (mlops.engine.explain.attribution_norms): what per-decision explanations leak.
+    EXPLANATION = "explanation", "Explanation-based (Shokri et al. 2021)"
 
 
 class MembershipInferenceAudit(models.Model):
@@ -239,7 +242,7 @@ class MembershipInferenceAudit(models.Model):
     model_version = models.ForeignKey(
         ModelVersion, on_delete=models.CASCADE, related_name="membership_inference_audits"
     )
-    attack = models.CharField(max_length=10, choices=MembershipAttack.choices, default=MembershipAttack.LOSS)
+    attack = models.CharField(max_length=20, choices=MembershipAttack.choices, default=MembershipAttack.LOSS)
     n_references = models.PositiveIntegerField(
         null=True, blank=True, help_text="Reference models trained for LiRA; null for the loss attack."
     )
@@ -311,7 +314,8 @@ class MembershipInferenceAudit(models.Model):
 
 
 class AuditKind(models.TextChoices):
-    LOSS = "loss", "Membership inference: loss threshold"
+    # The loss attack's job also runs the explanation-based attack on the same sample.
+    LOSS = "loss", "Membership inference: loss threshold and explanation-based"
     LIRA = "lira", "Membership inference: LiRA with reference models"
     CANARY = "canary", "Empirical ε lower bound (canaries in one audit run)"
     ATTRIBUTE = "attribute", "Attribute inference against imputation"
@@ -609,3 +613,73 @@ class RectificationPolicy(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ValueError("Rectification policies are append-only: record a new policy instead.")
+
+
+class OutputPolicyKind(models.TextChoices):
+    FULL = "full_probabilities", "Full probabilities"
+    ROUNDED = "rounded_probabilities", "Rounded probabilities (k digits)"
+    BAND = "label_with_band", "Top label with a confidence band"
+    LABEL = "label_only", "Label only"
+
+
+class ModelOutputPolicy(models.Model):
+    """What a decision of a model reveals (against model inversion and membership
+    inference): every version of the model ``name`` answers with full or rounded
+    probabilities, the top label with a confidence band, or the label alone; and may
+    withhold per-decision attributions while its explanation-based membership attack
+    exceeds the audit ceiling. Append-only: a change is a new row, the latest is in force."""
+
+    name = models.CharField(max_length=200, db_index=True, help_text="The model name (all its versions).")
+    kind = models.CharField(max_length=30, choices=OutputPolicyKind.choices)
+    digits = models.PositiveSmallIntegerField(
+        default=2, validators=[MaxValueValidator(6)], help_text="Digits kept by rounded probabilities (0–6)."
+    )
+    withhold_attributions = models.BooleanField(
+        default=False,
+        help_text="Withhold per-decision attributions when the explanation attack exceeds the audit ceiling.",
+    )
+    reason = models.TextField(blank=True)
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "model output policy"
+        verbose_name_plural = "model output policies"
+        indexes = [models.Index(fields=["name", "-id"])]
+
+    def __str__(self) -> str:
+        return f"Output policy {self.pk} of {self.name}: {self.get_kind_display()}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValueError("Output policies are append-only: record a new policy instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Output policies are append-only: record a new policy instead.")
+
+
+class ModelExplanationSummary(models.Model):
+    """The "logic involved" of a model version (Art. 15(1)(h), the DPIA): global
+    attributions over its run's validation split, computed once after registration
+    (``mlops.services.explanations.model_explanation_summary_compute``)."""
+
+    model_version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="explanation_summary")
+    method = models.CharField(max_length=40, help_text="Attribution method of the per-feature figures.")
+    baseline_rule = models.TextField()
+    features_used = models.JSONField(default=list, help_text="The dataset features the model reads, in order.")
+    # [{"feature", "mean_abs", "mean_signed"}], most influential first.
+    global_attributions = models.JSONField(default=list)
+    n_rows = models.PositiveIntegerField(help_text="Validation records the figures are averaged over.")
+    notes = models.JSONField(default=list, blank=True)
+    # Set when the figures could not be computed (the weights were missing, ...): the row
+    # records the outcome so the task is not sent again for ever; the summary is not shown.
+    error = models.TextField(blank=True)
+    computed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "model explanation summaries"
+
+    def __str__(self) -> str:
+        return f"Logic summary of {self.model_version}"

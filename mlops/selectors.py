@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Q, QuerySet
 
 from mlops import ledger
 from mlops.models import (
     LedgerState,
+    MembershipAttack,
+    ModelOutputPolicy,
     ModelStatus,
     ModelVersion,
+    OutputPolicyKind,
     PrivacyBudget,
     PrivacyLedgerEntry,
     PrivacyLedgerTotal,
@@ -118,6 +123,7 @@ def model_versions_visible() -> QuerySet[ModelVersion]:
     return ModelVersion.objects.select_related(
         "training_run", "training_run__snapshot", "training_run__snapshot__dataset",
         "training_run__snapshot__dataset__processing_activity", "training_run__snapshot__purpose", "canary_audit",
+        "explanation_summary",
     ).prefetch_related(
         "membership_inference_audits", "audit_jobs", "attribute_inference_audits", "unlearning_checks",
     )
@@ -198,3 +204,155 @@ def model_version_reproducibility(*, model_version: ModelVersion, include_audit_
     if include_audit_records:
         record["membership_inference_audit"] = audit_record_ids(model_version=model_version)
     return record
+
+
+# --- Output policies and the logic involved (issue 19) --------------------------------
+
+DEFAULT_SOURCE = "default"
+ART9_SOURCE = "default for models trained on Art. 9 data"
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """The output policy in force for a model version (``output_policy_for``)."""
+
+    kind: str
+    digits: int
+    attributions_withheld: bool
+    withheld_because: str
+    source: str
+    withhold_attributions: bool = False  # the policy's rule, whether or not it applies now
+    policy_id: int | None = None
+    ceiling: float | None = None  # the audit policies' lowest AUC ceiling in force, if any
+
+    def text(self) -> str:
+        """One line for people: what a decision shows and where the rule comes from."""
+        shown = OutputPolicyKind(self.kind).label
+        if self.kind == OutputPolicyKind.ROUNDED:
+            shown = f"Probabilities rounded to {self.digits} digit{'s' if self.digits != 1 else ''}"
+        attributions = (
+            f"per-decision attributions withheld ({self.withheld_because})" if self.attributions_withheld
+            else "per-decision attributions withheld while the explanation attack exceeds the audit ceiling"
+            if self.withhold_attributions else "per-decision attributions given"
+        )
+        return f"{shown}; {attributions} ({self.source})"
+
+
+def _special_schema(dataset) -> bool:
+    return any((f or {}).get("special_category") for f in (dataset.schema or {}).get("features") or [])
+
+
+def trained_on_special_category(*, run: TrainingRun) -> bool:
+    """Art. 9: the run's dataset schema marks a feature ``special_category``, or its
+    processing activity names an Art. 9 condition or a special-category data category."""
+    dataset = run.snapshot.dataset
+    if _special_schema(dataset) or dataset.processing_activity.special_category_condition:
+        return True
+    return dataset.processing_activity.data_categories.exclude(special_category="").exists()
+
+
+def _policy_facts(*, model_version: ModelVersion) -> dict:
+    """In one query: the id of the latest output policy of the version's name, whether its
+    activity lists a special-category data category, and the AUC ceiling (``max_auc``) of
+    the latest audit policy of its dataset and of its activity (the policies in force, as
+    ``audit_jobs.audit_policies_for`` reads them)."""
+    from django.db.models import Exists, OuterRef, Subquery
+
+    from governance.models import ProcessingActivity, ProcessingActivityDataCategory
+    from mlops.models import AuditPolicy
+
+    dataset = model_version.training_run.snapshot.dataset
+
+    def latest_auc(**scope):
+        return Subquery(AuditPolicy.objects.filter(**scope).order_by("-created_at", "-id").values("max_auc")[:1])
+
+    return ProcessingActivity.objects.filter(pk=dataset.processing_activity_id).annotate(
+        art9_category=Exists(ProcessingActivityDataCategory.objects.filter(
+            processing_activity=OuterRef("pk")).exclude(data_category__special_category="")),
+        policy_pk=Subquery(ModelOutputPolicy.objects.filter(name=model_version.name).order_by("-id").values("pk")[:1]),
+        dataset_auc=latest_auc(dataset_id=dataset.pk),
+        activity_auc=latest_auc(processing_activity_id=OuterRef("pk")),
+    ).values("art9_category", "policy_pk", "dataset_auc", "activity_auc").get()
+
+
+def _ceiling(facts: dict) -> float | None:
+    ceilings = [c for c in (facts["dataset_auc"], facts["activity_auc"]) if c is not None]
+    return min(ceilings) if ceilings else None
+
+
+def explanation_attack_ceiling(*, model_version: ModelVersion) -> float | None:
+    """The lowest AUC ceiling (``max_auc``) of the audit policies in force for the version."""
+    return _ceiling(_policy_facts(model_version=model_version))
+
+
+def explanation_attack_of(*, model_version: ModelVersion):
+    """The version's explanation-based membership-inference audit, or None."""
+    cached = getattr(model_version, "_prefetched_objects_cache", {}).get("membership_inference_audits")
+    if cached is not None:
+        return next((a for a in cached if a.attack == MembershipAttack.EXPLANATION), None)
+    return model_version.membership_inference_audits.filter(attack=MembershipAttack.EXPLANATION).first()
+
+
+def _withheld(*, model_version: ModelVersion, ceiling: float | None) -> tuple[bool, str]:
+    if ceiling is None:
+        return False, ""
+    audit = explanation_attack_of(model_version=model_version)
+    if audit is None:
+        # Not measured yet: withheld until it is (the rule protects people, so it fails closed).
+        return True, f"the explanation attack has not been measured yet (audit ceiling AUC {ceiling:.2f})"
+    if audit.auc > ceiling:
+        return True, f"the explanation attack's AUC {audit.auc:.2f} exceeds the audit ceiling of {ceiling:.2f}"
+    return False, ""
+
+
+def output_policy_for(*, model_version: ModelVersion) -> OutputPolicy:
+    """The output policy in force for ``model_version``: the latest ``ModelOutputPolicy``
+    of its name, else the default (label with a confidence band, attributions withheld
+    while the explanation attack exceeds the ceiling, for a model trained on Art. 9 data;
+    probabilities rounded to 2 digits otherwise). One query, two with a policy row."""
+    facts = _policy_facts(model_version=model_version)
+    dataset = model_version.training_run.snapshot.dataset
+    row = None
+    if facts["policy_pk"] is not None:
+        row = ModelOutputPolicy.objects.select_related("set_by").get(pk=facts["policy_pk"])
+        who = row.set_by.get_username() if row.set_by else "an unknown user"
+        kind, digits, withhold = row.kind, row.digits, row.withhold_attributions
+        source = f"set by {who} on {row.created_at:%Y-%m-%d}"
+    elif _special_schema(dataset) or dataset.processing_activity.special_category_condition or facts["art9_category"]:
+        kind, digits, withhold, source = OutputPolicyKind.BAND, 2, True, ART9_SOURCE
+    else:
+        kind, digits, withhold, source = OutputPolicyKind.ROUNDED, 2, False, DEFAULT_SOURCE
+    ceiling = _ceiling(facts)
+    withheld, because = _withheld(model_version=model_version, ceiling=ceiling) if withhold else (False, "")
+    return OutputPolicy(kind=str(kind), digits=int(digits), attributions_withheld=withheld, withheld_because=because,
+                        source=source, withhold_attributions=withhold, policy_id=row.pk if row else None,
+                        ceiling=ceiling)
+
+
+def model_logic_summary(*, model_version: ModelVersion, output_policy: OutputPolicy | None = None) -> dict | None:
+    """The "logic involved" (Art. 15(1)(h), the DPIA) of a version, from its stored
+    ``ModelExplanationSummary`` (read through ``select_related("explanation_summary")``
+    when the caller selected it); None until the worker has computed it, or when it could
+    not be. ``output_policy``: the version's, when the caller has it already."""
+    try:
+        summary = model_version.explanation_summary
+    except ObjectDoesNotExist:
+        return None
+    if summary.error:
+        return None
+    run = model_version.training_run
+    purpose = run.snapshot.purpose
+    top = [
+        {"feature": r["feature"], "mean_abs": r["mean_abs"],
+         "direction": "raises" if r["mean_signed"] >= 0 else "lowers"}
+        for r in summary.global_attributions[:5]
+    ]
+    return {
+        "purpose": f"{purpose.name} ({purpose.code})" if purpose.name else purpose.code,
+        "features_used": list(summary.features_used),
+        "top_features": top,
+        "method": summary.method,
+        "baseline_rule": summary.baseline_rule,
+        "output_policy": (output_policy or output_policy_for(model_version=model_version)).text(),
+        "computed_at": summary.computed_at,
+    }

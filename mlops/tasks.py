@@ -1,4 +1,4 @@
-"""Celery tasks for training, privacy audits and the stuck-run sweeper.
+"""Celery tasks for training, privacy audits, logic summaries and the stuck-run sweeper.
 
 Thin: each takes ids and calls a service. acks_late and reject_on_worker_lost are set
 globally, so a task whose worker dies mid-run is redelivered; the service then resets
@@ -84,6 +84,18 @@ def privacy_audit(self, job_id: int) -> dict:
     if job is None:
         return {"job_id": job_id, "status": "missing"}
     return {"job_id": job_id, "kind": job.kind, "status": job.status}
+
+
+@shared_task(
+    name="mlops.model_explanation_summary", max_retries=None, autoretry_for=services.DATABASE_FAULTS,
+    retry_backoff=2, retry_backoff_max=60, retry_jitter=True, retry_kwargs={"max_retries": 20},
+)
+def model_explanation_summary(model_version_id: int) -> dict:
+    """The logic summary of a newly registered version; a redelivery finds it stored."""
+    summary = services.model_explanation_summary_compute(model_version_id=model_version_id)
+    if summary is None:
+        return {"model_version_id": model_version_id, "status": "missing"}
+    return {"model_version_id": model_version_id, "summary_id": summary.pk, "error": summary.error}
 
 
 @shared_task(bind=True, name="mlops.fail_stuck_training_runs")

@@ -175,6 +175,31 @@ def _measured_model_risk(models: list[dict[str, Any]]) -> list:
          "Attribute inference: gain over imputation"],
         rows, empty="This DPIA covers no model version yet.",
     ))
+    flows.append(tk.heading("Decisions: output policy and explanation leakage", level=2))
+    flows.append(tk.paragraph(
+        "What a decision of each model reveals (Art. 22, against model inversion) and how much its explanations "
+        "leak: the explanation-based membership attack guesses who was in the training data from the size of a "
+        "person's attributions (Shokri et al. 2021). An explanation shows how each feature moved this model's "
+        "output from a fixed reference point; it does not show causes in the world or what another model would do."
+    ))
+    flows.append(tk.data_table(
+        ["Model", "Output policy", "Per-decision attributions", "Explanation attack", "Audit ceiling"],
+        [[m["label"], m["explanations"]["output_policy"],
+          f"withheld: {m['explanations']['withheld_because']}" if m["explanations"]["attributions_withheld"] else "given",
+          m["explanations"]["attack_text"] or "not run yet",
+          "—" if m["explanations"]["ceiling"] is None else f"AUC {m['explanations']['ceiling']:.2f}"]
+         for m in models],
+        empty="This DPIA covers no model version yet.",
+    ))
+    for m in models:
+        logic = m["explanations"]["logic"]
+        if logic is not None:
+            top = ", ".join(f"{f['feature']} ({f['direction']}, {f['mean_abs']:.3f})" for f in logic["top_features"])
+            flows.append(tk.note(
+                f"Logic involved in {m['label']} (Art. 15(1)(h)): {logic['purpose']}; reads "
+                f"{', '.join(logic['features_used'])}; most influential on average: {top or 'none measured'} "
+                f"({logic['method'].replace('_', ' ')}; {logic['baseline_rule']})"
+            ))
     for m in models:
         if m.get("privacy_bug"):
             flows.append(tk.note(

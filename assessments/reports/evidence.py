@@ -101,6 +101,7 @@ def model_versions_evidence(model_versions) -> list[dict[str, Any]]:
                      "imputation_accuracy": a.imputation_accuracy, "n_members": a.n_members}
                     for a in mv.attribute_inference_audits.all()
                 ],
+                "explanations": _explanations_evidence(mv, by_attack.get("explanation")),
                 "training_run": run.pk,
                 "snapshot": run.snapshot_id,
                 "dataset": run.snapshot.dataset.name,
@@ -108,6 +109,27 @@ def model_versions_evidence(model_versions) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+def _explanations_evidence(mv, attack) -> dict[str, Any]:
+    """Issue 19: what the version's decisions reveal (its output policy), how much its
+    explanations leak (the explanation-based membership attack beside the policy), and the
+    logic involved (Art. 15(1)(h)) when the worker has computed it."""
+    from mlops.selectors import model_logic_summary, output_policy_for
+
+    policy = output_policy_for(model_version=mv)
+    ceiling = policy.ceiling
+    return {
+        "output_policy": policy.text(),
+        "output_policy_kind": policy.kind,
+        "output_policy_source": policy.source,
+        "attributions_withheld": policy.attributions_withheld,
+        "withheld_because": policy.withheld_because,
+        "attack_text": None if attack is None else attack.auc_text(),
+        "attack_auc": None if attack is None else attack.auc,
+        "ceiling": ceiling,
+        "logic": model_logic_summary(model_version=mv, output_policy=policy),
+    }
 
 
 def roc_curves_with_band(m: dict[str, Any]) -> list:
@@ -126,7 +148,10 @@ def roc_curves_with_band(m: dict[str, Any]) -> list:
 def model_versions_prefetch(qs):
     from mlops.models import MembershipInferenceAudit
 
-    return qs.select_related("training_run__snapshot__dataset", "canary_audit").prefetch_related(
+    return qs.select_related(
+        "training_run__snapshot__dataset__processing_activity", "training_run__snapshot__purpose", "canary_audit",
+        "explanation_summary",
+    ).prefetch_related(
         Prefetch("membership_inference_audits", queryset=MembershipInferenceAudit.objects.order_by("-created_at", "-id")),
         "attribute_inference_audits",
     )

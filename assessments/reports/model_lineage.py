@@ -239,6 +239,7 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
             tk.roc_curve(roc_curves_with_band(m)),
         )
     )
+    flows.extend(explanation_flowables(m))
     metrics = {k: v for k, v in sorted(m["metrics"].items()) if isinstance(v, int | float | str)}
     if metrics:
         flows.append(tk.heading("Utility metrics", level=2))
@@ -282,6 +283,42 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
             empty="No DPIA covers this model version.",
         )
     )
+    return flows
+
+
+def explanation_flowables(m: dict[str, Any], *, level: int = 2) -> list:
+    """The output policy with the explanation attack beside it, and the logic involved."""
+    ex = m["explanations"]
+    ceiling = "none set" if ex["ceiling"] is None else f"AUC {ex['ceiling']:.2f}"
+    attributions = (f"withheld: {ex['withheld_because']}" if ex["attributions_withheld"]
+                    else "given with each decision")
+    flows = [
+        tk.heading(f"{m['label']}: decisions, explanations and what they reveal", level=level),
+        tk.key_value_table([
+            ("Output policy", ex["output_policy"]),
+            ("Per-decision attributions now", attributions),
+            ("Explanation-based membership attack", ex["attack_text"] or "not run yet"),
+            ("Audit ceiling", ceiling),
+        ]),
+    ]
+    logic = ex["logic"]
+    if logic is None:
+        flows.append(tk.note("The logic involved (Art. 15(1)(h)) has not been computed for this version yet."))
+        return flows
+    flows.append(tk.key_value_table([
+        ("Purpose", logic["purpose"]),
+        ("Features used", ", ".join(logic["features_used"])),
+        ("Method", logic["method"].replace("_", " ")),
+        ("Computed", logic["computed_at"]),
+    ]))
+    # A paragraph of its own: a text this long reads better under the facts than in a cell.
+    flows.append(tk.paragraph(f"Baseline. {logic['baseline_rule']}"))
+    flows.append(tk.data_table(
+        ["Feature", "Mean |attribution|", "On average it"],
+        [[f["feature"], f"{f['mean_abs']:.3f}", f"{f['direction']} the decided class's probability"]
+         for f in logic["top_features"]],
+        empty="No validation record to average over.",
+    ))
     return flows
 
 

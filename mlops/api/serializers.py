@@ -19,8 +19,10 @@ from mlops.models import (
     AuditPolicy,
     CanaryAudit,
     MembershipInferenceAudit,
+    ModelOutputPolicy,
     ModelVersion,
     Optimizer,
+    OutputPolicyKind,
     PrivacyAuditJob,
     RectificationAction,
     RectificationPolicy,
@@ -297,6 +299,62 @@ class RectificationPolicySetSerializer(serializers.Serializer):
     justification = serializers.CharField(max_length=4000, help_text="Why this remediation is proportionate.")
 
 
+class OutputPolicySerializer(serializers.ModelSerializer):
+    set_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ModelOutputPolicy
+        fields = ["id", "name", "kind", "digits", "withhold_attributions", "reason", "set_by", "created_at"]
+        read_only_fields = fields
+
+
+class OutputPolicySetSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, help_text="The model name: the policy applies to all its versions.")
+    kind = serializers.ChoiceField(
+        choices=OutputPolicyKind.choices,
+        help_text="What a decision shows: full or rounded probabilities, the label with a confidence band, or the "
+        "label only.",
+    )
+    digits = serializers.IntegerField(
+        required=False, default=2, min_value=0, max_value=6, help_text="Digits kept by rounded probabilities."
+    )
+    withhold_attributions = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Withhold per-decision attributions when the explanation attack exceeds the audit ceiling.",
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=4000, default="")
+
+
+class OutputPolicyInForceSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    digits = serializers.IntegerField()
+    attributions_withheld = serializers.BooleanField()
+    withheld_because = serializers.CharField()
+    source = serializers.CharField()
+    withhold_attributions = serializers.BooleanField()
+    policy_id = serializers.IntegerField(allow_null=True)
+    ceiling = serializers.FloatField(
+        allow_null=True, help_text="The audit policies' lowest AUC ceiling in force (max_auc), if any."
+    )
+    text = serializers.CharField()
+
+
+class TopFeatureSerializer(serializers.Serializer):
+    feature = serializers.CharField()
+    mean_abs = serializers.FloatField()
+    direction = serializers.CharField()
+
+
+class LogicSummarySerializer(serializers.Serializer):
+    purpose = serializers.CharField()
+    features_used = serializers.ListField(child=serializers.CharField())
+    top_features = TopFeatureSerializer(many=True)
+    method = serializers.CharField()
+    baseline_rule = serializers.CharField()
+    output_policy = serializers.CharField()
+    computed_at = serializers.DateTimeField()
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     epsilon = FiniteFloatField(read_only=True)
     membership_inference_audits = MembershipInferenceAuditSerializer(many=True, read_only=True)
@@ -440,9 +498,34 @@ class ModelVersionDetailSerializer(ModelVersionSerializer):
         help_text="The version against the audit policies of its dataset and processing activity, now."
     )
 
+    output_policy = serializers.SerializerMethodField(
+        help_text="What the version's decisions show, and whether per-decision attributions are withheld now."
+    )
+    logic_summary = serializers.SerializerMethodField(
+        help_text="The logic involved (Art. 15(1)(h)): features used, the most influential, method and baseline; "
+        "null until the worker has computed it."
+    )
+
     class Meta(ModelVersionSerializer.Meta):
-        fields = [*ModelVersionSerializer.Meta.fields, "reproducibility", "audit_policy"]
+        fields = [*ModelVersionSerializer.Meta.fields, "reproducibility", "audit_policy", "output_policy",
+                  "logic_summary"]
         read_only_fields = fields
+
+    @extend_schema_field(OutputPolicyInForceSerializer)
+    def get_output_policy(self, obj: ModelVersion) -> dict:
+        from dataclasses import asdict
+
+        from mlops.selectors import output_policy_for
+
+        policy = output_policy_for(model_version=obj)
+        return {**asdict(policy), "text": policy.text()}
+
+    @extend_schema_field(LogicSummarySerializer(allow_null=True))
+    def get_logic_summary(self, obj: ModelVersion) -> dict | None:
+        from mlops.selectors import model_logic_summary
+
+        summary = model_logic_summary(model_version=obj)
+        return None if summary is None else LogicSummarySerializer(summary).data
 
     @extend_schema_field(AuditPolicyVerdictSerializer)
     def get_audit_policy(self, obj: ModelVersion) -> dict:

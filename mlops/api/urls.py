@@ -9,6 +9,7 @@ router.register("training-runs", views.TrainingRunViewSet, basename="training-ru
 router.register("models", views.ModelVersionViewSet, basename="model-version")
 router.register("audit-policies", views.AuditPolicyViewSet, basename="audit-policy")
 router.register("rectification-policies", views.RectificationPolicyViewSet, basename="rectification-policy")
+router.register("output-policies", views.OutputPolicyViewSet, basename="output-policy")
 
 urlpatterns = [
     # The model-version end of the lineage: a model is mlops's, its PROV export provenance's.

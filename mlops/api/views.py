@@ -20,10 +20,11 @@ from mlops.api import serializers
 from mlops.filtersets import (
     AuditPolicyFilterSet,
     ModelVersionFilterSet,
+    OutputPolicyFilterSet,
     RectificationPolicyFilterSet,
     TrainingRunFilterSet,
 )
-from mlops.models import AuditPolicy, ModelVersion, RectificationPolicy
+from mlops.models import AuditPolicy, ModelOutputPolicy, ModelVersion, RectificationPolicy
 from provenance import lineage_exports
 from provenance.models import Dataset
 
@@ -169,6 +170,38 @@ class RectificationPolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixi
         body = serializers.RectificationPolicySetSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         policy = services.rectification_policy_set(actor=request.user, **body.validated_data)
+        return Response(self.get_serializer(policy).data, status=status.HTTP_201_CREATED)
+
+
+class OutputPolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Output policies (issue 19): what a model's decisions reveal against inversion and
+    membership inference: full or rounded probabilities, the top label with a confidence
+    band, or the label only; and whether per-decision attributions are withheld while the
+    explanation-based membership attack exceeds the audit ceiling. Per model name, for all
+    its versions. Append-only: setting one writes a new policy; the latest is in force.
+    Without one, a model trained on Art. 9 data answers with the label and a band, any
+    other with probabilities rounded to 2 digits (see a version's ``output_policy``)."""
+
+    queryset = ModelOutputPolicy.objects.select_related("set_by").order_by("-created_at", "-id")
+    serializer_class = serializers.OutputPolicySerializer
+    filterset_class = OutputPolicyFilterSet
+    role_permissions = {"create": DPO_ONLY, "default": READ_ROLES}
+
+    @extend_schema(
+        request=serializers.OutputPolicySetSerializer,
+        responses={201: serializers.OutputPolicySerializer, 400: OpenApiTypes.OBJECT},
+        examples=[OpenApiExample(
+            "Label and band, attributions withheld above the ceiling",
+            value={"name": "clinical-risk", "kind": "label_with_band", "withhold_attributions": True,
+                   "reason": "Health data: probabilities would help invert the model."},
+            request_only=True,
+        )],
+    )
+    def create(self, request):
+        """Set the output policy of a model (DPO only)."""
+        body = serializers.OutputPolicySetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        policy = services.output_policy_set(actor=request.user, **body.validated_data)
         return Response(self.get_serializer(policy).data, status=status.HTTP_201_CREATED)
 
 

@@ -20,7 +20,8 @@ Honest numerics (issue 15, item 1):
 
 Every attack shares those figures through :func:`score_attack` (higher score = more
 member-like): the loss attack scores −loss, LiRA (``mlops.engine.lira``) a per-record
-likelihood ratio of the logit-scaled confidence :func:`logit_confidence`.
+likelihood ratio of the logit-scaled confidence :func:`logit_confidence`, the explanation
+attack minus the L1 norm of a record's attributions (``mlops.engine.explain.attribution_norms``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class MIAResult:
     tpr_at_01pct_fpr_high: float | None = None
     bootstrap_resamples: int = 0
     notes: list[str] = field(default_factory=list)
-    attack: str = "loss"  # "loss" (Yeom et al.) or "lira" (Carlini et al., with reference models)
+    attack: str = "loss"  # "loss" (Yeom et al.), "lira" (Carlini et al.) or "explanation" (Shokri et al.)
     n_references: int = 0  # reference models LiRA trained; 0 for the loss attack
     # [[fpr, tpr_low, tpr_high], ...]: the pointwise 95% bootstrap band of the ROC at ROC_BAND_FPRS.
     roc_band: list[list[float]] = field(default_factory=list)
@@ -202,6 +203,11 @@ _CHANCE_NOTES = {
         "The AUC interval includes 0.5: LiRA with reference models cannot tell members from non-members here. "
         "That is evidence of privacy, not proof: with few reference models LiRA can miss a small leak that the "
         "loss attack sees, so read both; ε is the guarantee."
+    ),
+    "explanation": (
+        "The AUC interval includes 0.5: scoring records by the size of their explanations (attribution norm) "
+        "cannot tell members from non-members here. Weak evidence that per-decision explanations leak little; "
+        "a stronger attack may still find leakage."
     ),
 }
 ATTACKS = tuple(_CHANCE_NOTES)

@@ -18,6 +18,8 @@
   a version must pass before it becomes active;
 - ``audit_lira``, ``audit_canary``, ``audit_attribute``: one module per attack (LiRA with
   reference models, the canary ε lower bound, attribute inference against imputation);
+- ``explanations``: output policies of models, the explanation-based membership attack
+  (run in the loss attack's job) and the "logic involved" summary of a version;
 - ``audit_unlearning``: checking that a version made to forget people does not remember
   them.
 
@@ -43,6 +45,12 @@ from mlops.services.execution import (
     training_run_cancel,
     training_run_execute,
     training_run_fail_stuck,
+)
+from mlops.services.explanations import (
+    explanation_attack_run,
+    model_explanation_summary_compute,
+    model_explanation_summary_queue,
+    output_policy_set,
 )
 from mlops.services.queueing import training_run_queue, training_runs_redispatch
 from mlops.services.rectification import (
@@ -86,6 +94,10 @@ __all__ = [
     "_schema_for",
     "_train_config",
     "membership_inference_audit_run",
+    "explanation_attack_run",
+    "model_explanation_summary_compute",
+    "model_explanation_summary_queue",
+    "output_policy_set",
     "model_version_load",
     "privacy_budget_set",
     "training_run_cancel",

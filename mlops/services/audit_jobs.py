@@ -47,15 +47,33 @@ def _runners() -> dict[str, Callable[..., Any]]:
     from mlops.services.audit_attribute import attribute_inference_audits_run
     from mlops.services.audit_canary import canary_audit_run
     from mlops.services.audit_lira import lira_audit_run
-    from mlops.services.audits import membership_inference_audit_run
 
     return {
-        AuditKind.LOSS: lambda *, model_version_id, on_progress: membership_inference_audit_run(
-            model_version_id=model_version_id),
+        AuditKind.LOSS: _loss_and_explanation_attacks,
         AuditKind.LIRA: lira_audit_run,
         AuditKind.CANARY: canary_audit_run,
         AuditKind.ATTRIBUTE: attribute_inference_audits_run,
     }
+
+
+def _loss_and_explanation_attacks(*, model_version_id: int, on_progress: Callable[..., None]) -> str:
+    """The loss attack, then the explanation-based attack on the same sample (both cheap:
+    one forward pass, and one IG pass, over the audit's records). The explanation attack
+    failing does not fail the loss audit: its absence withholds attributions where the
+    output policy asks for it (``selectors.output_policy_for``), and the note says why."""
+    from mlops.services import DATABASE_FAULTS
+    from mlops.services.audits import membership_inference_audit_run
+    from mlops.services.explanations import explanation_attack_run
+
+    membership_inference_audit_run(model_version_id=model_version_id)
+    try:
+        explanation_attack_run(model_version_id=model_version_id, on_progress=on_progress)
+    except DATABASE_FAULTS:
+        raise
+    except Exception as exc:
+        logger.exception("explanation attack against model version %s failed", model_version_id)
+        return f"The explanation-based attack could not run: {type(exc).__name__}: {exc}"[:2000]
+    return ""
 
 
 def audit_kinds_enabled() -> list[str]:
@@ -86,6 +104,11 @@ def model_version_audits_plan(*, model_version: ModelVersion, kinds: list[str] |
 
     for job in jobs:
         task_dispatch_on_commit(privacy_audit, args=[job.pk], outbox=PrivacyAuditJob.objects.filter(pk=job.pk))
+    if jobs:
+        # The logic summary (issue 19) goes with a new version's first audits: computed once.
+        from mlops.services.explanations import model_explanation_summary_queue
+
+        model_explanation_summary_queue(model_version=model_version)
     return jobs
 
 
@@ -168,7 +191,11 @@ def privacy_audit_jobs_redispatch() -> int:
         | (lapsed & (Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=F("heartbeat_at"))
                      | Q(dispatched_at__lt=unstarted_cutoff(now))))
     ).values_list("pk", flat=True)
-    return tasks_redispatch(privacy_audit, outbox=PrivacyAuditJob.objects, stalled=[(pk, None, None) for pk in stalled])
+    sent = tasks_redispatch(privacy_audit, outbox=PrivacyAuditJob.objects, stalled=[(pk, None, None) for pk in stalled])
+    # The logic summaries sent with the audits ride this sweep (their message has no outbox row).
+    from mlops.services.explanations import model_explanation_summaries_redispatch
+
+    return sent + model_explanation_summaries_redispatch(now=now)
 
 
 # --- Audit policy ---------------------------------------------------------------------

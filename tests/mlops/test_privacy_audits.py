@@ -240,7 +240,7 @@ def test_membership_figures_show_with_their_attack_in_the_api_and_admin(settings
     version = trained(make_snapshot(n=120, d=4, seed=8), **SMALL)
     body = auditor_client.get(f"/api/v1/models/{version.pk}/").json()
     attacks = {a["attack"]: a for a in body["membership_inference_audits"]}
-    assert set(attacks) == {"loss", "lira"} and attacks["lira"]["n_references"] == 2
+    assert set(attacks) == {"loss", "lira", "explanation"} and attacks["lira"]["n_references"] == 2
     assert {j["kind"]: j["status"] for j in body["audit_jobs"]}["lira"] == "completed"
     assert body["privacy_bug"] is False and body["canary_audit"] is None
     page = admin_client.get(f"/admin/mlops/modelversion/{version.pk}/change/").content.decode()
