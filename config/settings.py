@@ -121,6 +121,7 @@ INSTALLED_APPS = [
     "mlops",
     "rights",
     "assessments",
+    "decisions",
 ]
 
 MIDDLEWARE = [
@@ -499,7 +500,10 @@ LOGGING = {
 
 # --- Privacy Ledger ----------------------------------------------------------------
 # `manage.py demo`: one step per app, bottom layer first.
-DEMO_STEPS = ("governance.demo", "provenance.demo", "mlops.demo", "rights.demo", "assessments.demo", "rights.demo_requests")
+DEMO_STEPS = (
+    "governance.demo", "provenance.demo", "mlops.demo", "rights.demo", "assessments.demo", "decisions.demo",
+    "rights.demo_requests",
+)
 API_KEY_DEFAULT_LIFETIME_DAYS = env_int("API_KEY_DEFAULT_LIFETIME_DAYS", 365)
 
 # --- governance (foundation) ---
@@ -655,6 +659,35 @@ CELERY_BEAT_SCHEDULE.update(
             "schedule": timedelta(seconds=MLOPS_SWEEP_INTERVAL_SECONDS),
         }
     }
+)
+
+# --- decisions (served models, Art. 22) ---
+# The keyed hash of a decision's input row (decisions.services.predictions.input_hash): it
+# recognises the same input presented again without storing it. Empty: derived at use as
+# HMAC-SHA256(PSEUDONYMISATION_KEY, "privacy-ledger/decision-input/v1"); keep it as stable.
+DECISION_INPUT_HASH_KEY = os.environ.get("DECISION_INPUT_HASH_KEY", "")
+# Rows one prediction request may carry, and how many of them may be explained (attributions
+# and a counterfactual cost about a millisecond or two per row each); a request of up to
+# DECISION_EXPLAIN_DEFAULT_ROWS rows is explained unless it says "explain": false.
+DECISION_MAX_ROWS = env_int("DECISION_MAX_ROWS", 10_000)
+DECISION_EXPLAIN_MAX_ROWS = env_int("DECISION_EXPLAIN_MAX_ROWS", 1_000)
+DECISION_EXPLAIN_DEFAULT_ROWS = env_int("DECISION_EXPLAIN_DEFAULT_ROWS", 100)
+# Model versions kept loaded per process (an LRU keyed by the weights' SHA-256).
+DECISION_MODEL_CACHE_SIZE = env_int("DECISION_MODEL_CACHE_SIZE", 8)
+# The decision log is kept this many days, then purged (AI Act Art. 26(6): at least six
+# months; refused below 183 by the system check decisions.E001).
+DECISION_LOG_RETENTION_DAYS = env_int("DECISION_LOG_RETENTION_DAYS", 183)
+CELERY_BEAT_SCHEDULE["decisions-purge"] = {
+    "task": "decisions.purge",
+    "schedule": crontab(hour=3, minute=45),
+}
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {"ReviewOutcomeEnum": "decisions.models.ReviewOutcome", "ReviewChannelEnum": "decisions.models.ReviewChannel",
+     "ReviewStatusEnum": "decisions.models.ReviewStatus",
+     # Output policies (mlops) have a kind, as snapshots and report jobs do.
+     "OutputPolicyKindEnum": "mlops.models.OutputPolicyKind",
+     # Erasure requests have a channel too: each set gets its own name.
+     "ErasureChannelEnum": "rights.models.ErasureChannel"}
 )
 
 # --- reports (DPIA, records of processing, PDF reports) ---

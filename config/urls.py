@@ -8,6 +8,8 @@ from config.views import SwaggerUIView, api_not_found, healthz
 api_v1 = [
     path("", include("governance.api.urls")),
     path("", include("provenance.api.urls")),
+    # Before mlops: decisions adds models/<id>/predict/ beside mlops' model routes.
+    path("", include("decisions.api.urls")),
     path("", include("mlops.api.urls")),
     path("", include("rights.api_urls")),
     path("", include("assessments.api_urls")),

@@ -3,7 +3,8 @@
 A lower layer never imports a higher one: an app above (rights, assessments) that must
 react to something here connects a receiver to one of these signals in its ``ready``.
 Each is sent from ``transaction.on_commit``, so a receiver never sees (or acts on) work
-that is later rolled back, and a receiver's failure never undoes the sender's write.
+that is later rolled back, and a receiver's failure never undoes the sender's write; the
+one exception, ``subject_erasing``, says why below.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ consent_withdrawn = Signal()
 # A person's objection (Art. 21) to processing for a purpose was committed.
 # kwargs: subject_id (int), purpose_code (str), objection_id (int), actor
 processing_objected = Signal()
+
+# A person's subject row is being deleted by an erasure (Art. 17). The one signal sent
+# *inside* the sender's transaction, not on commit: what an app above holds under the
+# person's pseudonym (a decision's subject, kept inputs) must go in the same commit as the
+# row, or the erasure would be certified while a killed process left the link behind. A
+# receiver's error therefore rolls the erasure step back, and the step is retried.
+# kwargs: subject_id (int), pseudonym (str)
+subject_erasing = Signal()
 
 
 def send_on_commit(signal: Signal, **kwargs) -> None:

@@ -235,10 +235,11 @@ def _sources(datasets: dict[int, Any], consent_events: list[Any]) -> list[dict[s
 
 
 def _model_versions(model_version_ids: list[int]) -> list[dict[str, Any]]:
-    from mlops.selectors import model_versions_visible
+    from mlops.selectors import model_logic_summary, model_versions_visible
 
     versions = []
-    for mv in model_versions_visible().filter(pk__in=model_version_ids).order_by("pk"):
+    visible = model_versions_visible().filter(pk__in=model_version_ids).select_related("explanation_summary")
+    for mv in visible.order_by("pk"):
         run = mv.training_run
         snapshot = run.snapshot
         dataset = snapshot.dataset
@@ -260,8 +261,32 @@ def _model_versions(model_version_ids: list[int]) -> list[dict[str, Any]]:
                            "smaller is more private.",
             },
             "sisa_ensemble": bool(run.sisa) or mv.is_sisa_ensemble,
+            "logic_involved": _logic(model_logic_summary(model_version=mv)),
         })
     return versions
+
+
+def _logic(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The model's "logic involved" (mlops' logic summary) in the answer's terms; None until
+    the worker has computed it."""
+    if summary is None:
+        return None
+    return {
+        "what_weighs_most": [
+            {"feature": f["feature"], "direction": f["direction"], "average_weight": round(float(f["mean_abs"]), 4)}
+            for f in summary["top_features"]
+        ],
+        "how_this_is_measured": f"{summary['method']}; baseline: {summary['baseline_rule']}",
+        "what_a_prediction_shows": summary["output_policy"],
+    }
+
+
+def _from_apps_above(subject: DataSubject) -> dict[str, Any]:
+    """What the apps above governance hold about the person (the decisions made about them),
+    through governance.subject_data: rights does not import those apps."""
+    from governance.subject_data import subject_data_from_providers
+
+    return subject_data_from_providers(pseudonym=subject.pseudonym)
 
 
 NO_DATA_HELD = "We hold no personal data relating to the identifier given."
@@ -294,11 +319,13 @@ def access_answer(*, subject: DataSubject, generated_at: datetime | None = None)
         for m in model_versions
     ]
     categories = _categories(activities, datasets)
+    above = _from_apps_above(subject)
     return {
         "format": ACCESS_ANSWER_FORMAT,
         "generated_at": _iso(generated_at or timezone.now()),
         "subject_ref": str(subject.reference),
-        "data_held": bool(records or events),
+        # Decisions recorded about the person are data held about them too.
+        "data_held": bool(records or events or any(part.get("items") for part in above.values())),
         "controllers": sorted(
             ({"name": a.controller_name, "contact": a.controller_contact, "representative": a.representative or None,
               "joint_controller": a.joint_controller or None, "data_protection_officer": a.dpo_contact}
@@ -335,6 +362,7 @@ def access_answer(*, subject: DataSubject, generated_at: datetime | None = None)
             note="From the model registry. Each model learns a rule from the listed features of many people's "
                  "records to predict the listed label for the stated purpose.",
         ),
+        **above,
         "article_15_3_copy_of_the_data": {
             "article": "Art. 15(3)", "title": "A copy of your personal data",
             "records": [

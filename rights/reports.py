@@ -70,6 +70,21 @@ def _when(value: Any) -> Any:
         return value
 
 
+def _logic_flows(t: Any, logic: dict[str, Any] | None) -> list:
+    """The model's "logic involved" in words: what weighs most (a table), how that is
+    measured and what a prediction shows."""
+    if not logic:
+        return [t.note("How this model decides has not been summarised yet.")]
+    return [
+        t.data_table(
+            ["What weighs most", "Effect on the prediction", "Average weight"],
+            [[f["feature"], f["direction"], f"{f['average_weight']:.2f}"] for f in logic["what_weighs_most"]],
+        ),
+        t.paragraph(f"How this is measured: {logic['how_this_is_measured']}"),
+        t.paragraph(f"What a prediction shows: {logic['what_a_prediction_shows']}"),
+    ]
+
+
 def access_answer_pdf_write(*, answer: dict[str, Any], path: Path) -> str:
     """Write ``answer`` (rights.access.access_answer) to ``path`` as the PDF given to the
     person; returns its SHA-256. It holds what the JSON holds, in the same order, so the two
@@ -151,8 +166,19 @@ def access_answer_pdf_write(*, answer: dict[str, Any], path: Path) -> str:
                                   f"δ = {_value_text(m['differential_privacy']['delta'])}"),
             ("Status", m["status_label"]),
         ]))
+        flows += _logic_flows(t, m.get("logic_involved"))
     if not h["items"]:
         flows.append(t.paragraph("No model has been trained on your data."))
+    decided = answer.get("decisions_about_you")
+    if decided is not None:
+        flows += [t.heading(f"{decided['title']} ({decided['article']})"), t.note(decided["note"]), t.data_table(
+            ["When", "Model", "Outcome", "What weighed most", "Review"],
+            [[_when(d["decided_at"]), f"{d['model']} v{d['version']}", d["outcome"], d["what_weighed_most"] or "—",
+              _value_text([f"{r['status']}" + (f": {r['outcome']}" if r["outcome"] else "") for r in d["reviews"]])
+              or "—"]
+             for d in decided["items"]],
+            empty="No decision about you was recorded.",
+        )]
     copy = answer["article_15_3_copy_of_the_data"]
     flows += [t.heading(f"{copy['title']} ({copy['article']})"), t.heading("Your records", level=2)]
     for record in copy["records"]:

@@ -116,4 +116,23 @@ ROLE_POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/requests/999999999/notified/"): _DPO,
     ("POST", "/api/v1/erasure-requests/999999999/notified/"): _DPO,
     ("GET", "/api/v1/requests/999999999/answer/"): _DPO,
+    # Output policies (issue 19): the DPO sets how a model's predictions are shown; every role reads them.
+    ("GET", "/api/v1/output-policies/"): frozenset({"dpo", "ml_engineer", "auditor"}),
+    ("POST", "/api/v1/output-policies/"): _DPO,
+    ("GET", "/api/v1/output-policies/999999999/"): frozenset({"dpo", "ml_engineer", "auditor"}),
+    # Decisions (issue 19): the serving system (an ML engineer's API key) and the DPO predict; the
+    # DPO contests on a person's behalf and decides reviews; auditors read decisions, reviews,
+    # the log and its export, never predict.
+    ("POST", "/api/v1/models/999999999/predict/"): frozenset({"dpo", "ml_engineer"}),
+    ("GET", "/api/v1/decisions/"): _DPO_AND_AUDITOR,
+    ("GET", "/api/v1/decisions/999999999/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/decisions/999999999/contest/"): _DPO,
+    ("GET", "/api/v1/decisions/log/"): _DPO_AND_AUDITOR,
+    ("GET", "/api/v1/decisions/export/"): _DPO_AND_AUDITOR,
+    ("GET", "/api/v1/reviews/"): _DPO_AND_AUDITOR,
+    ("GET", "/api/v1/reviews/999999999/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/reviews/999999999/decide/"): _DPO,
+    ("GET", "/api/v1/decision-input-retentions/"): _DPO_AND_AUDITOR,
+    ("POST", "/api/v1/decision-input-retentions/"): _DPO,
+    ("GET", "/api/v1/decision-input-retentions/999999999/"): _DPO_AND_AUDITOR,
 }

@@ -416,6 +416,48 @@ def consent_withdrawals_per_week(*, on: date, weeks: int = CHART_WEEKS) -> dict[
     }
 
 
+# --- Decisions (Art. 22) ----------------------------------------------------------------------
+
+DECISION_CHART_DAYS = 30
+
+
+def decision_log_per_day(*, on: date, days: int = DECISION_CHART_DAYS) -> dict[str, Any]:
+    """Decisions per day over the last ``days`` days, stacked by outcome, and the reviews of
+    contested decisions open and overdue: one grouped query and one count each."""
+    from decisions import selectors as decision_selectors
+    from decisions.models import ReviewStatus
+
+    first = on - timedelta(days=days - 1)
+    rows = decision_selectors.decision_log_counts(since=_local_midnight(first),
+                                                  until=_local_midnight(on + timedelta(days=1)))
+    per_day: dict[tuple[date, str], int] = {}
+    for r in rows:
+        per_day[(r["day"], r["outcome"])] = per_day.get((r["day"], r["outcome"]), 0) + r["decisions"]
+    outcomes = sorted({outcome for _, outcome in per_day})
+    day_list = [first + timedelta(days=i) for i in range(days)]
+    colours = ["var(--color-primary-600)", "var(--color-primary-300)", "var(--color-primary-800)",
+               "var(--color-primary-400)"]
+    datasets = [
+        {"label": f"Outcome {outcome}", "data": [per_day.get((d, outcome), 0) for d in day_list],
+         "backgroundColor": colours[i % len(colours)], "maxBarThickness": 14, "displayYAxis": True, "stack": "log"}
+        for i, outcome in enumerate(outcomes)
+    ]
+    open_reviews = decision_selectors.reviews_visible().filter(status=ReviewStatus.OPEN).count()
+    overdue = decision_selectors.reviews_overdue(on=on).count()
+    return {
+        "chart": _chart([f"{d.day} {d:%b}" for d in day_list], datasets),
+        "total": display.number(sum(per_day.values())),
+        "first_day": display.moment(first),
+        "url": _changelist("decisions.decision"),
+        "figures": [
+            Figure("Reviews open", open_reviews, _changelist("decisions.decisionreview", status__exact="open"),
+                   tone=_tone(open_reviews), hint="Contested decisions awaiting a reviewer (Art. 22(3))."),
+            Figure("Reviews overdue", overdue, _changelist("decisions.decisionreview", deadline="overdue"),
+                   tone=_tone(overdue, alert=True), hint="Open past their one-month deadline (Art. 12(3))."),
+        ],
+    }
+
+
 # --- The page --------------------------------------------------------------------------------
 
 
@@ -434,6 +476,7 @@ def dashboard_context(*, user: Any, now: datetime | None = None) -> dict[str, An
         "budgets": budget_figures() if can("mlops.view_privacybudget") else None,
         "audit": audit_chain_figures(now=now) if can("governance.view_auditevent") else None,
         "withdrawals": consent_withdrawals_per_week(on=on) if can("governance.view_consentevent") else None,
+        "decisions": decision_log_per_day(on=on) if can("decisions.view_decision") else None,
     }
 
 

@@ -53,9 +53,16 @@ def data_subject_erase(*, subject_id: int) -> dict[str, int]:
 
     The ORM delete follows the foreign keys: SISA placements go with the row, a request's
     link to it is cleared, and any row still protecting the subject (a record, a snapshot
-    membership, a consent event) stops the delete here.
+    membership, a consent event) stops the delete here. Before it, ``subject_erasing`` lets
+    the apps above drop what they hold under the person's pseudonym, in this transaction.
     """
     from governance.models import DataSubject
+    from governance.signals import subject_erasing
 
+    pseudonym = DataSubject.objects.filter(pk=subject_id).values_list("pseudonym", flat=True).first()
+    if pseudonym is not None:
+        # Inside this transaction (see governance.signals): the apps above unlink the person
+        # in the same commit; an error in one rolls the erasure back.
+        subject_erasing.send(sender=None, subject_id=subject_id, pseudonym=pseudonym)
     _, by_model = DataSubject.objects.filter(pk=subject_id).delete()
     return by_model
