@@ -19,12 +19,15 @@ from django.urls import NoReverseMatch, reverse
 NAVIGATION: list[tuple[str, list[tuple[str, str, str]]]] = [
     ("Requests", [
         ("Erasure requests", "delete_forever", "rights.erasurerequest"),
+        ("Other rights (access, rectification, …)", "assignment_ind", "rights.rightsrequest"),
         ("Erasure receipts", "receipt_long", "rights.erasurereceipt"),
     ]),
     ("People", [
         ("Find a person", "person_search", "page:rights_person_search"),
         ("Data subjects", "badge", "governance.datasubject"),
         ("Consent events", "how_to_reg", "governance.consentevent"),
+        ("Restrictions (Art. 18)", "block", "governance.processingrestriction"),
+        ("Objections (Art. 21)", "front_hand", "governance.processingobjection"),
     ]),
     ("Models", [
         ("Model versions", "model_training", "mlops.modelversion"),
@@ -32,6 +35,13 @@ NAVIGATION: list[tuple[str, list[tuple[str, str, str]]]] = [
         ("Membership-inference audits", "policy", "mlops.membershipinferenceaudit"),
         ("Privacy audit jobs", "pending_actions", "mlops.privacyauditjob"),
         ("Audit policies", "rule", "mlops.auditpolicy"),
+        ("Output policies", "visibility_lock", "mlops.modeloutputpolicy"),
+        ("Rectification policies", "published_with_changes", "mlops.rectificationpolicy"),
+    ]),
+    ("Decisions", [
+        ("Decisions", "gavel", "decisions.decision"),
+        ("Decision reviews", "rate_review", "decisions.decisionreview"),
+        ("Input retention", "auto_delete", "decisions.decisioninputretention"),
     ]),
     ("Datasets", [
         ("Datasets", "dataset", "provenance.dataset"),
@@ -94,6 +104,33 @@ def _overdue_badge(request: HttpRequest) -> str | None:
     return str(overdue) if overdue else None
 
 
+def _overdue_rights_badge(request: HttpRequest) -> str | None:
+    """The number of overdue requests under the other rights (same rule as erasure's)."""
+    from rights import selectors
+
+    overdue = selectors.rights_request_queryset().filter(selectors.erasure_requests_overdue_q()).count()
+    return str(overdue) if overdue else None
+
+
+def _overdue_reviews_badge(request: HttpRequest) -> str | None:
+    """The number of contested decisions whose review is past its Art. 12(3) deadline (none
+    when there are none): the same count as the dashboard's "Reviews overdue"."""
+    from django.utils import timezone
+
+    from decisions import selectors
+
+    overdue = selectors.reviews_overdue(on=timezone.localdate()).count()
+    return str(overdue) if overdue else None
+
+
+# Items that carry a count in red beside their title when something is overdue.
+BADGES = {
+    "rights.erasurerequest": _overdue_badge,
+    "rights.rightsrequest": _overdue_rights_badge,
+    "decisions.decisionreview": _overdue_reviews_badge,
+}
+
+
 def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
     """Unfold's SIDEBAR navigation for this user: the dashboard, then the groups."""
     groups: list[dict[str, Any]] = [
@@ -105,10 +142,10 @@ def sidebar_navigation(request: HttpRequest) -> list[dict[str, Any]]:
             item = _changelist_item(request, item_title, icon, label)
             if item is None:
                 continue
-            if label == "rights.erasurerequest":
-                badge = _overdue_badge(request)
+            if label in BADGES:
+                badge = BADGES[label](request)
                 if badge:
-                    # The number of overdue requests, in red: unfold's default badge variant.
+                    # The number overdue, in red: unfold's default badge variant.
                     item["badge"] = badge
             items.append(item)
         if items:

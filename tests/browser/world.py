@@ -1,5 +1,6 @@
 """The small world the browser tests look at: people, datasets, a trained model, erasure
-requests in every state a DPO meets, a DPIA and report jobs.
+requests in every state a DPO meets, a DPIA and report jobs, and the decisions the model
+made (explained, one of them contested).
 
 Built through the services where a DPO's action would build it (requests are received,
 verified, rejected and executed by the rights services; the model is trained by mlops's), and
@@ -14,6 +15,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from decisions.models import Decision, DecisionReview
 from governance.models import ConsentEvent, DataSubject, ReportJob
 from mlops.models import ModelVersion
 from rights.models import ErasureRequest
@@ -24,6 +26,10 @@ from tests.rights import helpers as h
 # How long ago the overdue request arrived: a one-month deadline (rights/deadlines.py), even
 # moved to the next working day, has passed after 40 days.
 OVERDUE_AFTER_DAYS = 40
+# Decisions the served model makes (explained), and how long the processing activity keeps
+# their inputs for a review (so a decision's page shows the input kept, as a DPO sees it).
+DECISIONS = 5
+INPUT_RETENTION_DAYS = 40
 
 
 @dataclass(eq=False)
@@ -37,6 +43,8 @@ class BrowserWorld:
     overdue: ErasureRequest
     others: list[ErasureRequest]
     neighbour_identifier: str  # someone else in the same dataset and model, with no request
+    decisions: list[Decision]  # made by model_version while active, explained
+    contested: DecisionReview  # the open review of decisions[0], received by letter
 
 
 def _wait_until_completed(request_id: int) -> ErasureRequest:
@@ -63,6 +71,8 @@ def build(*, dpo, full: bool = True) -> BrowserWorld:
     )
     run = h.train(snapshot=snapshot, name=f"readmission-{tag}")
     model_version = ModelVersion.objects.get(training_run=run)
+    decisions, contested = _decisions(dpo=dpo, model_version=model_version, act=act, people=people, tag=tag,
+                                      decided_review=full)
     overdue = rights.erasure_request_receive(
         identifier=identifier, ground="17_1_a", channel="email",
         received_at=timezone.now() - timedelta(days=OVERDUE_AFTER_DAYS), actor=dpo,
@@ -74,7 +84,41 @@ def build(*, dpo, full: bool = True) -> BrowserWorld:
         others = _requests_in_every_state(dpo=dpo, people=people, tag=tag)
         _dpia_and_reports(dpo=dpo, reports=reports)
     return BrowserWorld(reports, identifier, dana, dataset, snapshot, model_version, overdue, others,
-                        neighbour_identifier=f"person-{tag}-3@example.org")
+                        neighbour_identifier=f"person-{tag}-3@example.org", decisions=decisions, contested=contested)
+
+
+def _decisions(*, dpo, model_version: ModelVersion, act, people: list[DataSubject], tag: str,
+               decided_review: bool) -> tuple[list[Decision], DecisionReview]:
+    """The active model decides about a few new applicants (three of them named), explained,
+    with their inputs kept 40 days for a review; the first decision is contested by letter
+    and left for the DPO; with ``decided_review`` the second is contested and upheld too, so
+    the page walk opens a decided review as well as an open one."""
+    import numpy as np
+
+    from decisions import services as decisions
+
+    assert model_version.status == "active", model_version.status
+    decisions.decision_input_retention_set(
+        processing_activity=act, days=INPUT_RETENTION_DAYS, article="Art. 22(3) GDPR: human intervention on request",
+        reason="A reviewer needs the inputs the model saw while a decision can be contested.", actor=dpo,
+    )
+    rng = np.random.default_rng(19)
+    rows = [{f"x{j}": round(float(x), 6) for j, x in enumerate(rng.normal(size=4))} for _ in range(DECISIONS)]
+    subjects = [f"person-{tag}-{i}@example.org" for i in (4, 5, 6)] + [None] * (DECISIONS - 3)
+    answer = decisions.decisions_make(model_version=model_version, rows=rows, subjects=subjects, explain=True,
+                                      actor=dpo)
+    made = list(Decision.objects.filter(pk__in=[d["decision"] for d in answer["decisions"]]).order_by("position"))
+    assert all(d.explanation and d.explanation.get("top_features") for d in made), [d.explanation for d in made]
+    contested = decisions.decision_contest(
+        decision=made[0], channel="letter", actor=dpo,
+        reason="The person writes that their readings were taken during an infection and asks for a human review.",
+    )
+    if decided_review:
+        review = decisions.decision_contest(decision=made[1], channel="email", actor=dpo,
+                                            reason="The person asks why the decision was made.")
+        decisions.decision_review_decide(review=review, outcome="upheld", reviewer=dpo,
+                                         reasons="The decision follows from the values given; it stands.")
+    return made, contested
 
 
 def _withdrawals(*, people: list[DataSubject], purpose, tag: str) -> None:
