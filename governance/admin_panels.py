@@ -91,6 +91,11 @@ class Chart:
             y["title"] = {"display": True, "text": self.y_title, "color": "#9ca3af"}
         if self.x_max is not None:
             (x if self.horizontal else y)["max"] = rounded(self.x_max)
+        values = [v for s in self.series for v in s.values if v is not None]
+        if values and all(float(v).is_integer() for v in values):
+            # Counts (decisions, requests): whole-number ticks, never 0.5 of a decision.
+            value_axis = x if self.horizontal else y
+            value_axis["ticks"] = {**value_axis["ticks"], "precision": 0}
         options: dict[str, Any] = {
             "animation": False, "responsive": True, "maintainAspectRatio": False,
             "plugins": {"legend": {"display": len(self.series) > 1, "position": "bottom",
