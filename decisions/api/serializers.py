@@ -20,6 +20,11 @@ class PredictRequestSerializer(serializers.Serializer):
     explain = serializers.BooleanField(
         required=False, help_text="Attributions and a counterfactual hint per row; default true for up to 100 rows.",
     )
+    explain_method = serializers.ChoiceField(
+        choices=["integrated_gradients", "shapley_value_sampling", "kernel_shap"], required=False,
+        help_text="integrated_gradients (default, from the schema's baseline); the Shapley methods for small inputs "
+                  "(at most 16 features and 100 rows).",
+    )
 
 
 class ContributionSerializer(serializers.Serializer):

@@ -60,7 +60,7 @@ class PredictView(APIView):
         data = _body(request)
         answer = services.decisions_make(
             model_version=version, rows=data.get("rows"), subjects=data.get("subjects"),
-            explain=data.get("explain"), actor=request.user,
+            explain=data.get("explain"), explain_method=data.get("explain_method"), actor=request.user,
         )
         return Response(answer)
 

@@ -152,6 +152,30 @@ def _subjects_pseudonymise(subjects: Any, *, n: int) -> list[str]:
     return out
 
 
+# Shapley value sampling and KernelSHAP evaluate the model on many feature coalitions per
+# row: offered for small inputs only (Integrated Gradients, one backward pass per path, for all).
+SHAPLEY_METHODS = ("shapley_value_sampling", "kernel_shap")
+SHAPLEY_MAX_FEATURES = 16
+SHAPLEY_MAX_ROWS = 100
+
+
+def _explain_method(method: Any, *, encoding: dict, n: int) -> str:
+    from mlops.engine.explain import METHODS
+
+    if method in (None, ""):
+        return "integrated_gradients"
+    if method not in METHODS:
+        raise ServiceError(f"explain_method: one of {', '.join(METHODS)}.", field="explain_method")
+    if method in SHAPLEY_METHODS:
+        features = len(encoding.get("features") or [])
+        if features > SHAPLEY_MAX_FEATURES or n > SHAPLEY_MAX_ROWS:
+            raise ServiceError(
+                f"explain_method: {method} is for small inputs (at most {SHAPLEY_MAX_FEATURES} features and "
+                f"{SHAPLEY_MAX_ROWS} rows; this model has {features} features, the request {n} rows); use "
+                "integrated_gradients.", field="explain_method")
+    return method
+
+
 def _explain_wanted(explain: Any, *, n: int) -> bool:
     if explain is None:
         return n <= settings.DECISION_EXPLAIN_DEFAULT_ROWS
@@ -190,10 +214,11 @@ def _actionable(encoding: dict, schema: dict) -> list[str]:
     return [f["name"] for f in encoding.get("features") or [] if f["name"] not in special]
 
 
-def _explanations(ensemble, X: np.ndarray, *, encoding: dict, schema: dict, classes: list) -> _Explained:
+def _explanations(ensemble, X: np.ndarray, *, encoding: dict, schema: dict, classes: list,
+                  method: str = "integrated_gradients") -> _Explained:
     from mlops.engine import explain as engine
 
-    attr = engine.explain(ensemble, X, encoding=encoding)
+    attr = engine.explain(ensemble, X, encoding=encoding, method=method)
     actionable = _actionable(encoding, schema)
     shown, stored = [], []
     for i in range(len(X)):
@@ -242,13 +267,16 @@ def decisions_compute(*, ensemble, clean: list[dict], encoding: dict, kind: str,
 
 
 def decisions_make(
-    *, model_version: ModelVersion, rows: Any, subjects: Any = None, explain: Any = None, actor: Any = None,
+    *, model_version: ModelVersion, rows: Any, subjects: Any = None, explain: Any = None,
+    explain_method: Any = None, actor: Any = None,
 ) -> dict:
     """Decide about each row with ``model_version`` and record the decisions (one
     transaction, one bulk insert, one audit event). Returns the answer of the predict API.
 
     Refused with 409 for a version that is not active; with 400 naming ``rows[i].feature``,
-    ``subjects[i]`` or ``explain`` for bad input. Nothing is recorded when refused.
+    ``subjects[i]``, ``explain`` or ``explain_method`` for bad input. Nothing is recorded
+    when refused. ``explain_method``: integrated_gradients (default), or for small inputs
+    shapley_value_sampling / kernel_shap.
     """
     model_version_servable(model_version=model_version)
     run = model_version.training_run
@@ -258,6 +286,7 @@ def decisions_make(
     pseudonyms = _subjects_pseudonymise(subjects, n=n)
     explaining = _explain_wanted(explain, n=n)
     encoding = run.encoding or {}
+    method = _explain_method(explain_method, encoding=encoding, n=n)
     classes = list(encoding.get("classes") or [])
     ensemble = served_model(model_version=model_version)
     policy = output_policy_for(model_version=model_version)
@@ -265,7 +294,8 @@ def decisions_make(
                                    digits=policy.digits)
     explained = None
     if explaining and not policy.attributions_withheld:
-        explained = _explanations(ensemble, X, encoding=encoding, schema=dataset.schema or {}, classes=classes)
+        explained = _explanations(ensemble, X, encoding=encoding, schema=dataset.schema or {}, classes=classes,
+                                  method=method)
     withheld = explaining and policy.attributions_withheld
     hashes = input_hashes(clean)
     retention = retention_in_force(processing_activity_id=dataset.processing_activity_id)

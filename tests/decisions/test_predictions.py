@@ -215,3 +215,25 @@ def test_service_errors_are_service_errors(version):
     version.refresh_from_db()
     with pytest.raises(ServiceConflict):
         decisions_make(model_version=version, rows=[row(0)])
+
+
+def test_shapley_methods_explain_small_inputs_and_are_refused_for_large_ones(ml_client, version, settings):
+    answer = _predict(ml_client, version, {"rows": [row(0), row(1)], "explain_method": "shapley_value_sampling"})
+    for item in answer["decisions"]:
+        explanation = item["explanation"]
+        assert explanation["method"] == "shapley_value_sampling" and explanation["convergence_delta"] is None
+        # Efficiency: every sampled permutation's marginal contributions add up to the difference.
+        total = sum(c["contribution"] for c in explanation["top_contributions"])
+        assert total == pytest.approx(explanation["output"] - explanation["baseline_output"], abs=1e-5)
+    kernel = _predict(ml_client, version, {"rows": [row(2)], "explain_method": "kernel_shap"})
+    assert kernel["decisions"][0]["explanation"]["method"] == "kernel_shap"
+    stored = Decision.objects.get(pk=kernel["decisions"][0]["decision"])
+    assert stored.explanation["method"] == "kernel_shap"
+
+    before = Decision.objects.count()
+    unknown = _predict(ml_client, version, {"rows": [row(0)], "explain_method": "lime"}, status=400)
+    assert "explain_method" in unknown
+    many = _predict(ml_client, version, {"rows": [row(i) for i in range(101)], "explain": True,
+                                         "explain_method": "kernel_shap"}, status=400)
+    assert "small inputs" in str(many["explain_method"])
+    assert Decision.objects.count() == before
