@@ -31,15 +31,14 @@ import pstats
 import statistics
 import time
 import uuid
-from datetime import timedelta
 
 import numpy as np
 import torch
 from django.db import connection, transaction
-from django.utils import timezone
 
 from benchmarks.bench_dp_training import MODELS
 from benchmarks.harness import BenchContext, Result, percentiles
+from benchmarks.worlds import consented_snapshot
 
 BOUNDS = (-4.0, 4.0)
 EXPLAIN_CALLS = 200
@@ -49,64 +48,12 @@ SERVICE_REPEATS = 3
 FORWARD_CALLS = 2000
 
 
-def _snapshot(n: int, d: int, seed: int):
-    """A consent-covered snapshot of ``n`` records of ``d`` float features, every feature
-    with published bounds (so the counterfactual search has every feature to try)."""
-    from governance.models import ConsentEvent, DataSubject, ProcessingActivity, Purpose
-    from provenance.merkle import merkle_root
-    from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
-    from provenance.schema import content_hash
-
-    tag = uuid.uuid4().hex[:10]
-    purpose, _ = Purpose.objects.get_or_create(code="ml.training.bench", defaults={"name": "ML training (bench)"})
-    activity = ProcessingActivity.objects.create(
-        name=f"bench-decisions-{tag}", controller_name="Bench", controller_contact="b@bench.test",
-        dpo_contact="dpo@bench.test", security_measures="-", lawful_basis="consent",
-    )
-    activity.purposes.add(purpose)
-    schema = {"features": [{"name": f"x{j}", "type": "float", "min": BOUNDS[0], "max": BOUNDS[1]} for j in range(d)],
-              "label": {"name": "y", "type": "int"}}
-    dataset = Dataset.objects.create(name=f"bench-decisions-{tag}", owner="bench", processing_activity=activity,
-                                     schema=schema)
-    rng = np.random.default_rng(seed)
-    X = rng.uniform(BOUNDS[0], BOUNDS[1], size=(n, d))
-    y = (X @ rng.normal(size=d) > 0).astype(int)
-    DataSubject.objects.bulk_create([DataSubject(pseudonym=f"bench-{tag}-{i}") for i in range(n)], batch_size=5000)
-    subject_ids = list(
-        DataSubject.objects.filter(pseudonym__startswith=f"bench-{tag}-").order_by("id").values_list("id", flat=True)
-    )
-    now = timezone.now()
-    rows = [({f"x{j}": float(X[i, j]) for j in range(d)}, int(y[i])) for i in range(n)]
-    DataRecord.objects.bulk_create(
-        [DataRecord(dataset=dataset, subject_id=s, features=features, label=label,
-                    content_hash=content_hash(features, label), ingested_at=now)
-         for s, (features, label) in zip(subject_ids, rows, strict=True)],
-        batch_size=5000,
-    )
-    records = list(DataRecord.objects.filter(dataset=dataset).order_by("id").values_list("id", "subject_id", "content_hash"))
-    snapshot = Snapshot.objects.create(dataset=dataset, purpose=purpose, taken_for=now, lawful_basis="consent",
-                                       included_count=n, included_subjects=n,
-                                       merkle_root=merkle_root((r, h) for r, _, h in records))
-    SnapshotMembership.objects.bulk_create(
-        [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s, _ in records], batch_size=5000,
-    )
-    # Training re-checks the members' consent for the purpose.
-    ConsentEvent.objects.bulk_create(
-        [ConsentEvent(event_id=f"bench-decisions-{tag}-{s}", subject_id=s, purpose=purpose, action="given",
-                      occurred_at=now - timedelta(hours=1), notice_version="v1", notice_sha256="0" * 64,
-                      method="web_form")
-         for s in subject_ids],
-        batch_size=5000,
-    )
-    return snapshot
-
-
 def _version(*, d: int, hidden: list[int], ctx: BenchContext):
     """A DP model version trained through the services on ``d`` bounded float features."""
     from mlops import services
     from mlops.models import ModelVersion, RunStatus
 
-    snapshot = _snapshot(ctx.n(4000, 1000), d, seed=21 + d)
+    snapshot = consented_snapshot(ctx.n(4000, 1000), d, seed=21 + d, bounds=BOUNDS, tag="bench-decisions")
     run = services.training_run_queue(
         snapshot=snapshot, name=f"bench-decisions-{d}-{uuid.uuid4().hex[:6]}", epochs=3, batch_size=256,
         noise_multiplier=1.0, holdout_fraction=0.0, model_spec={"hidden_sizes": hidden}, seed=5, enqueue=False,

@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from benchmarks.harness import BenchContext, Result
+from benchmarks.worlds import consented_snapshot
 
 # Alternating repetitions of each path; the median of five, because on a shared 2-core
 # machine a single run of either path varies by ±0.4 s (medians of three swung 0.82–1.34).
@@ -34,47 +34,6 @@ BROKER = os.environ.get("BENCH_CELERY_BROKER_URL", "redis://127.0.0.1:6379/3")
 QUEUE = "mlops-bench"
 EPOCHS = 20
 DIRECT_QUEUE = "mlops-bench-unconsumed"
-
-
-def _snapshot(n: int, d: int, seed: int):
-    from governance.models import DataSubject, ProcessingActivity, Purpose
-    from provenance.merkle import merkle_root
-    from provenance.models import DataRecord, Dataset, Snapshot, SnapshotMembership
-    from provenance.schema import content_hash
-
-    tag = uuid.uuid4().hex[:10]
-    purpose, _ = Purpose.objects.get_or_create(code="ml.training.bench", defaults={"name": "ML training (bench)"})
-    activity = ProcessingActivity.objects.create(
-        name=f"bench-mlops-{tag}", controller_name="Bench", controller_contact="b@bench.test",
-        dpo_contact="dpo@bench.test", security_measures="-", lawful_basis="consent",
-    )
-    schema = {"features": [{"name": f"x{j}", "type": "float"} for j in range(d)], "label": {"name": "y", "type": "int"}}
-    dataset = Dataset.objects.create(name=f"bench-mlops-{tag}", owner="bench", processing_activity=activity, schema=schema)
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    y = (X @ rng.normal(size=d) > 0).astype(int)
-    DataSubject.objects.bulk_create([DataSubject(pseudonym=f"bench-{tag}-{i}") for i in range(n)], batch_size=5000)
-    subject_ids = list(
-        DataSubject.objects.filter(pseudonym__startswith=f"bench-{tag}-").order_by("id").values_list("id", flat=True)
-    )
-    now = timezone.now()
-    rows = [({f"x{j}": float(X[i, j]) for j in range(d)}, int(y[i])) for i in range(n)]
-    DataRecord.objects.bulk_create(
-        [DataRecord(dataset=dataset, subject_id=s, features=features, label=label,
-                    content_hash=content_hash(features, label), ingested_at=now)
-         for s, (features, label) in zip(subject_ids, rows, strict=True)],
-        batch_size=5000,
-    )
-    records = list(DataRecord.objects.filter(dataset=dataset).order_by("id").values_list("id", "subject_id", "content_hash"))
-    # Real hashes and root: training verifies a snapshot against its records first.
-    snapshot = Snapshot.objects.create(dataset=dataset, purpose=purpose, taken_for=now, lawful_basis="consent",
-                                       included_count=n, included_subjects=n,
-                                       merkle_root=merkle_root((r, h) for r, _, h in records))
-    SnapshotMembership.objects.bulk_create(
-        [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s, _ in records],
-        batch_size=5000,
-    )
-    return snapshot
 
 
 def _start_worker() -> subprocess.Popen:
@@ -117,7 +76,7 @@ def _bench_celery_path(ctx: BenchContext) -> list[Result]:
     app._backend_cache = None
     app._local.__dict__.pop("backend", None)
     settings.CELERY_EMBEDDED = False  # the queue service must not think tasks run in-process
-    snapshot = _snapshot(ctx.n(20000, 2000), 10, seed=11)
+    snapshot = consented_snapshot(ctx.n(20000, 2000), 10, seed=11, tag="bench-mlops")
     # Twenty epochs, about two seconds (ten took 1.3-1.8 s once training got faster): the task
     # path's cost is a fixed overhead per run (publish, pick-up, result), reported in the note
     # in milliseconds as well as a ratio.
@@ -178,7 +137,7 @@ def _bench_ledger(ctx: BenchContext) -> list[Result]:
     from mlops.engine import accounting
     from mlops.models import LedgerState, PrivacyLedgerEntry, RunStatus, TrainingRun
 
-    snapshot = _snapshot(50, 3, seed=12)
+    snapshot = consented_snapshot(50, 3, seed=12, tag="bench-mlops")
     n_runs = ctx.n(1000, 20)
     rng = np.random.default_rng(5)
     # 20 distinct run shapes (Opacus needs ~0.1 s per curve, so 1,000 distinct ones would
