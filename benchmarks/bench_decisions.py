@@ -280,8 +280,8 @@ def _plain_insert(table: str, columns: list[str], rows: list[tuple]) -> float:
     with transaction.atomic(), connection.cursor() as cur:
         for offset in range(0, len(rows), per_statement):
             chunk = rows[offset: offset + per_statement]
-            placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(chunk))
-            cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders}",
+            value_lists = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(chunk))
+            cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {value_lists}",
                         [v for row in chunk for v in row])
     return time.perf_counter() - start
 
