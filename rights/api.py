@@ -31,6 +31,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from governance.api.parsers import request_body_object
 from governance.filtersets import ApiFilterSet, StrictBooleanFilter
 from governance.models import RestrictionGround
 from governance.permissions import DPO_AND_AUDITOR, DPO_ONLY
@@ -168,12 +169,6 @@ class ErasureRequestFilterSet(ApiFilterSet):
         return queryset.filter(overdue) if value else queryset.exclude(overdue)
 
 
-def _body(request) -> dict:
-    if not isinstance(request.data, dict):
-        raise ServiceError("The body must be a JSON object.", field="non_field_errors")
-    return request.data
-
-
 class NotifiedSerializer(serializers.Serializer):
     recipient = serializers.CharField(help_text="One of the request's recipient_notifications.")
     method = serializers.CharField(help_text="How the recipient was told.")
@@ -211,7 +206,7 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         summary="Record a request for erasure (an unknown person is answered: no data held)",
     )
     def create(self, request):
-        data = _body(request)
+        data = request_body_object(request)
         obj = services.erasure_request_receive(
             identifier=data.get("subject"), ground=data.get("ground"), channel=data.get("channel"),
             received_at=data.get("received_at"), regime=data.get("regime"), actor=request.user,
@@ -222,7 +217,7 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     @action(detail=True, methods=["post"])
     def verify(self, request, pk=None):
         obj = self.get_object()
-        method = _body(request).get("method") or ""
+        method = request_body_object(request).get("method") or ""
         return self._respond(services.erasure_request_verify(erasure_request=obj, method=method, actor=request.user))
 
     @extend_schema(responses=ImpactSerializer, summary="What the erasure touches and the remediation per model")
@@ -249,7 +244,7 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     @action(detail=True, methods=["post"])
     def extend(self, request, pk=None):
         obj = self.get_object()
-        data = _body(request)
+        data = request_body_object(request)
         return self._respond(services.erasure_request_extend(
             erasure_request=obj, reasons=data.get("reasons"), subject_informed_at=data.get("subject_informed_at"),
             actor=request.user,
@@ -265,7 +260,7 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
         obj = self.get_object()
-        data = _body(request)
+        data = request_body_object(request)
         return self._respond(services.erasure_request_reject(
             erasure_request=obj, refusal_ground=data.get("refusal_ground"), justification=data.get("justification"),
             actor=request.user,
@@ -275,7 +270,7 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
                    summary="Record that a recipient was told of the erasure (Art. 19)")
     @action(detail=True, methods=["post"])
     def notified(self, request, pk=None):
-        obj, data = self.get_object(), _body(request)
+        obj, data = self.get_object(), request_body_object(request)
         services.erasure_request_recipient_notified(
             erasure_request=obj, recipient=data.get("recipient"), notified_at=data.get("notified_at"),
             method=data.get("method") or "", actor=request.user)
@@ -291,7 +286,7 @@ class ErasureRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     @action(detail=True, methods=["post"], url_path="remediation-overrides")
     def remediation_overrides(self, request, pk=None):
         obj = self.get_object()
-        data = _body(request)
+        data = request_body_object(request)
         override = services.erasure_request_override_remediation(
             erasure_request=obj, model_version_id=data.get("model_version"), action=data.get("action"),
             justification=data.get("justification"), actor=request.user,
@@ -365,7 +360,7 @@ class SubjectAccessView(APIView):
                     "An unknown person is answered: no data held (data_held false). Each answer is audited.",
     )
     def post(self, request):
-        data = _body(request)
+        data = request_body_object(request)
         answer = services.subject_access_answer(identifier=data.get("subject"), format=data.get("format"),
                                                 actor=request.user)
         if (data.get("format") or "json") != "pdf":
@@ -398,7 +393,7 @@ class SubjectPortabilityView(APIView):
                     "answered: no data held (data_held false). Each export and refusal is audited.",
     )
     def post(self, request):
-        data = _body(request)
+        data = request_body_object(request)
         export = services.subject_portability_export(identifier=data.get("subject"), format=data.get("format"),
                                                      actor=request.user)
         if (data.get("format") or "json") != "csv" or not export["data_held"]:
@@ -547,7 +542,7 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         summary="Receive a request of any right (an unknown person is answered: no data held)",
     )
     def create(self, request):
-        data = _body(request)
+        data = request_body_object(request)
         if data.get("type") == "erasure":
             obj = services.erasure_request_receive(
                 identifier=data.get("subject"), ground=data.get("ground"), channel=data.get("channel"),
@@ -570,13 +565,13 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
     def verify(self, request, pk=None):
         obj = self.get_object()
         return self._respond(services.rights_request_verify(
-            rights_request=obj, method=_body(request).get("method") or "", actor=request.user))
+            rights_request=obj, method=request_body_object(request).get("method") or "", actor=request.user))
 
     @extend_schema(request=ExtendSerializer, responses=RightsRequestSerializer,
                    summary="Extend the deadline once by two months (Art. 12(3))")
     @action(detail=True, methods=["post"])
     def extend(self, request, pk=None):
-        obj, data = self.get_object(), _body(request)
+        obj, data = self.get_object(), request_body_object(request)
         return self._respond(services.rights_request_extend(
             rights_request=obj, reasons=data.get("reasons"), subject_informed_at=data.get("subject_informed_at"),
             actor=request.user))
@@ -585,7 +580,7 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
                    summary="Refuse a manifestly unfounded or excessive request (Art. 12(5); carries the notice)")
     @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
-        obj, data = self.get_object(), _body(request)
+        obj, data = self.get_object(), request_body_object(request)
         return self._respond(services.rights_request_reject(
             rights_request=obj, refusal_ground=data.get("refusal_ground"), justification=data.get("justification"),
             actor=request.user))
@@ -603,7 +598,7 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
                    summary="Lift the restriction this request recorded (Art. 18(3))")
     @action(detail=True, methods=["post"])
     def lift(self, request, pk=None):
-        obj, data = self.get_object(), _body(request)
+        obj, data = self.get_object(), request_body_object(request)
         return self._respond(services.rights_request_restriction_lift(
             rights_request=obj, informed_at=data.get("informed_at"), reason=data.get("reason"), actor=request.user))
 
@@ -611,7 +606,7 @@ class RightsRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
                    summary="Record that a recipient was told of the rectification or restriction (Art. 19)")
     @action(detail=True, methods=["post"])
     def notified(self, request, pk=None):
-        obj, data = self.get_object(), _body(request)
+        obj, data = self.get_object(), request_body_object(request)
         services.rights_request_recipient_notified(
             rights_request=obj, recipient=data.get("recipient"), notified_at=data.get("notified_at"),
             method=data.get("method") or "", actor=request.user)

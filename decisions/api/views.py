@@ -24,18 +24,13 @@ from decisions import selectors, services
 from decisions.api import serializers
 from decisions.filtersets import DecisionFilterSet, DecisionInputRetentionFilterSet, DecisionReviewFilterSet
 from decisions.models import DecisionInputRetention
+from governance.api.parsers import request_body_object
 from governance.models import ProcessingActivity
 from governance.permissions import DPO_AND_AUDITOR, DPO_AND_ENGINEER, DPO_ONLY
 from governance.services import ServiceError, moment_for_field
 from mlops.models import ModelVersion
 
 CONFLICT = OpenApiResponse(description="Refused in the current state (a version not active, a review decided).")
-
-
-def _body(request) -> dict:
-    if not isinstance(request.data, dict):
-        raise ServiceError("The body must be a JSON object.", field="non_field_errors")
-    return request.data
 
 
 class PredictView(APIView):
@@ -57,7 +52,7 @@ class PredictView(APIView):
     def post(self, request, pk: int):
         version = get_object_or_404(
             ModelVersion.objects.select_related("training_run__snapshot__dataset"), pk=pk)
-        data = _body(request)
+        data = request_body_object(request)
         answer = services.decisions_make(
             model_version=version, rows=data.get("rows"), subjects=data.get("subjects"),
             explain=data.get("explain"), explain_method=data.get("explain_method"), actor=request.user,
@@ -125,7 +120,7 @@ class DecisionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     )
     @action(detail=True, methods=["post"])
     def contest(self, request, pk=None):
-        data = _body(request)
+        data = request_body_object(request)
         review = services.decision_contest(
             decision=self.get_object(), reason=data.get("reason"), channel=data.get("channel", "api"),
             received_at=data.get("received_at"), actor=request.user,
@@ -177,7 +172,7 @@ class DecisionReviewViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     )
     @action(detail=True, methods=["post"])
     def decide(self, request, pk=None):
-        data = _body(request)
+        data = request_body_object(request)
         review = services.decision_review_decide(
             review=self.get_object(), outcome=data.get("outcome"), reasons=data.get("reasons"),
             new_output=data.get("new_output"), reviewer=request.user,
@@ -204,7 +199,7 @@ class DecisionInputRetentionViewSet(mixins.ListModelMixin, mixins.RetrieveModelM
         summary="Set the input retention of a processing activity (DPO only)",
     )
     def create(self, request):
-        body = serializers.DecisionInputRetentionSetSerializer(data=_body(request))
+        body = serializers.DecisionInputRetentionSetSerializer(data=request_body_object(request))
         body.is_valid(raise_exception=True)
         data = body.validated_data
         activity = ProcessingActivity.objects.filter(pk=data["processing_activity"]).first()

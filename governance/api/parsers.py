@@ -128,3 +128,13 @@ class StorableJSONParser(JSONParser):
                 path, reason = found
                 raise ParseError({path: [f"This value {reason}."]})
         return data
+
+
+def request_body_object(request: Any) -> dict:
+    """The request's parsed body as a dict, or a 400 naming ``non_field_errors`` when it is
+    another JSON value (a list, a number): the views that read fields by name share this."""
+    from governance.services import ServiceError
+
+    if not isinstance(request.data, dict):
+        raise ServiceError("The body must be a JSON object.", field="non_field_errors")
+    return request.data
