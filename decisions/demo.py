@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from decisions import selectors, services
+from decisions.display import output_text
 from decisions.models import Decision
 from governance.demo_context import DemoContext
 
@@ -83,7 +84,7 @@ def run(ctx: DemoContext) -> None:
     if explanation.get("top_contributions"):
         top = ", ".join(f"{c['feature']} {c['direction']} ({c['contribution']:+.3f})"
                         for c in explanation["top_contributions"][:3])
-        ctx.fact("an explanation", f"decision {first['decision']} ({first['output']}): {top}; Integrated Gradients "
+        ctx.fact("an explanation", f"decision {first['decision']} ({output_text(first['output'])}): {top}; Integrated Gradients "
                                    f"convergence delta {explanation['convergence_delta']:.1e}")
         hint = explanation.get("counterfactual")
         ctx.say("counterfactual: " + (f"{hint['feature']} from {hint['from']} to {hint['to']} gives "
