@@ -15,7 +15,9 @@ import numpy as np
 from decisions import selectors, services
 from decisions.display import output_text
 from decisions.models import Decision
+from governance import display
 from governance.demo_context import DemoContext
+from mlops.models import OutputPolicyKind
 
 N_DECISIONS = 20
 
@@ -76,7 +78,7 @@ def run(ctx: DemoContext) -> None:
         outcomes[str(item["output"]["label"])] = outcomes.get(str(item["output"]["label"]), 0) + 1
     ctx.fact("decisions", f"{len(answer['decisions'])} by {version} in {seconds * 1000:.0f} ms with explanations; "
                           f"outcomes {', '.join(f'{k}: {v}' for k, v in sorted(outcomes.items()))}")
-    ctx.fact("output policy", f"{policy['kind']} ({policy['source']})"
+    ctx.fact("output policy", f"{display.label(OutputPolicyKind, policy['kind'])} ({policy['source']})"
                               + (f"; attributions withheld: {policy['withheld_because']}"
                                  if policy["attributions_withheld"] else ""))
     first = answer["decisions"][0]

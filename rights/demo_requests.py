@@ -77,6 +77,9 @@ def run(ctx: DemoContext) -> None:
         justification="The person showed the value was recorded wrongly.",
         corrections=[{"record": record.pk, "values": {feature: corrected}}],
     )
+    stale = ModelVersion.objects.filter(status=ModelStatus.STALE).count()
+    ctx.fact("rectification (Art. 16)", f"request {rectification.pk} {rectification.status}: {feature} of record "
+                                        f"{record.pk} corrected; model versions now stale (trained on the old value): {stale}")
     # Art. 19: the recipients the record of processing names are listed to be told; the DPO
     # records having told them (the ledger sends nothing itself).
     told = []
@@ -85,9 +88,6 @@ def run(ctx: DemoContext) -> None:
                                                    method="e-mail to the team's privacy contact", actor=dpo)
         told.append(notification.recipient)
     ctx.fact("recipients told (Art. 19)", ", ".join(told) or "none named")
-    stale = ModelVersion.objects.filter(status=ModelStatus.STALE).count()
-    ctx.fact("rectification (Art. 16)", f"request {rectification.pk} {rectification.status}: {feature} of record "
-                                        f"{record.pk} corrected; model versions now stale (trained on the old value): {stale}")
 
     restriction = _executed(
         ctx, type_=RightsRequestType.RESTRICTION, identifier=second, restriction_ground="18_1_a",

@@ -29,7 +29,7 @@ def test_the_demo_step_decides_explains_and_reviews_one_contest(tmp_path):
     assert review.status == "decided" and review.outcome == "upheld" and review.reviewer.username == "demo-dpo"
     facts = {label: value for _, label, value in ctx.facts}
     assert facts["decisions"].startswith(f"{demo.N_DECISIONS} by {version}")
-    assert "label_with_band" in facts["output policy"]
+    assert "Top label with a confidence band" in facts["output policy"]
     assert "an explanation" in facts
     (label, path), = ctx.artifacts
     assert path.read_text().count("\n") == demo.N_DECISIONS + 1
