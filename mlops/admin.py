@@ -806,8 +806,23 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
         return HttpResponseRedirect(back)
 
 
+class _AppendOnlyPolicyAdmin(ModelAdmin):
+    """A policy the DPO sets by adding a row (the previous stays readable): the add form
+    saves through the policy's service, nothing is changed or deleted here."""
+
+    @admin.display(description="set", ordering="created_at")
+    def created_shown(self, obj) -> str:
+        return display.moment(obj.created_at)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(AuditPolicy)
-class AuditPolicyAdmin(ModelAdmin):
+class AuditPolicyAdmin(_AppendOnlyPolicyAdmin):
     """Append-only: saving writes a new policy through the service (DPO only, audited)."""
 
     list_display = ["__str__", "ceilings", "set_by", "created_shown"]
@@ -827,16 +842,6 @@ class AuditPolicyAdmin(ModelAdmin):
             parts.append(f"attribute-inference gain ≤ {display.percent(obj.max_attribute_gain)}")
         return "; ".join(parts) or "none (policy lifted)"
 
-    @admin.display(description="set", ordering="created_at")
-    def created_shown(self, obj: AuditPolicy) -> str:
-        return display.moment(obj.created_at)
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
     def save_model(self, request, obj, form, change):
         obj.pk = services.audit_policy_set(
             actor=request.user, dataset=obj.dataset, processing_activity=obj.processing_activity,
@@ -847,23 +852,13 @@ class AuditPolicyAdmin(ModelAdmin):
 
 
 @admin.register(RectificationPolicy)
-class RectificationPolicyAdmin(ModelAdmin):
+class RectificationPolicyAdmin(_AppendOnlyPolicyAdmin):
     """Append-only: saving writes a new policy through the service (DPO only, audited), which
     applies it to the processing activity's stale versions at once."""
 
     list_display = ["__str__", "action", "set_by", "created_shown"]
     list_filter = ["action"]
     fields = ["processing_activity", "action", "justification"]
-
-    @admin.display(description="set", ordering="created_at")
-    def created_shown(self, obj: RectificationPolicy) -> str:
-        return display.moment(obj.created_at)
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def save_model(self, request, obj, form, change):
         obj.pk = services.rectification_policy_set(
@@ -873,7 +868,7 @@ class RectificationPolicyAdmin(ModelAdmin):
 
 
 @admin.register(ModelOutputPolicy)
-class ModelOutputPolicyAdmin(ModelAdmin):
+class ModelOutputPolicyAdmin(_AppendOnlyPolicyAdmin):
     """Append-only: saving writes a new policy through the service (DPO only, audited); the
     latest per model name is in force for all its versions."""
 
@@ -885,16 +880,6 @@ class ModelOutputPolicyAdmin(ModelAdmin):
     @admin.display(description="digits")
     def digits_shown(self, obj: ModelOutputPolicy) -> str:
         return str(obj.digits) if obj.kind == "rounded_probabilities" else display.DASH
-
-    @admin.display(description="set", ordering="created_at")
-    def created_shown(self, obj: ModelOutputPolicy) -> str:
-        return display.moment(obj.created_at)
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def save_model(self, request, obj, form, change):
         obj.pk = services.output_policy_set(

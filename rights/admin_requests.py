@@ -32,6 +32,8 @@ from rights.admin_views import (
     _page,
     _select,
     deadline_state,
+    identifier_forget,
+    request_logged,
     require_dpo,
     service_error_to_form,
 )
@@ -239,17 +241,9 @@ def log_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
             except ServiceError as exc:
                 service_error_to_form(form, exc, fields={"subject": "identifier", "grounds": "justification"})
             else:
-                if created.status == ErasureStatus.COMPLETED:
-                    messages.info(request, f"Request {created.pk} logged: no personal data are held under this "
-                                           "identifier, so it was answered at once.")
-                else:
-                    messages.success(request, f"Request {created.pk} logged; answer due "
-                                              f"{display.moment(created.effective_due_at)}.")
-                model_admin.log_addition(request, created, f"Logged (received by {created.get_channel_display()}).")
-                return HttpResponseRedirect(change_url(created))
+                return request_logged(model_admin, request, created, change_url(created))
         status = 400
-        form.data = form.data.copy()
-        form.data["identifier"] = ""  # never echoed back, not even into a form with errors
+        identifier_forget(form)
     return _page(model_admin, request, "admin/rights/rightsrequest/log_request.html", "Log a data-subject request",
                  status=status, form=form)
 

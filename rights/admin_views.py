@@ -432,6 +432,24 @@ def change_url(erasure_request: ErasureRequest) -> str:
     return reverse("admin:rights_erasurerequest_change", args=[erasure_request.pk])
 
 
+def request_logged(model_admin: Any, request: HttpRequest, created: Any, url: str) -> HttpResponse:
+    """After a request of any right was logged by hand: say what happens next, note it in
+    the admin's recent actions, go to its page."""
+    if created.status == ErasureStatus.COMPLETED:
+        messages.info(request, f"Request {created.pk} logged: no personal data are held under this "
+                               "identifier, so it was answered at once.")
+    else:
+        messages.success(request, f"Request {created.pk} logged; answer due {display.moment(created.effective_due_at)}.")
+    model_admin.log_addition(request, created, f"Logged (received by {created.get_channel_display()}).")
+    return HttpResponseRedirect(url)
+
+
+def identifier_forget(form: forms.Form) -> None:
+    """The identifier is never echoed back, not even into a form with errors."""
+    form.data = form.data.copy()
+    form.data["identifier"] = ""
+
+
 def log_request_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
     require_dpo(request)
     form = LogRequestForm(request.POST or None)
@@ -447,18 +465,9 @@ def log_request_view(model_admin: Any, request: HttpRequest) -> HttpResponse:
             except ServiceError as exc:
                 service_error_to_form(form, exc, fields={"subject": "identifier"})
             else:
-                if created.status == ErasureStatus.COMPLETED:
-                    messages.info(request, f"Request {created.pk} logged: no personal data are held under this "
-                                           "identifier, so it was answered at once.")
-                else:
-                    messages.success(request, f"Request {created.pk} logged; answer due "
-                                              f"{display.moment(created.effective_due_at)}.")
-                model_admin.log_addition(request, created, f"Logged (received by {created.get_channel_display()}).")
-                return HttpResponseRedirect(change_url(created))
+                return request_logged(model_admin, request, created, change_url(created))
         status = 400
-        # The identifier is never echoed back, not even into a form with errors.
-        form.data = form.data.copy()
-        form.data["identifier"] = ""
+        identifier_forget(form)
     return _page(model_admin, request, "admin/rights/erasurerequest/log_request.html", "Log an erasure request",
                  status=status, form=form)
 
