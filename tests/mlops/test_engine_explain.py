@@ -1,11 +1,9 @@
 """mlops.engine.explain without Django (issue 19): Integrated Gradients' completeness
 within Captum's convergence delta, the per-feature grouping of one-hot columns, the
 Shapley methods' feature mask, a counterfactual that really flips the class within the
-schema's bounds, what each output policy lets through, and the speed of one row."""
+schema's bounds, and what each output policy lets through."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -180,19 +178,46 @@ def test_present_output_lets_through_only_what_the_policy_allows():
         explain.present_output(P, classes, kind="rounded_probabilities", digits=7)
 
 
-def test_one_row_with_attributions_takes_well_under_50_ms():
-    ensemble = explain.Ensemble([nn.Sequential(nn.Linear(WIDTH, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                                               nn.Linear(64, 2))])
-    X = _rows(40)
-    explain.explain(ensemble, X[:1], encoding=ENCODING, n_steps=50)  # warm-up
-    timings = []
-    for i in range(40):
-        start = time.perf_counter()
-        explain.explain(ensemble, X[i: i + 1], encoding=ENCODING, n_steps=50)
-        timings.append(time.perf_counter() - start)
-    # The issue's budget is 50 ms on this machine; measured ~3 ms (p50) when it is idle. The
-    # median keeps the test meaningful on a loaded CI runner, where single calls stall.
-    assert np.percentile(timings, 50) < 0.05, f"p50 {np.percentile(timings, 50) * 1000:.1f} ms"
+class _Opaque(nn.Module):
+    """The same function as a Sequential MLP, in a shape the first-layer shortcut does not know."""
+
+    def __init__(self, inner: nn.Sequential):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_the_counterfactual_search_finds_the_same_hints_through_the_first_layer_shortcut():
+    # Speed is measured in `make bench`; here, that the shortcut (W·x plus the changed
+    # columns) finds what a plain forward of every candidate finds, for MLPs and ensembles.
+    for seed in range(4):
+        shards = [_model(seed), _model(seed + 10)]
+        rows = _rows(25, seed=seed)
+        with torch.no_grad():
+            for shard in shards:
+                for p in shard.parameters():
+                    p.mul_(5.0)
+                # Centre each shard's margin on these rows, so about half sit on each side.
+                logits = shard(torch.from_numpy(rows))
+                shard[-1].bias[1] -= float((logits[:, 1] - logits[:, 0]).median())
+        fast = explain.Ensemble(shards)
+        plain = explain.Ensemble([_Opaque(shard) for shard in shards])
+        assert explain._first_linear_layers(fast) is not None and explain._first_linear_layers(plain) is None
+        found = 0
+        for x in rows:
+            a = explain.counterfactual_hint(fast, x, encoding=ENCODING)
+            b = explain.counterfactual_hint(plain, x, encoding=ENCODING)
+            assert (a is None) == (b is None)
+            if a is not None:
+                found += 1
+                assert a["feature"] == b["feature"] and a["new_label_index"] == b["new_label_index"]
+                if isinstance(a["to"], str):  # a category switch
+                    assert a["to"] == b["to"]
+                else:
+                    assert a["to"] == pytest.approx(b["to"], rel=1e-3, abs=1e-3)
+        assert found >= 10
 
 
 def test_the_bulk_path_of_batches_audits_and_summaries_equals_captums_integrated_gradients(monkeypatch):
