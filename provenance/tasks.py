@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db import transaction
 
-from governance.services import audit_event_record
+from governance.services import audit_events_record
 from provenance import services
 from provenance.integrity import snapshots_verify
 from provenance.models import Snapshot
@@ -50,19 +49,21 @@ def verify_snapshots() -> dict:
     """
     results = snapshots_verify()
     failed = [r for r in results if not r.ok]
-    with transaction.atomic():
-        for result in failed:
-            logger.error("snapshot %s fails verification: %s", result.snapshot_id, result.first_difference)
-            audit_event_record(
-                actor="celery-beat", action="snapshot.verification_failed", object_type="snapshot",
-                object_id=result.snapshot_id,
-                details={"first_difference": result.first_difference, "checked_members": result.checked_members},
-            )
-        audit_event_record(
-            actor="celery-beat", action="snapshots.verified", object_type="snapshot", object_id="",
-            details={
-                "snapshots": len(results), "failed": [r.snapshot_id for r in failed],
-                "members": sum(r.checked_members for r in results),
-            },
-        )
+    events = []
+    for result in failed:
+        logger.error("snapshot %s fails verification: %s", result.snapshot_id, result.first_difference)
+        events.append({
+            "actor": "celery-beat", "action": "snapshot.verification_failed", "object_type": "snapshot",
+            "object_id": result.snapshot_id,
+            "details": {"first_difference": result.first_difference, "checked_members": result.checked_members},
+        })
+    events.append({
+        "actor": "celery-beat", "action": "snapshots.verified", "object_type": "snapshot", "object_id": "",
+        "details": {
+            "snapshots": len(results), "failed": [r.snapshot_id for r in failed],
+            "members": sum(r.checked_members for r in results),
+        },
+    })
+    # One batch, one transaction: the failures and the summary are appended together or not at all.
+    audit_events_record(events=events)
     return {"snapshots": len(results), "failed": [r.snapshot_id for r in failed]}

@@ -3,7 +3,8 @@
 - ``errors``: ``ServiceError`` and ``ServiceConflict``, ``moment_for_field`` (a client's
   date-time or a 400 naming the field), ``SYSTEM_ACTOR`` and the actor naming the audit uses;
 - ``audit``: the tamper-evident audit chain: ``audit_event_record`` (every app's services
-  append through it) and ``audit_chain_verification_record``;
+  append through it), ``audit_events_record`` (many events in one statement) and
+  ``audit_chain_verification_record``;
 - ``access``: role groups, granting a user a role, and API keys (create, revoke, mark used);
 - ``subjects``: ``DataSubject`` rows from pseudonyms in bulk, and the Art. 17 erasure of a
   person's consent history and subject row;
@@ -33,7 +34,7 @@ from governance.services.activities import (
     processing_activity_update,
     processing_activity_validate,
 )
-from governance.services.audit import audit_chain_verification_record, audit_event_record
+from governance.services.audit import audit_chain_verification_record, audit_event_record, audit_events_record
 from governance.services.consent import (
     CONSENT_CLOCK_TOLERANCE,
     CONSENT_EVENT_KEYS,
@@ -70,6 +71,7 @@ __all__ = [
     # audit
     "audit_chain_verification_record",
     "audit_event_record",
+    "audit_events_record",
     # access
     "api_key_create",
     "api_key_mark_used",
