@@ -122,6 +122,8 @@ INSTALLED_APPS = [
     "rights",
     "assessments",
     "decisions",
+    # Notifies subscribers of model status changes (top layer: nothing imports it).
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -633,7 +635,7 @@ MLOPS_LIRA_REFERENCES = env_int("MLOPS_LIRA_REFERENCES", 8)
 MLOPS_CANARY_COUNT = env_int("MLOPS_CANARY_COUNT", 1000)
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {"ModelStatusEnum": "mlops.models.ModelStatus", "AuditJobStatusEnum": "mlops.models.AuditJobStatus",
-     "RectificationActionEnum": "mlops.models.RectificationAction"}
+     "RectificationActionEnum": "mlops.models.RectificationAction", "RunStatusEnum": "mlops.models.RunStatus"}
 )
 # Redis redelivers a task whose worker died only after the visibility timeout; lowering
 # it (e.g. in the killed-worker test) makes redelivery quick, but it must stay above the
@@ -649,6 +651,10 @@ if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
 # A run whose worker died this many times (its lease lapsed, e.g. killed for memory each
 # time) is failed instead of being taken over again.
 MLOPS_MAX_ATTEMPTS = env_int("MLOPS_MAX_ATTEMPTS", 5)
+# An external run (trained outside the ledger) not reported this many hours after it reserved
+# its budget is failed by the same sweep and its reservation released, so an abandoned run
+# does not hold the dataset's budget for ever.
+EXTERNAL_RUN_REPORT_HOURS = env_int("EXTERNAL_RUN_REPORT_HOURS", 72)
 MLOPS_TRAINING_TIME_LIMIT = env_int(
     "MLOPS_TRAINING_TIME_LIMIT", CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] + 900
 )
@@ -714,4 +720,30 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
         "ErasureRefusalGroundEnum": "rights.models.RefusalGround",
         "RightsRefusalGroundEnum": "rights.models.RightsRefusalGround",
     }
+)
+
+# --- webhooks (model status notifications, docs/webhooks.md) ---
+# Subscription secrets are stored Fernet-encrypted under a key derived (HKDF) from this
+# value, or from SECRET_KEY when it is empty. Changing it makes stored secrets unreadable
+# (their deliveries fail): subscribers register again.
+WEBHOOK_SECRET_KEY = os.environ.get("WEBHOOK_SECRET_KEY", "")
+# Plain http is refused when DEBUG is off unless this is set; addresses that are loopback,
+# private, link-local or multicast are refused unless WEBHOOK_ALLOW_PRIVATE (tests, an
+# internal receiver you trust). Checked at registration and at every delivery.
+WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", False)
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8)
+# The n-th retry waits BASE × 2^(n-1) seconds, at most MAX: 30 s, 1 min, 2 min, ... 1 h.
+WEBHOOK_RETRY_BASE_SECONDS = env_int("WEBHOOK_RETRY_BASE_SECONDS", 30)
+WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)
+WEBHOOK_MAX_ACTIVE_PER_USER = env_int("WEBHOOK_MAX_ACTIVE_PER_USER", 100)
+WEBHOOK_SWEEP_SECONDS = env_int("WEBHOOK_SWEEP_SECONDS", 60)
+WEBHOOK_SWEEP_BATCH = env_int("WEBHOOK_SWEEP_BATCH", 1000)
+CELERY_BEAT_SCHEDULE["webhooks-deliveries-sweep"] = {
+    "task": "webhooks.deliveries_sweep",
+    "schedule": timedelta(seconds=WEBHOOK_SWEEP_SECONDS),
+}
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {"WebhookDeliveryStatusEnum": "webhooks.models.DeliveryStatus"}
 )

@@ -13,6 +13,7 @@ api_v1 = [
     path("", include("mlops.api.urls")),
     path("", include("rights.api_urls")),
     path("", include("assessments.api_urls")),
+    path("", include("webhooks.api.urls")),
 ]
 
 urlpatterns = [

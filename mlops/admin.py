@@ -31,7 +31,7 @@ from governance.admin_panels import (
 )
 from governance.models import ReportJob, ReportKind
 from governance.reports import jobs as report_jobs
-from governance.roles import sees_erasure_detail
+from governance.roles import DPO, has_role, sees_erasure_detail
 from governance.services import ServiceError
 from mlops import selectors, services
 from mlops.models import (
@@ -242,10 +242,13 @@ def _progress_bar(obj: TrainingRun) -> str:
 @admin.register(TrainingRun)
 class TrainingRunAdmin(PanelsAdminMixin, ReadOnlyAdmin):
     list_display = ["id", "name", "status", "progress_bar", "target", "epsilon_display", "attempts", "created_shown"]
-    list_filter = ["status", "task", "allow_non_private", "accountant"]
+    list_filter = ["status", "executor", "task", "allow_non_private", "accountant"]
     search_fields = ["name"]
+    # The run token's hash is never shown: it is of no use to a reader and one less thing to leak.
     fields = ["name", "snapshot_link", "status", "error", "progress_bar", "target", "guarantee", "noise",
-              "split", "configuration", "timeline", "requested_by"]
+              "split", "configuration", "timeline", "requested_by", "executor", "description",
+              "reservation_expires_at", "reported_at", "mlflow_run_id", "overspend_epsilon_limit", "overspend_reason",
+              "overspend_approved_by", "overspend_approved_at"]
     readonly_fields = fields
     inlines = [SisaCheckpointInline]
     actions = ["cancel_runs"]
@@ -677,9 +680,10 @@ def logic_summary_panel(version: ModelVersion) -> Panel:
 class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
     list_display = ["__str__", "status", "epsilon_display", "delta_display", "mia_auc", "privacy_bug",
                     "is_sisa_ensemble", "created_shown"]
-    list_filter = ["status", "non_private", "is_sisa_ensemble", "canary_audit__flagged"]
+    list_filter = ["status", "external", "non_private", "is_sisa_ensemble", "canary_audit__flagged"]
     search_fields = ["name"]
-    fields = ["training_run_link", "supersedes_link", "artifact", "created_shown"]
+    fields = ["training_run_link", "supersedes_link", "artifact", "created_shown", "status_changed_at", "external",
+              "description"]
     readonly_fields = fields
     inlines = [PrivacyAuditJobInline, MembershipInferenceAuditInline, CanaryAuditInline,
                AttributeInferenceAuditInline, UnlearningCheckInline]
@@ -759,7 +763,15 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
             ("Status", self.status_shown(obj)),
             ("Why", reason or "No reason recorded (registered in this state)."),
             ("Privacy guarantee", self.guarantee(obj)),
+            ("Trained", "outside the ledger (an external run: the ledger holds its SHA-256"
+                        f"{'' if not obj.artifact_path else ' and the uploaded weights'})" if obj.external
+             else "by the ledger's engine"),
         ])
+        from mlops.services.registry import LIVE_STATUSES
+
+        if obj.status in LIVE_STATUSES and has_role(request.user, DPO):
+            status = format_html('{}<p class="mt-2"><a class="text-primary-600" href="{}">Retire this version…</a></p>',
+                                 status, _url("mlops_modelversion_retire", obj.pk))
         panels = [
             Panel(f"{obj}: status and guarantee", status),
             Panel("Lineage", chain(steps), caption="Parent datasets → dataset → snapshot → training run → this version."),
@@ -784,8 +796,42 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
         return [
             path("<path:object_id>/lineage-report/", self.admin_site.admin_view(self.lineage_report_view),
                  name="mlops_modelversion_lineage_report"),
+            path("<path:object_id>/retire/", self.admin_site.admin_view(self.retire_view),
+                 name="mlops_modelversion_retire"),
             *super().get_urls(),
         ]
+
+    def retire_view(self, request, object_id):
+        """A DPO retires a live version, saying why (``model_version_retire_by``, audited)."""
+        from django import forms
+        from django.template.response import TemplateResponse
+
+        from mlops.services.registry import model_version_retire_by
+
+        version = self.get_object(request, unquote(object_id))
+        if version is None:
+            raise Http404("No model version with this id.")
+        if not has_role(request.user, DPO):
+            raise PermissionDenied
+        back = _url("mlops_modelversion_change", version.pk)
+
+        class RetireForm(forms.Form):
+            reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3}),
+                                     help_text="Kept in the audit trail and shown as the version's status reason.")
+
+        form = RetireForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                model_version_retire_by(model_version=version, reason=form.cleaned_data["reason"], actor=request.user)
+            except ServiceError as exc:
+                form.add_error("reason" if getattr(exc, "field", "") == "reason" else None, str(exc))
+            else:
+                self.message_user(request, f"{version} is retired.", messages.SUCCESS)
+                return HttpResponseRedirect(back)
+        context = {**self.admin_site.each_context(request), "title": f"Retire {version}", "version": version,
+                   "form": form, "back_url": back}
+        return TemplateResponse(request, "admin/mlops/modelversion/retire.html", context,
+                                status=400 if request.method == "POST" else 200)
 
     def lineage_report_view(self, request, object_id):
         version = self.get_object(request, unquote(object_id))

@@ -14,13 +14,19 @@ class TrainingRunFilterSet(ApiFilterSet):
 
     class Meta:
         model = TrainingRun
-        fields = ["status", "name", "task", "allow_non_private"]
+        fields = ["status", "name", "task", "allow_non_private", "executor"]
 
 
 class ModelVersionFilterSet(ApiFilterSet):
     dataset = IdFilter(field_name="training_run__snapshot__dataset_id")
     training_run = IdFilter(field_name="training_run")
     privacy_bug = StrictBooleanFilter(field_name="canary_audit__flagged", help_text="Versions whose canary audit flagged a privacy bug.")
+    changed_since = UTCIsoDateTimeFilter(
+        field_name="status_changed_at", lookup_expr="gte",
+        help_text="Versions whose status changed at or after this moment (ISO 8601 with a time zone): what a "
+        "serving system polls to stop serving tainted or retired models.",
+    )
+    external = StrictBooleanFilter(field_name="external", help_text="Versions trained outside the ledger.")
 
     class Meta:
         model = ModelVersion

@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from governance.models import DataSubject
 from provenance.models import Dataset, Snapshot
@@ -39,6 +40,13 @@ class RunStatus(models.TextChoices):
 
 
 FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class Executor(models.TextChoices):
+    INTERNAL = "internal", "Trained by the ledger's engine"
+    # Trained elsewhere (the team's own GPUs, any Opacus model) on an exported snapshot: the
+    # ledger reserves the budget, then settles it from the accountant history reported back.
+    EXTERNAL = "external", "Trained outside the ledger and reported back"
 
 
 class TrainingRun(models.Model):
@@ -86,6 +94,22 @@ class TrainingRun(models.Model):
     remediates = models.ForeignKey(
         "ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="remediation_runs"
     )
+
+    executor = models.CharField(max_length=10, choices=Executor.choices, default=Executor.INTERNAL, db_index=True)
+    # External runs: the SHA-256 of the run token answered once at creation (the token itself
+    # is never stored), the moment the unreported reservation is released, and the report.
+    run_token_hash = models.CharField(max_length=64, blank=True)
+    reservation_expires_at = models.DateTimeField(null=True, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    description = models.TextField(blank=True, help_text="Free text about the model (external runs).")
+    mlflow_run_id = models.CharField(max_length=100, blank=True)
+    # A DPO's approval for an external run to report more ε than it reserved (at the run's δ).
+    overspend_epsilon_limit = models.FloatField(null=True, blank=True)
+    overspend_reason = models.TextField(blank=True)
+    overspend_approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    overspend_approved_at = models.DateTimeField(null=True, blank=True)
 
     status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
     # {"epoch": e, "epochs": E, "step": s, "epsilon": ε so far, "shard": k}
@@ -171,6 +195,13 @@ class ModelVersion(models.Model):
     is_sisa_ensemble = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=ModelStatus.choices, default=ModelStatus.ACTIVE, db_index=True)
     status_reason = models.TextField(blank=True)
+    # When ``status`` last changed (serving systems poll ?changed_since=); set with it by
+    # mlops.services.status.model_versions_status_set.
+    status_changed_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Trained outside the ledger (an external run): the ledger holds no weights and cannot
+    # retrain or unlearn it; its owner is told when it is tainted.
+    external = models.BooleanField(default=False)
+    description = models.TextField(blank=True)
     supersedes = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
     )

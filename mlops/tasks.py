@@ -15,6 +15,7 @@ from celery import shared_task
 
 from governance.leases import LeaseHeld, task_wait_for_lease
 from mlops import services
+from mlops.services.external import external_runs_expire
 
 logger = logging.getLogger(__name__)
 PROGRESS_STATE_INTERVAL = 0.5  # seconds
@@ -100,7 +101,9 @@ def model_explanation_summary(model_version_id: int) -> dict:
 
 @shared_task(bind=True, name="mlops.fail_stuck_training_runs")
 def fail_stuck_training_runs(self) -> dict:
-    return {"failed": services.training_run_fail_stuck()}
+    # The same sweep releases external runs' reservations left unreported past
+    # EXTERNAL_RUN_REPORT_HOURS (their trainer gave up or was lost).
+    return {"failed": services.training_run_fail_stuck(), "external_expired": external_runs_expire()}
 
 
 @shared_task(name="mlops.training_run_openlineage_emit")

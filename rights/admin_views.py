@@ -227,7 +227,11 @@ def _step_outcome(name: str, d: dict) -> str:
         return f"{len(d.get('newly_tainted', []))} model version(s) newly marked tainted"
     if name.startswith("remediate_lineage_"):
         text = OUTCOME_WORDS.get(d.get("outcome", ""), str(d.get("outcome", "")).replace("_", " "))
-        if d.get("model_version"):
+        if d.get("outcome") == "awaiting_owner":
+            since = str(d.get("waiting_since") or "")[:16].replace("T", " ")
+            text += (f"; v{d.get('version')} is tainted and not served meanwhile; owner: {d.get('owner') or '—'}; "
+                     f"waiting since {since} UTC")
+        elif d.get("model_version"):
             text += f"; version v{d.get('version')} stands now"
         check = d.get("unlearning_check") or {}
         if check.get("status") in ("passed", "failed"):
@@ -265,7 +269,7 @@ def step_timeline(erasure_request: ErasureRequest) -> list[dict[str, Any]]:
         lines.append({
             "label": _step_label(s.name, details),
             "status": s.get_status_display(),
-            "variant": {"done": "success", "failed": "danger"}.get(s.status, "warning"),
+            "variant": {"done": "success", "failed": "danger", "waiting": "info"}.get(s.status, "warning"),
             "started": display.moment(s.started_at),
             "finished": display.moment(s.finished_at) if s.finished_at else "",
             "outcome": s.error if s.status == ErasureStepStatus.FAILED else _step_outcome(s.name, details),
@@ -282,12 +286,14 @@ def step_timeline(erasure_request: ErasureRequest) -> list[dict[str, Any]]:
 
 def progress_context(erasure_request: ErasureRequest) -> dict[str, Any]:
     failed = ErasureStep.objects.filter(request=erasure_request, status=ErasureStepStatus.FAILED).exists()
-    running = erasure_request.status == ErasureStatus.IN_PROGRESS and not failed
+    waiting = ErasureStep.objects.filter(request=erasure_request, status=ErasureStepStatus.WAITING).exists()
+    running = erasure_request.status == ErasureStatus.IN_PROGRESS and not failed and not waiting
     return {
         "original": erasure_request,
         "timeline": step_timeline(erasure_request),
         "running": running,
         "failed": failed,
+        "waiting": waiting and not failed,
         "progress_url": reverse("admin:rights_erasurerequest_progress", args=[erasure_request.pk]),
         "document_url": (reverse("admin:rights_erasurerequest_certificate", args=[erasure_request.pk])
                          if erasure_request.certificate_path else None),

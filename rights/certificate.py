@@ -36,7 +36,29 @@ OUTCOME_WORDS = {
     "kept_on_dp": "kept on its differential-privacy guarantee (accepted risk)",
     "kept_on_dp_pending_other_erasures": "kept on its DP guarantee for this request; other erasures remediate it",
     "no_live_version": "no live version; files of old versions deleted",
+    # Lineages trained outside the ledger (issue 20): only their owner can retrain them.
+    "awaiting_owner": "trained outside the ledger: waiting for its owner to report a version retrained without "
+                      "the person, or to retire it",
+    "retrained_by_owner": "trained outside the ledger; its owner reported a version retrained on the amended "
+                          "snapshot",
+    "retired_while_waiting": "trained outside the ledger; retired instead of retrained; artifact deleted",
 }
+
+
+def _waited_text(name: str, outcome: str, waited: dict, done: dict) -> str:
+    """What happened to a lineage trained outside the ledger, from its step's record."""
+    owner = waited.get("owner") or "its owner"
+    since = str(waited.get("waiting_since") or "")[:16].replace("T", " ")
+    if outcome == "retrained_by_owner":
+        end = f"until {owner} reported v{done.get('version')}, trained on the snapshot without the person"
+    else:
+        end = "until it was retired"
+    return (
+        f"{name} v{waited.get('version')} was trained outside the ledger, so the ledger could not retrain it. It "
+        f"was marked tainted, which its owner ({owner}) is told by the model's status (GET /api/v1/models/"
+        f"{waited.get('model_version')}/status/) and by the webhooks registered for it, and was not to be served. "
+        f"This erasure waited from {since} UTC {end}."
+    )
 
 
 def _epsilon_text(epsilon) -> str:
@@ -159,6 +181,14 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
             name, OUTCOME_WORDS.get(outcome, outcome), standing,
             _epsilon_text(done.get("epsilon")) if done.get("model_version") else "—",
         ])
+    flows.append(t.data_table(
+        ["Model", "What was done", "Version that stands now", "ε of that version"],
+        model_rows, empty="No model was trained on the person's data.",
+    ))
+    for name, done in sorted(latest.items()):
+        waited = done.get("waited_for_owner")
+        if waited:
+            flows.append(t.paragraph(_waited_text(name, done["outcome"], waited, done)))
     flows.append(t.heading("Models: unlearning check"))
     flows.append(t.paragraph(
         "Each version trained or unlearned for this erasure was asked how well it fits the person's records, ranked "
@@ -189,10 +219,6 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
         if model.get("override"):
             exemptions.append((f"{model['name']} v{model['version']}: {model['override']['action']}",
                                model["override"]["justification"]))
-    flows.append(t.data_table(
-        ["Model", "What was done", "Version that stands now", "ε of that version"],
-        model_rows, empty="No model was trained on the person's data.",
-    ))
     flows.append(t.data_table(
         ["Model version trained on the person", "Status then", "Artifact SHA-256"],
         [[f"{m['name']} v{m['version']} (#{m['id']})", m["status"],

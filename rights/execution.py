@@ -258,10 +258,45 @@ def _unlearning_check(request_id: int, result: dict, erased: list[dict]) -> dict
     }}
 
 
+class ErasureWaiting(Exception):
+    """Raised out of the lineage steps when a lineage trained outside the ledger waits for
+    its owner: the request stays in progress, nothing later runs (no certificate), and the
+    execution resumes when the owner reports a retrained version or the lineage is retired."""
+
+    def __init__(self, lineages: list[dict]):
+        super().__init__(", ".join(item["name"] for item in lineages))
+        self.lineages = lineages
+
+
+# How a lineage that waited for its owner ended, for the step and the certificate.
+AFTER_WAITING = {"clean": "retrained_by_owner", "no_live_version": "retired_while_waiting"}
+
+
+def _lineage_waiting(request_id: int, step_name: str, result: dict) -> dict:
+    """Record (once) that ``result``'s lineage waits for its owner; the step stays open."""
+    with transaction.atomic():
+        request = ErasureRequest.objects.select_for_update().get(pk=request_id)
+        step = ErasureStep.objects.select_for_update().get(request=request, name=step_name)
+        if step.status == ErasureStepStatus.WAITING:
+            return step.details
+        details = {
+            **{k: v for k, v in result.items() if k in ("name", "action", "outcome", "model_version", "version",
+                                                         "owner", "executor")},
+            "waiting_since": timezone.now().isoformat(),
+        }
+        position = _audit(request, "erasure.lineage_awaiting_owner", details)
+        step.status = ErasureStepStatus.WAITING
+        step.details = {**details, "audit_positions": [position]}
+        step.error = ""
+        step.save(update_fields=["status", "details", "error"])
+        return step.details
+
+
 def _remediate_lineage(request_id: int, step_name: str, name: str, action: str, erased: list[dict]) -> dict:
     """One lineage, outside any transaction (mlops holds the lineage while it trains), then
     recorded in a step of its own. A worker killed in between finds, on retry, the lineage
-    clean and records the version that stands for it."""
+    clean and records the version that stands for it. A lineage trained outside the ledger
+    that must be retrained leaves its step waiting for the owner (``ErasureWaiting``)."""
     from mlops.services import model_lineage_remediate
 
     step, _ = ErasureStep.objects.get_or_create(
@@ -269,6 +304,7 @@ def _remediate_lineage(request_id: int, step_name: str, name: str, action: str, 
     )
     if step.status == ErasureStepStatus.DONE:
         return step.details
+    waited = step.details if step.status == ErasureStepStatus.WAITING else None
     try:
         result = model_lineage_remediate(
             name=name, action=action or RemediationAction.SISA_UNLEARN, erasure_request_id=request_id,
@@ -277,13 +313,19 @@ def _remediate_lineage(request_id: int, step_name: str, name: str, action: str, 
     except Exception as exc:
         _record_failure(request_id, step_name, _error_text(exc))
         raise
+    if result.get("outcome") == "awaiting_owner":
+        return _lineage_waiting(request_id, step_name, result)
+    if waited is not None:
+        result = {**result, "outcome": AFTER_WAITING.get(result["outcome"], result["outcome"]),
+                  "waited_for_owner": {k: waited.get(k) for k in ("model_version", "version", "owner",
+                                                                  "waiting_since")}}
     check = _unlearning_check(request_id, result, erased)
 
     def work(request: ErasureRequest) -> dict:
         position = _audit(request, f"erasure.lineage_{result['outcome']}", {
             **{k: v for k, v in result.items() if k in (
                 "name", "action", "outcome", "model_version", "version", "replaced_model_version", "new_training_run",
-                "epsilon", "retrained_shards")},
+                "epsilon", "retrained_shards", "waited_for_owner")},
             **{k: {f: v for f, v in c.items() if f != "text"} for k, c in check.items()},
         })
         return {**result, **check, "planned_action": action, "audit_positions": [position]}
@@ -294,7 +336,8 @@ def _remediate_lineage(request_id: int, step_name: str, name: str, action: str, 
 def _remediate_all(request_id: int, plan: dict, amended: dict, tainted: dict, erased: list[dict]) -> list[dict]:
     """Every lineage holding the person: the plan's and those tainted; then, in further
     rounds, any whose live version still reads as trained before the amendments (a run
-    that finished meanwhile on data read earlier), until none is left."""
+    that finished meanwhile on data read earlier), until none is left. Lineages waiting
+    for their owner end the execution here (``ErasureWaiting``) once the others are done."""
     from mlops.selectors import live_versions_trained_before
 
     actions = _lineage_actions(plan)
@@ -307,6 +350,9 @@ def _remediate_all(request_id: int, plan: dict, amended: dict, tainted: dict, er
         for name in todo:
             step_name = f"{REMEDIATE_PREFIX}{name}" if round_ == 0 else f"{REMEDIATE_PREFIX}{round_}:{name}"
             results[name] = _remediate_lineage(request_id, step_name[:100], name, actions.get(name, ""), erased)
+        waiting = [r for r in results.values() if r.get("outcome") == "awaiting_owner"]
+        if waiting:
+            raise ErasureWaiting(waiting)
         kept = {n for n, r in results.items() if str(r.get("outcome", "")).startswith("kept_on_dp")}
         todo = sorted({v["name"] for v in live_versions_trained_before(amendments=_amendment_keys(amended))} - kept)
         if not todo:
@@ -459,6 +505,10 @@ def erasure_request_execute(*, request_id: int) -> dict:
     try:
         with lease_heartbeat(ErasureRequest.objects.filter(pk=request_id, status=ErasureStatus.IN_PROGRESS)):
             return _execute_steps(request_id)
+    except ErasureWaiting as waiting:
+        return {"request": request_id, "status": ErasureStatus.IN_PROGRESS,
+                "waiting_for_owner": [{k: item.get(k) for k in ("name", "model_version", "version", "owner")}
+                                      for item in waiting.lineages]}
     finally:
         # Released on every way out but death, so a retry after a failure starts at once;
         # a worker that dies leaves it to lapse, and the redispatch sweeper takes over.

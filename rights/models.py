@@ -271,6 +271,9 @@ class ErasureStepStatus(models.TextChoices):
     RUNNING = "running", "Running"
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
+    # A lineage trained outside the ledger (issue 20): only its owner can retrain it, so the
+    # erasure waits for the owner's retrained version or a retirement, then resumes.
+    WAITING = "waiting", "Waiting for the model's owner"
 
 
 class ErasureStep(models.Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.dispatch import receiver
 
 from governance.signals import consent_withdrawn, processing_objected
+from mlops.signals import model_version_registered, model_version_status_changed
 
 
 @receiver(consent_withdrawn, dispatch_uid="rights_open_erasure_on_withdrawal")
@@ -29,3 +30,27 @@ def open_erasure_request_on_objection(
     from rights.services import erasure_request_open_for_objection
 
     return erasure_request_open_for_objection(objection_id=objection_id, actor=actor)
+
+
+def _resume_waiting_erasures(names: set[str]) -> None:
+    from rights.services.dispatch import erasure_requests_resume_for_lineage
+
+    for name in sorted(names):
+        erasure_requests_resume_for_lineage(name=name)
+
+
+@receiver(model_version_registered, dispatch_uid="rights_resume_erasures_on_registration")
+def resume_erasures_on_registration(sender, *, name: str, **kwargs) -> None:
+    """Art. 17 for models trained outside the ledger: an erasure waiting for a lineage's
+    owner resumes when the owner reports a version (it finds whether that version is clean)."""
+    _resume_waiting_erasures({name})
+
+
+@receiver(model_version_status_changed, dispatch_uid="rights_resume_erasures_on_status_change")
+def resume_erasures_on_status_change(sender, *, model_version_ids: list[int], status: str, **kwargs) -> None:
+    """... and when a version it waits on is retired (by its owner or the DPO) or superseded."""
+    from mlops.models import ModelStatus, ModelVersion
+
+    if status not in (ModelStatus.RETIRED, ModelStatus.SUPERSEDED):
+        return
+    _resume_waiting_erasures(set(ModelVersion.objects.filter(pk__in=model_version_ids).values_list("name", flat=True)))

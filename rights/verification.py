@@ -115,7 +115,12 @@ def erasure_claims_verify(*, request: ErasureRequest, plan: dict) -> list[dict[s
         if version is None:
             checks.append(_check(f"{label} exists", False, "no such model version"))
             continue
-        if version.status in LIVE_MODEL_STATUSES and details.get("outcome") != "retired":
+        if version.external and not version.artifact_path:
+            # Trained outside the ledger and reported without its file: the ledger holds only
+            # the SHA-256 its owner reported, so that is what can be checked.
+            checks.append(_check(f"{label}: trained outside the ledger, reported SHA-256 on record",
+                                 len(version.artifact_sha256 or "") == 64, "no SHA-256 reported"))
+        elif version.status in LIVE_MODEL_STATUSES and details.get("outcome") != "retired":
             try:
                 intact = artifacts.sha256_of(artifacts.absolute(version.artifact_path)) == version.artifact_sha256
             except (OSError, ValueError):

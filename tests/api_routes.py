@@ -135,4 +135,18 @@ ROLE_POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/decision-input-retentions/"): _DPO_AND_AUDITOR,
     ("POST", "/api/v1/decision-input-retentions/"): _DPO,
     ("GET", "/api/v1/decision-input-retentions/999999999/"): _DPO_AND_AUDITOR,
+    # Training outside the ledger (issue 20): whoever may train reports; only the DPO approves
+    # spending more ε than reserved; every role reads whether a version may be served; a DPO or
+    # the engineer who owns a version retires it (the owner check is the service's, per object).
+    ("POST", "/api/v1/training-runs/999999999/report/"): frozenset({"dpo", "ml_engineer"}),
+    ("POST", "/api/v1/training-runs/999999999/fail/"): frozenset({"dpo", "ml_engineer"}),
+    ("POST", "/api/v1/training-runs/999999999/approve-overspend/"): _DPO,
+    ("GET", "/api/v1/models/999999999/status/"): frozenset({"dpo", "ml_engineer", "auditor"}),
+    ("POST", "/api/v1/models/999999999/retire/"): frozenset({"dpo", "ml_engineer"}),
+    # Webhooks (issue 20): whoever trains or serves models (DPO, ML engineer) is told of status changes.
+    ("GET", "/api/v1/webhooks/"): frozenset({"dpo", "ml_engineer"}),
+    ("POST", "/api/v1/webhooks/"): frozenset({"dpo", "ml_engineer"}),
+    ("GET", "/api/v1/webhooks/999999999/"): frozenset({"dpo", "ml_engineer"}),
+    ("POST", "/api/v1/webhooks/999999999/deactivate/"): frozenset({"dpo", "ml_engineer"}),
+    ("GET", "/api/v1/webhooks/999999999/deliveries/"): frozenset({"dpo", "ml_engineer"}),
 }

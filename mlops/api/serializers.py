@@ -18,8 +18,10 @@ from mlops.models import (
     AttributeInferenceAudit,
     AuditPolicy,
     CanaryAudit,
+    Executor,
     MembershipInferenceAudit,
     ModelOutputPolicy,
+    ModelStatus,
     ModelVersion,
     Optimizer,
     OutputPolicyKind,
@@ -111,8 +113,31 @@ class TrainingRunRequestSerializer(serializers.Serializer):
         "null in epoch_metrics, progress and the model's metrics), since those are outside ε; validation figures only.",
     )
     sisa = SisaSerializer(required=False, allow_null=True)
+    executor = serializers.ChoiceField(
+        choices=Executor.choices, default=Executor.INTERNAL,
+        help_text="external: you train (Opacus, anywhere) on the exported snapshot and report the accountant "
+        "history; the answer (201) carries the run token, shown once.",
+    )
+    description = serializers.CharField(
+        required=False, allow_blank=True, max_length=2000, help_text="External runs: free text about the model."
+    )
+    remediates = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=DB_BIGINT_MAX,
+        help_text="External runs: the id of the external model version this run retrains (e.g. after an erasure).",
+    )
 
     def validate(self, attrs):
+        initial = self.initial_data if isinstance(self.initial_data, dict) else {}
+        if attrs.get("executor") == Executor.EXTERNAL:
+            # What the ledger's own engine needs has no meaning for a model trained elsewhere:
+            # refused rather than silently ignored, so a client learns it was not applied.
+            for field in EXTERNAL_REFUSED_FIELDS:
+                if field in initial:
+                    raise serializers.ValidationError({field: ["Not taken by an external run (executor: external)."]})
+        else:
+            for field in ("description", "remediates"):
+                if field in initial:
+                    raise serializers.ValidationError({field: ["Only for an external run (executor: external)."]})
         if attrs.get("snapshot") is None and attrs.get("dataset") is None:
             raise serializers.ValidationError({"snapshot": ["Give a snapshot, or a dataset and a purpose."]})
         if attrs.get("snapshot") is not None and attrs.get("dataset") is not None:
@@ -122,6 +147,13 @@ class TrainingRunRequestSerializer(serializers.Serializer):
                 {"target_epsilon": ["Give target_epsilon or noise_multiplier (or allow_non_private: true)."]}
             )
         return attrs
+
+
+# Fields of the internal engine (model, optimiser, splits, SISA) an external run refuses.
+EXTERNAL_REFUSED_FIELDS = (
+    "task", "model_spec", "optimizer", "learning_rate", "seed", "validation_split", "holdout_fraction",
+    "release_training_metrics", "sisa",
+)
 
 
 def _sees_erasure_detail(context: dict) -> bool:
@@ -163,7 +195,8 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "status", "progress", "epoch_metrics", "error", "celery_task_id", "attempts", "requested_by",
             "created_at", "started_at", "finished_at", "n_train", "n_validation", "n_holdout", "n_classes",
             "planned_epsilon", "noise_multiplier", "sample_rate", "steps", "accountant_history", "epsilon",
-            "delta", "model_versions",
+            "delta", "model_versions", "executor", "description", "reservation_expires_at", "reported_at",
+            "mlflow_run_id", "overspend_epsilon_limit",
         ]
         read_only_fields = fields
 
@@ -172,6 +205,88 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         if data.get("error") == ERASURE_CANCELLED and not _sees_erasure_detail(self.context):
             data["error"] = "cancelled: its training data changed while it trained"
         return data
+
+
+class ExternalRunCreatedSerializer(TrainingRunSerializer):
+    """The answer to starting an external run: the run, its plan, and its token (shown only here)."""
+
+    run_token = serializers.SerializerMethodField(
+        help_text="Shown once, here only (stored hashed): send it with the report or the failure."
+    )
+    export_url = serializers.SerializerMethodField(help_text="Where the snapshot's records are exported from.")
+
+    class Meta(TrainingRunSerializer.Meta):
+        fields = [*TrainingRunSerializer.Meta.fields, "run_token", "export_url"]
+        read_only_fields = fields
+
+    def get_run_token(self, obj: TrainingRun) -> str:
+        return self.context["run_token"]
+
+    def get_export_url(self, obj: TrainingRun) -> str:
+        return f"/api/v1/snapshots/{obj.snapshot_id}/export/"
+
+
+class ExternalReportSerializer(serializers.Serializer):
+    """What an external trainer reports; ε is recomputed from ``history``, never read from the body."""
+
+    run_token = serializers.CharField(max_length=200)
+    accountant = serializers.ChoiceField(choices=Accountant.choices)
+    history = serializers.JSONField(
+        help_text="Opacus's accountant.history: [[noise_multiplier, sample_rate, steps], ...]."
+    )
+    metrics = serializers.JSONField(required=False, default=dict, help_text='{"<name>": number, ...}')
+    artifact_sha256 = serializers.CharField(help_text="SHA-256 of the model file, 64 hexadecimal characters.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    mlflow_run_id = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    encoding = serializers.JSONField(required=False, allow_null=True, default=None)
+
+
+class ExternalFailSerializer(serializers.Serializer):
+    run_token = serializers.CharField(max_length=200)
+    reason = serializers.CharField(max_length=2000)
+
+
+class OverspendApproveSerializer(serializers.Serializer):
+    epsilon_limit = PositiveFloatField(
+        max_value=MAX_TARGET_EPSILON, help_text="The most ε (at the run's δ) its report may spend."
+    )
+    reason = serializers.CharField(max_length=2000)
+
+
+class ReportedVersionSerializer(serializers.ModelSerializer):
+    epsilon = FiniteFloatField(read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version", "status", "epsilon", "delta", "artifact_sha256"]
+        read_only_fields = fields
+
+
+class ExternalReportResultSerializer(serializers.Serializer):
+    run = TrainingRunSerializer()
+    model_version = ReportedVersionSerializer()
+
+
+class ModelStatusSerializer(serializers.ModelSerializer):
+    """What a serving system checks before it serves a version."""
+
+    servable = serializers.SerializerMethodField(help_text="True only for an active version.")
+    reason = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version", "status", "servable", "reason", "status_changed_at"]
+        read_only_fields = fields
+
+    def get_servable(self, obj: ModelVersion) -> bool:
+        return obj.status == ModelStatus.ACTIVE
+
+    def get_reason(self, obj: ModelVersion) -> str:
+        return model_status_reason_shown(
+            status=obj.status, status_reason=obj.status_reason,
+            supersedes_version=obj.supersedes.version if obj.supersedes_id else None,
+            erasure_detail=_sees_erasure_detail(self.context),
+        )
 
 
 class MembershipInferenceAuditSerializer(serializers.ModelSerializer):
@@ -382,7 +497,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "id", "name", "version", "training_run", "status", "status_reason", "training_data_changed_at",
             "epsilon", "delta", "non_private", "accountant", "is_sisa_ensemble", "metrics", "artifact_sha256",
             "supersedes", "created_at", "membership_inference_audits", "lineage", "audit_jobs", "canary_audit",
-            "attribute_inference_audits", "unlearning_checks", "privacy_bug",
+            "attribute_inference_audits", "unlearning_checks", "privacy_bug", "status_changed_at", "external",
+            "description",
         ]
         read_only_fields = fields
 
@@ -568,3 +684,7 @@ class PrivacyBudgetStatusSerializer(serializers.Serializer):
 class PrivacyBudgetSetSerializer(serializers.Serializer):
     epsilon_cap = PositiveFloatField()
     delta = PositiveFloatField(max_value=MAX_TARGET_DELTA, help_text=f"Above 0 and at most {MAX_TARGET_DELTA:g}.")
+
+
+class ModelRetireSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, help_text="Why the version is retired; kept in the audit trail.")

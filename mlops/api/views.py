@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -24,7 +27,8 @@ from mlops.filtersets import (
     RectificationPolicyFilterSet,
     TrainingRunFilterSet,
 )
-from mlops.models import AuditPolicy, ModelOutputPolicy, ModelVersion, RectificationPolicy
+from mlops.models import AuditPolicy, Executor, ModelOutputPolicy, ModelVersion, RectificationPolicy
+from mlops.services import external
 from provenance import lineage_exports
 from provenance.models import Dataset
 
@@ -38,16 +42,26 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     serializer_class = serializers.TrainingRunSerializer
     filterset_class = TrainingRunFilterSet
     ordering_fields = ["created_at", "finished_at", "epsilon"]
-    role_permissions = {"create": DPO_AND_ENGINEER, "cancel": DPO_AND_ENGINEER, "default": READ_ROLES}
+    role_permissions = {
+        "create": DPO_AND_ENGINEER, "cancel": DPO_AND_ENGINEER, "report": DPO_AND_ENGINEER,
+        "fail": DPO_AND_ENGINEER, "approve_overspend": DPO_ONLY, "default": READ_ROLES,
+    }
 
     @extend_schema(
         request=serializers.TrainingRunRequestSerializer,
-        responses={202: serializers.TrainingRunSerializer, 400: OpenApiTypes.OBJECT, 409: CONFLICT},
+        responses={201: serializers.ExternalRunCreatedSerializer, 202: serializers.TrainingRunSerializer,
+                   400: OpenApiTypes.OBJECT, 409: CONFLICT},
         examples=[
             OpenApiExample(
                 "DP model at ε = 1",
                 value={"snapshot": 12, "name": "credit-risk", "model_spec": {"hidden_sizes": [64]}, "epochs": 5,
                        "batch_size": 256, "target_epsilon": 1.0, "max_grad_norm": 1.0},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Trained outside the ledger",
+                value={"executor": "external", "snapshot": 12, "name": "cnn-images", "epochs": 3, "batch_size": 64,
+                       "target_epsilon": 2.0, "max_grad_norm": 1.0, "description": "Small CNN, Opacus 1.6"},
                 request_only=True,
             ),
             OpenApiExample(
@@ -58,12 +72,86 @@ class TrainingRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         ],
     )
     def create(self, request):
-        """Queue a training run (202); refused with 400 naming the field, or 409 over budget."""
+        """Queue a training run (202), or with ``"executor": "external"`` reserve the budget of a
+        run trained outside the ledger (201, with its run token); refused with 400 naming the
+        field, or 409 over budget."""
         body = serializers.TrainingRunRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        run = services.training_run_queue(**body.validated_data, requested_by=request.user)
+        values = dict(body.validated_data)
+        executor = values.pop("executor")
+        if executor == Executor.EXTERNAL:
+            for field in serializers.EXTERNAL_REFUSED_FIELDS:
+                values.pop(field, None)
+            run, token = external.external_run_start(**values, requested_by=request.user)
+            run.refresh_from_db()
+            data = serializers.ExternalRunCreatedSerializer(
+                run, context={**self.get_serializer_context(), "run_token": token}
+            ).data
+            return Response(data, status=status.HTTP_201_CREATED)
+        run = services.training_run_queue(**values, requested_by=request.user)
         run.refresh_from_db()
         return Response(self.get_serializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request={
+            "application/json": serializers.ExternalReportSerializer,
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"report": {"type": "string", "description": "The report as JSON."},
+                               "file": {"type": "string", "format": "binary"}},
+                "required": ["report"],
+            },
+        },
+        responses={201: serializers.ExternalReportResultSerializer, 400: OpenApiTypes.OBJECT, 409: CONFLICT},
+        examples=[OpenApiExample(
+            "Opacus RDP history",
+            value={"run_token": "…", "accountant": "rdp", "history": [[1.1, 0.01, 500]],
+                   "metrics": {"val_accuracy": 0.91}, "artifact_sha256": "0" * 64,
+                   "description": "ResNet-18, 5 epochs"},
+            request_only=True,
+        )],
+    )
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser, MultiPartParser])
+    def report(self, request, pk=None):
+        """Report an external run: ε is recomputed from the accountant history, the ledger is
+        settled and the model version registered (201). 403: not this run's token (the
+        refusal is audited). 409: over the reservation without a DPO's approval, over the
+        dataset's cap, or the run is not waiting for a report."""
+        run = self.get_object()
+        payload, upload = _report_payload(request)
+        body = serializers.ExternalReportSerializer(data=payload)
+        body.is_valid(raise_exception=True)
+        version = external.external_run_report(
+            run_id=run.pk, **body.validated_data, sent_epsilon=payload.get("epsilon"), artifact=upload,
+            actor=request.user,
+        )
+        run.refresh_from_db()
+        return Response(
+            {"run": self.get_serializer(run).data, "model_version": serializers.ReportedVersionSerializer(version).data},
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(request=serializers.ExternalFailSerializer,
+                   responses={200: serializers.TrainingRunSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def fail(self, request, pk=None):
+        """An external run's trainer gave up: the run is failed and its reservation released."""
+        run = self.get_object()
+        body = serializers.ExternalFailSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        failed = external.external_run_fail(run_id=run.pk, actor=request.user, **body.validated_data)
+        return Response(self.get_serializer(failed).data)
+
+    @extend_schema(request=serializers.OverspendApproveSerializer,
+                   responses={200: serializers.TrainingRunSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"], url_path="approve-overspend", url_name="approve-overspend")
+    def approve_overspend(self, request, pk=None):
+        """Let an external run report up to ``epsilon_limit`` instead of the ε it reserved (DPO only)."""
+        body = serializers.OverspendApproveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = external.external_run_approve_overspend(run=self.get_object(), actor=request.user,
+                                                      **body.validated_data)
+        return Response(self.get_serializer(run).data)
 
     @extend_schema(request=None, responses={200: serializers.TrainingRunSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
@@ -79,7 +167,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = serializers.ModelVersionSerializer
     filterset_class = ModelVersionFilterSet
     ordering_fields = ["created_at", "epsilon", "version"]
-    role_permissions = {"artifact": DPO_AND_ENGINEER, "default": READ_ROLES}
+    role_permissions = {"artifact": DPO_AND_ENGINEER, "retire": DPO_AND_ENGINEER, "default": READ_ROLES}
 
     def get_serializer_class(self):
         # The detail carries the reproducibility record (one more query for the audit's
@@ -87,6 +175,26 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         if self.action == "retrieve":
             return serializers.ModelVersionDetailSerializer
         return serializers.ModelVersionSerializer
+
+    @extend_schema(responses=serializers.ModelStatusSerializer)
+    @action(detail=True, methods=["get"], url_path="status", url_name="status")
+    def model_status(self, request, pk=None):
+        """Whether a serving system may serve this version now (``servable``: active only)."""
+        version = self.get_object()
+        return Response(serializers.ModelStatusSerializer(version, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=serializers.ModelRetireSerializer, responses=serializers.ModelStatusSerializer)
+    @action(detail=True, methods=["post"])
+    def retire(self, request, pk=None):
+        """Take a live version out of service for good (a DPO, or the engineer who asked for its
+        run): e.g. a model trained outside the ledger its owner will not retrain after an erasure."""
+        from mlops.services.registry import model_version_retire_by
+
+        body = serializers.ModelRetireSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        version = model_version_retire_by(model_version=self.get_object(), actor=request.user,
+                                          reason=body.validated_data["reason"])
+        return Response(serializers.ModelStatusSerializer(version, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
@@ -102,6 +210,12 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     def artifact(self, request, pk=None):
         """The weights as a safetensors file; refused (409) if the file no longer matches its hash."""
         version = self.get_object()
+        if not version.artifact_path:
+            # Trained outside the ledger and reported without its file: its owner holds it.
+            raise ServiceConflict(
+                f"Model version {version.pk} was trained outside the ledger; its weights (SHA-256 "
+                f"{version.artifact_sha256}) are held by its owner."
+            )
         path = artifacts.absolute(version.artifact_path)
         if not path.exists() or artifacts.sha256_of(path) != version.artifact_sha256:
             raise ServiceConflict(
@@ -113,6 +227,23 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         )
         response["X-Content-SHA256"] = version.artifact_sha256
         return response
+
+
+def _report_payload(request) -> tuple[dict, object | None]:
+    """The report's fields and the uploaded file: JSON, or multipart with a ``report`` part
+    (JSON text) and an optional ``file`` part."""
+    if request.content_type and request.content_type.startswith("multipart/"):
+        raw = request.data.get("report")
+        try:
+            payload = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise ValidationError({"report": ["A JSON object (the report) in a part named report."]})
+        return payload, request.FILES.get("file")
+    if not isinstance(request.data, dict):
+        raise ValidationError({"non_field_errors": ["The report is a JSON object."]})
+    return request.data, None
 
 
 class AuditPolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

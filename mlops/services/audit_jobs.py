@@ -33,6 +33,7 @@ from mlops.models import (
     ModelVersion,
     PrivacyAuditJob,
 )
+from mlops.services.status import model_versions_status_set
 
 logger = logging.getLogger(__name__)
 
@@ -285,12 +286,13 @@ def model_version_audit_policy_apply(*, model_version_id: int) -> str:
         if verdict["state"] == "waiting":
             return version.status
         if verdict["state"] == "failed":
-            version.status = ModelStatus.AUDIT_FAILED
-            version.status_reason = "; ".join(verdict["reasons"])
+            model_versions_status_set(
+                ids=[version.pk], status=ModelStatus.AUDIT_FAILED, reason="; ".join(verdict["reasons"]))
         else:
-            version.status = ModelStatus.ACTIVE
-            version.status_reason = "passed its audit policy" if verdict["state"] == "passed" else ""
-        version.save(update_fields=["status", "status_reason"])
+            model_versions_status_set(
+                ids=[version.pk], status=ModelStatus.ACTIVE,
+                reason="passed its audit policy" if verdict["state"] == "passed" else "")
+        version.refresh_from_db(fields=["status", "status_reason", "status_changed_at"])
         audit_event_record(
             actor=None, action=f"model_version.audit_policy_{verdict['state']}", object_type="model_version",
             object_id=version.pk, details={"status": version.status, "reasons": verdict["reasons"]},

@@ -109,3 +109,49 @@ def privacy_budget_set(*, dataset: Dataset, epsilon_cap: float, delta: float, ac
         details={"epsilon_cap": budget.epsilon_cap, "delta": budget.delta, "previous": previous},
     )
     return budget
+
+
+def _ledger_settle_reported(*, run: TrainingRun, rdp: np.ndarray | None, epsilon: float | None) -> dict:
+    """Settle an external run's entry with the curve of the history it reported: spent =
+    that curve, the rest of its reservation released. Refused (409, with the figures) when
+    the dataset's other runs (spent and in progress) plus this curve exceed the cap, which
+    an overspend a DPO approved can do. Call inside the report's transaction."""
+    entry = PrivacyLedgerEntry.objects.filter(training_run=run).first()
+    if entry is None:
+        return {}
+    total = ledger.ledger_total_locked(dataset_id=entry.dataset_id)
+    budget = PrivacyBudget.objects.filter(dataset_id=entry.dataset_id).first()
+    numbers: dict = {}
+    if budget is not None:
+        others = list(
+            PrivacyLedgerEntry.objects.filter(dataset_id=entry.dataset_id)
+            .exclude(state=LedgerState.RELEASED).exclude(pk=entry.pk)
+            .values_list("state", "non_private", "planned_rdp", "rdp_curve")
+        )
+        curves = [
+            ledger.curve_from_json(spent if state == LedgerState.SPENT else planned)
+            for state, non_private, planned, spent in others
+            if not non_private and (spent if state == LedgerState.SPENT else planned) is not None
+        ]
+        unbounded = rdp is None or any(non_private for _, non_private, _, _ in others)
+        others_eps = math.inf if any(n for _, n, _, _ in others) else ledger.epsilon_of_curve(
+            ledger.sum_curves(curves), delta=budget.delta)
+        after = math.inf if unbounded else ledger.epsilon_of_curve(
+            ledger.sum_curves([*curves, rdp]), delta=budget.delta)
+        numbers = {
+            "epsilon_cap": budget.epsilon_cap, "budget_delta": budget.delta,
+            "other_runs_epsilon": _json_number(others_eps), "epsilon_after": _json_number(after),
+        }
+        if after > budget.epsilon_cap:
+            raise ServiceConflict(
+                f"Over the privacy budget of dataset {entry.dataset_id}: with this report ε would reach "
+                f"{after:.4g} at δ={budget.delta:g}, the cap is {budget.epsilon_cap:g} (the dataset's other runs, "
+                f"spent and in progress: {others_eps:.4g}).",
+                **numbers,
+            )
+    entry.state = LedgerState.SPENT
+    entry.rdp_curve = ledger.curve_to_json(rdp)
+    entry.epsilon = epsilon
+    entry.save(update_fields=["state", "rdp_curve", "epsilon", "updated_at"])
+    ledger.ledger_total_recompute(total=total)
+    return numbers

@@ -20,6 +20,7 @@ from mlops import data
 from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
 from mlops.engine.spec import ACCOUNTANTS, TASKS, TrainConfig
 from mlops.models import (
+    Executor,
     RunStatus,
     TrainingRun,
 )
@@ -43,54 +44,12 @@ logger = logging.getLogger(__name__)
 
 def snapshot_trainable_check(*, snapshot: Snapshot) -> None:
     """Refuse (409) to train on ``snapshot`` unless it is current and everyone still in it
-    is covered for its purpose now: consent valid, not restricted (Art. 18), not objecting
-    to the purpose (Art. 21).
+    is covered for its purpose now (``provenance.services.usable``, the rule the export to
+    train elsewhere follows too). Every path that starts training on an existing snapshot
+    calls this."""
+    from provenance.services.usable import snapshot_use_refuse
 
-    A reconstruction records what was lawful at a past moment; people covered then may
-    have withdrawn since, so it is never trained on. A current snapshot may be days old:
-    its members are checked against the consent ledger as committed now (one query), and
-    any withdrawal or expiry since it was taken stops the run. Every path that starts
-    training on an existing snapshot calls this.
-    """
-    from governance.consent_clock import consent_ledger_moment
-    from provenance.models import SnapshotKind
-    from provenance.selectors import snapshot_members_limited, snapshot_members_no_longer_covered
-
-    if snapshot.kind != SnapshotKind.CURRENT:
-        raise ServiceConflict(
-            f"Snapshot {snapshot.pk} is a reconstruction of {snapshot.taken_for.isoformat()} (what was lawful then) "
-            "and is never trained on: take a snapshot for now and train on that.",
-            field="snapshot",
-        )
-    with transaction.atomic():  # the ledger's moment is read inside the reading transaction
-        now = consent_ledger_moment()
-        lost = snapshot_members_no_longer_covered(snapshot=snapshot, at=now)
-        limited = snapshot_members_limited(snapshot=snapshot, at=now)
-    if limited["restricted"] or limited["objected"]:
-        # Art. 18(1): a restricted person's data are only stored; Art. 21: an objection
-        # stops the processing for the purpose. Neither may be trained on from now on.
-        def people(n: int) -> str:
-            return "1 person" if n == 1 else f"{n} people"
-
-        parts = []
-        if limited["restricted"]:
-            parts.append(f"{people(limited['restricted'])} whose processing is restricted (Art. 18)")
-        if limited["objected"]:
-            verb = "objects" if limited["objected"] == 1 else "object"
-            parts.append(f"{people(limited['objected'])} who {verb} to {snapshot.purpose.code} (Art. 21)")
-        raise ServiceConflict(
-            f"Snapshot {snapshot.pk} holds {' and '.join(parts)} as of now. Take a new snapshot, which leaves "
-            "them out, and train on that.",
-            field="snapshot", restricted=limited["restricted"], objected=limited["objected"],
-        )
-    if lost:
-        who = "1 person" if lost == 1 else f"{lost} people"
-        raise ServiceConflict(
-            f"Snapshot {snapshot.pk}: {who} in it {'is' if lost == 1 else 'are'} no longer covered for "
-            f"{snapshot.purpose.code} (consent withdrawn, expired or not recorded) as of now. Take a fresh "
-            "snapshot and train on that.",
-            field="snapshot",
-        )
+    snapshot_use_refuse(snapshot=snapshot, use="train")
 
 
 def _refuse_rectified(snapshot: Snapshot) -> None:
@@ -98,15 +57,29 @@ def _refuse_rectified(snapshot: Snapshot) -> None:
     it would train on values known to be wrong, and its model would be stale on arrival.
     Remediation runs retrain lineages as their policies say and are not stopped here; a
     run queued before a rectification is registered stale (mlops.services.rectification)."""
-    from provenance.selectors import snapshot_members_superseded
+    from provenance.services.usable import snapshot_rectified_refuse
 
-    superseded = snapshot_members_superseded(snapshot=snapshot)
-    if superseded:
+    snapshot_rectified_refuse(snapshot=snapshot)
+
+
+def given_snapshot_check(*, snapshot: Snapshot, remediation: bool = False) -> None:
+    """Refuse (409) to train on a snapshot the caller named, for internal and external runs
+    alike: altered since it was taken, a reconstruction, people in it no longer covered
+    now, or (outside a remediation) holding records rectified since."""
+    # A given snapshot may have been altered in the database since it was taken: train
+    # only on one whose records still hash to its root (one pass over the members). A
+    # snapshot taken by the request itself was computed from the records just now.
+    verification = snapshot_verify(snapshot_id=snapshot.pk)
+    if not verification.ok:
         raise ServiceConflict(
-            f"Snapshot {snapshot.pk} holds {superseded} record(s) rectified since it was taken (Art. 16): a model "
-            "trained on it would learn the old values. Take a new snapshot, which holds the corrected ones.",
-            field="snapshot", rectified=superseded,
+            verification_failed_message(verification), field="snapshot",
+            first_difference=verification.first_difference,
         )
+    # After the integrity check, whose answer names what was altered: a snapshot taken by
+    # the request was computed from the ledger just now and needs neither.
+    snapshot_trainable_check(snapshot=snapshot)
+    if not remediation:
+        _refuse_rectified(snapshot)
 
 
 def _resolve_snapshot(*, snapshot: Snapshot | int | None, dataset: Dataset | int | None, purpose, requested_by) -> Snapshot:
@@ -227,20 +200,7 @@ def training_run_queue(
     if task == "binary" and len(classes) != 2:
         raise ServiceError(f"task: binary classification needs two classes, the snapshot has {len(classes)}", field="task")
     if snapshot is not None:
-        # A given snapshot may have been altered in the database since it was taken: train
-        # only on one whose records still hash to its root (one pass over the members). A
-        # snapshot taken by this call was computed from the records just now.
-        verification = snapshot_verify(snapshot_id=snap.pk)
-        if not verification.ok:
-            raise ServiceConflict(
-                verification_failed_message(verification), field="snapshot",
-                first_difference=verification.first_difference,
-            )
-        # After the integrity check, whose answer names what was altered: a snapshot taken by
-        # this call was computed from the ledger just now and needs neither.
-        snapshot_trainable_check(snapshot=snap)
-        if remediates is None:
-            _refuse_rectified(snap)
+        given_snapshot_check(snapshot=snap, remediation=remediates is not None)
     labelled = np.array([v is not None for v in labels.labels])
     split = data.subject_split(
         subject_ids=labels.subject_ids, seed=seed if isinstance(seed, int) else 0,
@@ -384,6 +344,10 @@ def training_runs_redispatch() -> int:
         heartbeat_at__isnull=True, started_at__lt=lease_cutoff(now)))
     stalled = TrainingRun.objects.filter(
         Q(remediates__isnull=True) | ~Q(snapshot_id=F("remediates__training_run__snapshot_id"))
+    ).exclude(
+        # Trained elsewhere: nothing to send; an unreported one is released by
+        # mlops.services.external.external_runs_expire instead.
+        executor=Executor.EXTERNAL
     ).filter(
         Q(status=RunStatus.QUEUED, dispatched_at__isnull=True, created_at__lt=unsent_cutoff(now))
         | Q(status=RunStatus.QUEUED, dispatched_at__lt=unstarted_cutoff(now))

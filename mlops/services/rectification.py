@@ -27,8 +27,9 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from governance.models import ProcessingActivity
-from governance.services import ServiceError, audit_event_record
+from governance.services import ServiceError, audit_event_record, audit_events_record
 from mlops.models import ModelStatus, ModelVersion, RectificationAction, RectificationPolicy, RunStatus, TrainingRun
+from mlops.services.status import model_versions_status_set
 from provenance.models import DataRecord, SnapshotMembership
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def records_rectified_receive(
             .filter(pk__in=[pk for pk, _ in found], status__in=STALEABLE).order_by("pk")
         )
         snapshots = dict(found)
-        stale, accepted = [], []
+        # One append for the whole loop: the events, in this order, go in one batch at the end.
+        stale, accepted, events = [], [], []
         for version in versions:
             if policy is not None and policy.action == RectificationAction.ACCEPT:
                 # A version waiting for its audits keeps waiting (its audit policy decides);
@@ -89,21 +91,23 @@ def records_rectified_receive(
                     version.status_reason = _accepted_reason(policy)
                     version.save(update_fields=["status_reason"])
                 accepted.append(version.pk)
-                audit_event_record(
-                    actor=None, action="model_version.rectification_accepted", object_type="model_version",
-                    object_id=version.pk,
-                    details={"policy": policy.pk, "dataset": dataset_id, "records": len(old_record_ids)},
-                )
+                events.append({
+                    "actor": None, "action": "model_version.rectification_accepted", "object_type": "model_version",
+                    "object_id": version.pk,
+                    "details": {"policy": policy.pk, "dataset": dataset_id, "records": len(old_record_ids)},
+                })
                 continue
-            version.status = ModelStatus.STALE
-            version.status_reason = _stale_reason(snapshot_ids=snapshots[version.pk], records=len(old_record_ids))
-            version.save(update_fields=["status", "status_reason"])
-            stale.append(version.pk)
-            audit_event_record(
-                actor=None, action="model_version.stale", object_type="model_version", object_id=version.pk,
-                details={"dataset": dataset_id, "snapshots": snapshots[version.pk], "records": len(old_record_ids),
-                         "policy": policy.pk if policy else None},
+            model_versions_status_set(
+                ids=[version.pk], status=ModelStatus.STALE,
+                reason=_stale_reason(snapshot_ids=snapshots[version.pk], records=len(old_record_ids)),
             )
+            stale.append(version.pk)
+            events.append({
+                "actor": None, "action": "model_version.stale", "object_type": "model_version", "object_id": version.pk,
+                "details": {"dataset": dataset_id, "snapshots": snapshots[version.pk], "records": len(old_record_ids),
+                         "policy": policy.pk if policy else None},
+            })
+        audit_events_record(events=events)
     retrains = []
     if stale and policy is not None and policy.action == RectificationAction.RETRAIN:
         retrains = stale_versions_retrain(model_version_ids=stale)
@@ -186,9 +190,11 @@ def _stale_version_accept(*, version: ModelVersion, policy: RectificationPolicy)
     from mlops.services.audit_jobs import audit_policies_for_run, model_version_audit_policy_apply
 
     audited = bool(audit_policies_for_run(run=version.training_run))
-    version.status = ModelStatus.PENDING_AUDIT if audited else ModelStatus.ACTIVE
-    version.status_reason = "awaiting the privacy audits its audit policy requires" if audited else _accepted_reason(policy)
-    version.save(update_fields=["status", "status_reason"])
+    model_versions_status_set(
+        ids=[version.pk], status=ModelStatus.PENDING_AUDIT if audited else ModelStatus.ACTIVE,
+        reason="awaiting the privacy audits its audit policy requires" if audited else _accepted_reason(policy),
+    )
+    version.refresh_from_db(fields=["status", "status_reason", "status_changed_at"])
     audit_event_record(
         actor=None, action="model_version.rectification_accepted", object_type="model_version", object_id=version.pk,
         details={"policy": policy.pk, "status": version.status},

@@ -31,6 +31,7 @@ from governance.services import ServiceConflict, audit_event_record
 from mlops import artifacts
 from mlops.models import ModelStatus, ModelVersion, RunStatus, TrainingRun
 from mlops.selectors import read_before
+from mlops.services.status import model_version_registered_status_announce, model_versions_status_set
 from provenance.models import AmendmentReason, SnapshotAmendment
 
 # The lineage's head, whichever of these: registration keeps it to one, erasure finds it.
@@ -115,6 +116,7 @@ def lineage_head(*, name: str, for_update: bool = False) -> ModelVersion | None:
 def model_version_register(
     *, run: TrainingRun, artifact_path: str, artifact_sha256: str, metrics: dict, epsilon: float | None,
     delta: float | None, is_sisa_ensemble: bool, status_reason: str = "", details: dict | None = None,
+    external: bool = False, description: str = "",
 ) -> ModelVersion:
     """Number and register the model of a finished run; call inside the run's final transaction.
 
@@ -131,7 +133,8 @@ def model_version_register(
     status, reason = ModelStatus.ACTIVE, status_reason
     from mlops.services.audit_jobs import audit_policies_for_run, model_version_audits_plan
 
-    policies = audit_policies_for_run(run=run)
+    # An external version's weights are not here: the ledger cannot audit or retrain it.
+    policies = [] if external else audit_policies_for_run(run=run)
     if policies:
         status = ModelStatus.PENDING_AUDIT
         reason = "awaiting the privacy audits its audit policy requires"
@@ -140,6 +143,7 @@ def model_version_register(
     # A run that read a snapshot holding record versions rectified since (queued before the
     # rectification, or on an old snapshot) trained on the old values.
     status, reason, retrain_after = registration_staleness(run=run, status=status, reason=reason)
+    retrain_after = retrain_after and not external
     if late:
         retrain_after = False
         status = ModelStatus.TAINTED
@@ -150,17 +154,20 @@ def model_version_register(
         training_run=run, name=run.name, version=number, artifact_path=artifact_path, artifact_sha256=artifact_sha256,
         metrics=metrics, epsilon=epsilon, delta=delta, non_private=run.allow_non_private,
         is_sisa_ensemble=is_sisa_ensemble, supersedes=supersedes, status=status, status_reason=reason,
+        external=external, description=description,
     )
     if live:
-        ModelVersion.objects.filter(pk__in=[v.pk for v in live]).update(
-            status=ModelStatus.SUPERSEDED, status_reason=f"superseded by version {number}"
+        model_versions_status_set(
+            ids=[v.pk for v in live], status=ModelStatus.SUPERSEDED, reason=f"superseded by version {number}"
         )
+    model_version_registered_status_announce(version=version)
     audit_event_record(
         actor=None, action="model_version.registered", object_type="model_version", object_id=version.pk,
         details={"name": version.name, "version": number, "training_run": run.pk, "status": status,
                  "supersedes": [v.pk for v in live], "audit_policies": [p.pk for p in policies], **(details or {})},
     )
-    model_version_audits_plan(model_version=version)
+    if not external:
+        model_version_audits_plan(model_version=version)
     if status == ModelStatus.TAINTED:
         _announce_taint([version.pk], reason)
     if retrain_after:
@@ -198,11 +205,13 @@ def model_versions_taint_trained_before(*, amendments: list[dict[str, int]], rea
     # A stale version holding an erased person is tainted: the erasure's remediation is owed
     # first (and its retrain reads the amended snapshot, not the stale values' one).
     newly = [pk for pk, _, status in live if status in (ModelStatus.ACTIVE, ModelStatus.PENDING_AUDIT, ModelStatus.STALE)]
-    ModelVersion.objects.filter(pk__in=newly).update(status=ModelStatus.TAINTED, status_reason=reason)
+    model_versions_status_set(ids=newly, status=ModelStatus.TAINTED, reason=reason)
     cancelled = []
     from mlops.services.execution import training_run_cancel
 
-    for run in TrainingRun.objects.filter(read_before(amendments=amendments), status=RunStatus.RUNNING, remediates__isnull=True).order_by("pk"):
+    # An external run is not cancelled: its trainer already holds the data, and its model is
+    # registered tainted when it reports, so its owner is told (cancelling would lose it).
+    for run in TrainingRun.objects.filter(read_before(amendments=amendments), status=RunStatus.RUNNING, remediates__isnull=True).exclude(executor="external").order_by("pk"):
         training_run_cancel(run=run, actor="erasure-worker")
         cancelled.append(run.pk)
     if newly:
@@ -214,15 +223,38 @@ def model_versions_taint_trained_before(*, amendments: list[dict[str, int]], rea
 
 
 @transaction.atomic
-def model_version_retire(*, model_version: ModelVersion, reason: str) -> ModelVersion:
+def model_version_retire(*, model_version: ModelVersion, reason: str, actor: Any = None) -> ModelVersion:
     version = ModelVersion.objects.select_for_update(no_key=True).get(pk=model_version.pk)
     if version.status not in LIVE_STATUSES:
         raise ServiceConflict(f"Model version {version.pk} is {version.status}; only a live version is retired.")
-    version.status, version.status_reason = ModelStatus.RETIRED, reason
-    version.save(update_fields=["status", "status_reason"])
-    audit_event_record(actor=None, action="model_version.retired", object_type="model_version", object_id=version.pk,
-                       details={"reason": reason[:500]})
+    model_versions_status_set(ids=[version.pk], status=ModelStatus.RETIRED, reason=reason)
+    version.refresh_from_db(fields=["status", "status_reason", "status_changed_at"])
+    audit_event_record(actor=actor, action="model_version.retired", object_type="model_version",
+                       object_id=version.pk, details={"reason": reason[:500]})
     return version
+
+
+def model_version_retire_by(*, model_version: ModelVersion, reason: Any, actor: Any) -> ModelVersion:
+    """Retire a live version at a person's request: a DPO, or the ML engineer who asked for
+    the run that trained it (its owner: the one who can retrain a model trained outside the
+    ledger, and who may instead take it out of service, e.g. while an erasure waits on it)."""
+    from django.core.exceptions import PermissionDenied
+
+    from governance.roles import DPO, has_role
+    from governance.services import ServiceError
+
+    owner_id = model_version.training_run.requested_by_id
+    if not has_role(actor, DPO) and (owner_id is None or owner_id != getattr(actor, "pk", None)):
+        raise PermissionDenied(
+            f"Only a DPO or the owner of model version {model_version.pk} (who asked for its training run) may "
+            "retire it."
+        )
+    if not isinstance(reason, str) or not reason.strip():
+        raise ServiceError("reason: say why the version is retired (kept in the audit trail).", field="reason")
+    if len(reason) > 500:
+        raise ServiceError("reason: at most 500 characters.", field="reason")
+    return model_version_retire(model_version=model_version, reason=f"retired by {actor.get_username()}: "
+                                f"{reason.strip()}", actor=actor)
 
 
 @transaction.atomic
@@ -240,8 +272,8 @@ def model_version_keep_on_dp(*, model_version: ModelVersion, accepted_erasure_re
     missed = {a.erasure_request_id for a in erasure_amendments_after(run=version.training_run)}
     if missed - accepted_erasure_requests:
         return False
-    version.status, version.status_reason = ModelStatus.ACTIVE, reason
-    version.save(update_fields=["status", "status_reason"])
+    model_versions_status_set(ids=[version.pk], status=ModelStatus.ACTIVE, reason=reason)
+    version.refresh_from_db(fields=["status", "status_reason", "status_changed_at"])
     audit_event_record(actor=None, action="model_version.kept_on_dp", object_type="model_version", object_id=version.pk,
                        details={"reason": reason[:500], "epsilon": version.epsilon})
     return True

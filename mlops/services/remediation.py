@@ -105,6 +105,8 @@ def model_lineage_remediate(
     head; any other head is retrained), ``retrain``, ``rely_on_dp`` (keep the head on its
     DP guarantee for ``erasure_request_id``) or ``retire``. Returns what was done and the
     version that now stands for the lineage, and the files of replaced versions removed.
+    A head trained outside the ledger that must be retrained or unlearned is left as it is,
+    outcome ``awaiting_owner``: only its owner can retrain it.
     """
     if action not in ACTIONS:
         raise ServiceError(f"Unknown remediation {action!r}; one of {', '.join(ACTIONS)}.", field="action")
@@ -125,6 +127,14 @@ def model_lineage_remediate(
             )
             result.update(outcome="kept_on_dp" if kept else "kept_on_dp_pending_other_erasures",
                           model_version=head.pk, version=head.version, epsilon=head.epsilon)
+        elif head.external:
+            # Trained outside the ledger: it holds no weights to retrain or unlearn. The head
+            # stays tainted (not to be served; its owner is told by its status and webhooks)
+            # until the owner reports a version retrained on the amended snapshot (an external
+            # run that ``remediates`` it) or it is retired; the caller waits for that.
+            owner = head.training_run.requested_by
+            result.update(outcome="awaiting_owner", model_version=head.pk, version=head.version,
+                          executor="external", owner=owner.get_username() if owner else "")
         elif (blocked := _retraining_refusal(head=head)) is not None:
             # Retraining or unlearning would process people the snapshot no longer covers
             # (or a reconstruction): the erasure must still complete, so the head is taken

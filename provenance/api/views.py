@@ -5,21 +5,23 @@ import json
 from django.db.models import Count
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import MethodNotAllowed, ParseError
 from rest_framework.parsers import BaseParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from governance.api.parsers import StorableJSONParser, unstorable_reason
 from governance.permissions import DPO_AND_AUDITOR, DPO_AND_ENGINEER, DPO_ONLY, READ_ROLES
 from governance.roles import sees_erasure_detail
-from provenance import lineage_exports, selectors, services
+from provenance import lineage_exports, selectors, services, snapshot_exports
 from provenance.api import serializers
 from provenance.filtersets import DatasetFilterSet, SnapshotFilterSet
 from provenance.models import Dataset, Snapshot
+from provenance.services.export import EXPORT_FORMATS, snapshot_export_open
 
 
 class CSVTextParser(BaseParser):
@@ -133,6 +135,9 @@ class SnapshotViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         "prov": READ_ROLES,
         "openlineage": READ_ROLES,
         "create": DPO_AND_ENGINEER,
+        # The rows themselves leave the ledger to be trained on: the roles that may start a
+        # training run (POST /training-runs/), not the auditor.
+        "export": DPO_AND_ENGINEER,
         # Everyone is told why, rather than some roles hearing only "forbidden".
         "update": READ_ROLES,
         "partial_update": READ_ROLES,
@@ -223,6 +228,43 @@ class SnapshotViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
         response = StreamingHttpResponse(stream(), content_type="application/json")
         response["Content-Disposition"] = f'inline; filename="snapshot-{snapshot.pk}-manifest.json"'
+        return response
+
+    def perform_content_negotiation(self, request, force=False):
+        # DRF reads ?format= as a renderer override and would answer 404 for "parquet": for
+        # the export it names the file format, and errors are still answered as JSON.
+        if self.action == "export":
+            renderer = JSONRenderer()
+            return renderer, renderer.media_type
+        return super().perform_content_negotiation(request, force=force)
+
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "format", str, enum=list(EXPORT_FORMATS), default="parquet",
+            description="parquet (pyarrow, the metadata in the file too), csv or jsonl (one object per line).",
+        )],
+        responses={
+            (200, "application/vnd.apache.parquet"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="The current members: record_id, the features in schema order, the label; never the "
+                "person. Headers X-Ledger-Snapshot, X-Ledger-Merkle-Root, X-Ledger-Amendment, X-Ledger-Records, "
+                "X-Ledger-Schema (SHA-256 of the schema's canonical JSON).",
+            ),
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/x-ndjson"): OpenApiTypes.STR,
+            400: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT, 409: OpenApiTypes.OBJECT,
+        },
+    )
+    @action(detail=True, methods=["get"])
+    def export(self, request, pk=None):
+        """The snapshot's current rows, streamed, to train on elsewhere; audited (snapshot.exported)."""
+        snapshot = self.get_object()
+        export = snapshot_export_open(snapshot=snapshot, format=request.query_params.get("format"), actor=request.user)
+        response = StreamingHttpResponse(
+            snapshot_exports.export_stream(export), content_type=snapshot_exports.CONTENT_TYPES[export.format]
+        )
+        for name, value in snapshot_exports.export_headers(export).items():
+            response[name] = value
         return response
 
     @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT})

@@ -67,10 +67,42 @@ def erasure_requests_redispatch() -> int:
             | Q(heartbeat_at__lt=lease_cutoff(now))
             & (Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=F("heartbeat_at")))
         )
-        .exclude(steps__status=ErasureStepStatus.FAILED)
+        .exclude(steps__status__in=(ErasureStepStatus.FAILED, ErasureStepStatus.WAITING))
         .values_list("pk", flat=True)
         .distinct()
     )
+    pks = sorted({*stalled, *erasure_requests_waiting_resolved()})
     return tasks_redispatch(
-        tasks.execute_erasure_request, outbox=ErasureRequest.objects, stalled=[(pk, None, None) for pk in stalled]
+        tasks.execute_erasure_request, outbox=ErasureRequest.objects, stalled=[(pk, None, None) for pk in pks]
     )
+
+
+def erasure_requests_waiting_resolved() -> list[int]:
+    """Erasures waiting for a model's owner whose awaited version is tainted no longer (the
+    owner reported a retrained version, which superseded it, or it was retired): resumed by
+    the sweep in case the signal that resumes them at once was lost with its process."""
+    from mlops.models import ModelStatus, ModelVersion
+    from rights.models import ErasureStep
+
+    waiting = list(
+        ErasureStep.objects.filter(status=ErasureStepStatus.WAITING, request__status=ErasureStatus.IN_PROGRESS,
+                                   request__heartbeat_at__isnull=True)
+        .values_list("request_id", "details")
+    )
+    awaited = {d.get("model_version") for _, d in waiting if isinstance(d, dict)}
+    still = set(ModelVersion.objects.filter(pk__in=awaited, status=ModelStatus.TAINTED).values_list("pk", flat=True))
+    return sorted({rid for rid, d in waiting if isinstance(d, dict) and d.get("model_version") not in still})
+
+
+def erasure_requests_resume_for_lineage(*, name: str, actor: Any = None) -> list[int]:
+    """Resume every erasure waiting for lineage ``name``'s owner (after a version of it was
+    registered or changed status); an erasure still waiting finds so and waits again."""
+    from rights.models import ErasureStep
+
+    ids = sorted(set(
+        ErasureStep.objects.filter(status=ErasureStepStatus.WAITING, request__status=ErasureStatus.IN_PROGRESS,
+                                   details__name=name).values_list("request_id", flat=True)
+    ))
+    for request_id in ids:
+        erasure_request_execute_start(erasure_request=request_id, actor=actor or "model-owner")
+    return ids
