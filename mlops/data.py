@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 
+from mlops.models import Executor
 from provenance.models import SnapshotMembership
 
 SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_HOLDOUT = 0, 1, 2
@@ -219,10 +220,13 @@ def reproducibility_record(*, run) -> dict:
     reads only the run and its snapshot (no other query). The same dict, JSON-encoded, is
     in the safetensors metadata of the run's weights.
     """
+    if run.executor == Executor.EXTERNAL:
+        return _external_reproducibility_record(run=run)
     encoding = run.encoding or {}
     features = [dict(f) for f in encoding.get("features") or []]
     label = (run.snapshot.dataset.schema or {}).get("label") or {}
     return {
+        "executor": run.executor,
         "feature_order": [f["name"] for f in features],
         "features": features,
         "encoding_rule": ENCODING_RULE,
@@ -236,6 +240,34 @@ def reproducibility_record(*, run) -> dict:
             "key": "not disclosed: PERSON_SPLIT_KEY, held by the controller",
         },
         "seed": int(run.seed),
+        "snapshot": {"id": run.snapshot_id, "merkle_root": run.snapshot.merkle_root},
+        "release_training_metrics": run.release_training_metrics,
+    }
+
+
+EXTERNAL_ENCODING_RULE = (
+    "trained outside the ledger on the snapshot's export (GET /api/v1/snapshots/{id}/export/): record_id, "
+    "the features in schema order with their stored values, then the label. Any further encoding, the split "
+    "into training and validation data and the seed were the owner's own and are not recorded by the ledger"
+)
+
+
+def _external_reproducibility_record(*, run) -> dict:
+    """A version trained anywhere (issue 20): the ledger knows what it exported, not what the
+    owner's code did with it, so the record claims no encoding, person split or seed of its own."""
+    schema = run.snapshot.dataset.schema or {}
+    features = [{"name": f["name"], "type": f.get("type", "")} for f in schema.get("features") or []]
+    label = schema.get("label") or {}
+    return {
+        "executor": run.executor,
+        "feature_order": [f["name"] for f in features],
+        "features": features,
+        "encoding_rule": EXTERNAL_ENCODING_RULE,
+        "n_inputs": None,
+        "label": {"name": label.get("name"), "type": label.get("type")},
+        "classes": [],
+        "person_split": None,
+        "seed": None,
         "snapshot": {"id": run.snapshot_id, "merkle_root": run.snapshot.merkle_root},
         "release_training_metrics": run.release_training_metrics,
     }

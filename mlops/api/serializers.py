@@ -576,16 +576,19 @@ class ReproducibilitySerializer(serializers.Serializer):
     """How to rebuild the model's inputs from the raw records and re-run its audit; the same
     record (without audit ids) is in the weights file's safetensors metadata."""
 
+    executor = serializers.ChoiceField(
+        choices=Executor.choices, help_text="external: trained outside the ledger; encoding, split and seed were the owner's."
+    )
     feature_order = serializers.ListField(child=serializers.CharField())
     features = EncodedFeatureSerializer(many=True)
     encoding_rule = serializers.CharField()
-    n_inputs = serializers.IntegerField(help_text="Width of the encoded input.")
+    n_inputs = serializers.IntegerField(allow_null=True, help_text="Width of the encoded input (null: external).")
     label = LabelRefSerializer()
     classes = serializers.ListField(
-        child=serializers.JSONField(), help_text="Class order: output unit i is classes[i]."
+        child=serializers.JSONField(), help_text="Class order: output unit i is classes[i] (empty: external)."
     )
-    person_split = PersonSplitSerializer()
-    seed = serializers.IntegerField()
+    person_split = PersonSplitSerializer(allow_null=True, help_text="null: the owner split the export themselves.")
+    seed = serializers.IntegerField(allow_null=True)
     snapshot = SnapshotRefSerializer()
     release_training_metrics = serializers.BooleanField()
     membership_inference_audit = AuditRecordsSerializer(

@@ -156,5 +156,37 @@ def _check_number(value: Any, name: str, *, low: float | None = None, high: floa
         raise ServiceError(f"{name}: must be {'at most' if high_inclusive else 'below'} {high}", field=name)
 
 
+def privacy_arguments_check(
+    *,
+    target_epsilon: Any,
+    noise_multiplier: Any,
+    target_delta: Any,
+    max_grad_norm: Any,
+    allow_non_private: bool,
+    bounded: bool = True,
+) -> None:
+    """The privacy arguments of a run, internal or external (one rule for both): each a
+    number in its range, and non-private training with neither ε nor σ. A 400 naming the
+    field otherwise. ``bounded=False`` (a remediation retrain repeating a run accepted
+    before the bounds existed) checks only the lower bounds, so an erasure never fails on them.
+    Whether ε or σ must be given is the caller's: an internal run may give neither."""
+    from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
+
+    if target_epsilon is not None:
+        _check_number(target_epsilon, "target_epsilon", low=0.0, low_inclusive=False,
+                      high=MAX_TARGET_EPSILON if bounded else None, high_inclusive=True)
+    if noise_multiplier is not None:
+        _check_number(noise_multiplier, "noise_multiplier", low=0.0, low_inclusive=False,
+                      high=MAX_SIGMA if bounded else None, high_inclusive=True)
+    if target_delta is not None and bounded:
+        _check_number(target_delta, "target_delta", low=0.0, low_inclusive=False,
+                      high=MAX_TARGET_DELTA, high_inclusive=True)
+    _check_number(max_grad_norm, "max_grad_norm", low=0.0, low_inclusive=False)
+    if allow_non_private and (target_epsilon is not None or noise_multiplier is not None):
+        raise ServiceError(
+            "target_epsilon: non-private training takes no target_epsilon or noise_multiplier", field="target_epsilon"
+        )
+
+
 def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value

@@ -38,11 +38,18 @@ from governance.models import Purpose
 from governance.roles import DPO, has_role
 from governance.services import ServiceConflict, ServiceError, audit_event_record
 from mlops import artifacts, data, ledger
-from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
+from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_EPSILON
 from mlops.engine.spec import ACCOUNTANTS
 from mlops.models import Executor, ModelVersion, RunStatus, TrainingRun
 from mlops.services.budget import _ledger_reserve, _ledger_settle_reported
-from mlops.services.config import _check_number, _default_delta, _engine_error, _json_number, _Plan
+from mlops.services.config import (
+    _check_number,
+    _default_delta,
+    _engine_error,
+    _json_number,
+    _Plan,
+    privacy_arguments_check,
+)
 from mlops.services.queueing import _resolve_snapshot, given_snapshot_check
 from provenance.models import Dataset, Snapshot
 
@@ -100,20 +107,9 @@ def external_run_start(
     for value, field, high in ((epochs, "epochs", MAX_EPOCHS), (batch_size, "batch_size", 2**31 - 1)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
             raise ServiceError(f"{field}: must be an integer from 1 to {high}", field=field)
-    if target_epsilon is not None:
-        _check_number(target_epsilon, "target_epsilon", low=0.0, low_inclusive=False,
-                      high=MAX_TARGET_EPSILON, high_inclusive=True)
-    if noise_multiplier is not None:
-        _check_number(noise_multiplier, "noise_multiplier", low=0.0, low_inclusive=False,
-                      high=MAX_SIGMA, high_inclusive=True)
-    if target_delta is not None:
-        _check_number(target_delta, "target_delta", low=0.0, low_inclusive=False,
-                      high=MAX_TARGET_DELTA, high_inclusive=True)
-    _check_number(max_grad_norm, "max_grad_norm", low=0.0, low_inclusive=False)
-    if allow_non_private and (target_epsilon is not None or noise_multiplier is not None):
-        raise ServiceError(
-            "target_epsilon: non-private training takes no target_epsilon or noise_multiplier", field="target_epsilon"
-        )
+    privacy_arguments_check(target_epsilon=target_epsilon, noise_multiplier=noise_multiplier,
+                            target_delta=target_delta, max_grad_norm=max_grad_norm,
+                            allow_non_private=allow_non_private)
     if not allow_non_private and (target_epsilon is None) == (noise_multiplier is None):
         raise ServiceError("target_epsilon: give target_epsilon or noise_multiplier, not both", field="target_epsilon")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:

@@ -17,7 +17,7 @@ from governance.leases import lease_cutoff
 from governance.models import Purpose
 from governance.services import ServiceConflict, ServiceError, audit_event_record
 from mlops import data
-from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
+from mlops.engine.accounting import MAX_TARGET_EPSILON
 from mlops.engine.spec import ACCOUNTANTS, TASKS, TrainConfig
 from mlops.models import (
     Executor,
@@ -34,6 +34,7 @@ from mlops.services.config import (
     _engine_error,
     _plan_single,
     _plan_sisa,
+    privacy_arguments_check,
 )
 from provenance.integrity import snapshot_verify, verification_failed_message
 from provenance.models import Dataset, Snapshot
@@ -163,22 +164,11 @@ def training_run_queue(
     # remediation retrain repeats a run accepted before these bounds existed, and an erasure
     # must not fail on them (the search itself is bounded in the engine either way).
     bounded = remediates is None
-    if target_epsilon is not None:
-        _check_number(target_epsilon, "target_epsilon", low=0.0, low_inclusive=False,
-                      high=MAX_TARGET_EPSILON if bounded else None, high_inclusive=True)
-    if noise_multiplier is not None:
-        _check_number(noise_multiplier, "noise_multiplier", low=0.0, low_inclusive=False,
-                      high=MAX_SIGMA if bounded else None, high_inclusive=True)
-    if target_delta is not None and bounded:
-        _check_number(target_delta, "target_delta", low=0.0, low_inclusive=False,
-                      high=MAX_TARGET_DELTA, high_inclusive=True)
-    _check_number(max_grad_norm, "max_grad_norm", low=0.0, low_inclusive=False)
+    privacy_arguments_check(target_epsilon=target_epsilon, noise_multiplier=noise_multiplier,
+                            target_delta=target_delta, max_grad_norm=max_grad_norm,
+                            allow_non_private=allow_non_private, bounded=bounded)
     if not isinstance(release_training_metrics, bool):
         raise ServiceError("release_training_metrics: must be true or false", field="release_training_metrics")
-    if allow_non_private and (target_epsilon is not None or noise_multiplier is not None):
-        raise ServiceError(
-            "target_epsilon: non-private training takes no target_epsilon or noise_multiplier", field="target_epsilon"
-        )
     if sisa is not None:
         if not isinstance(sisa, dict) or set(sisa) != {"shards", "slices"}:
             raise ServiceError('sisa: must be {"shards": S, "slices": R}', field="sisa")

@@ -147,6 +147,13 @@ def test_reported_epsilon_is_opacus_own_and_the_ledger_is_settled_with_it(db, dp
     assert AuditEvent.objects.filter(action="model_version.registered", object_id=str(stored.pk)).exists()
     detail = ml_client.get(f"/api/v1/models/{stored.pk}/")
     assert detail.status_code == 200 and detail.json()["external"] is True
+    # It claims no encoding, person split or seed of the engine's: the owner's code did that.
+    reproducibility = detail.json()["reproducibility"]
+    assert reproducibility["executor"] == "external"
+    assert reproducibility["feature_order"] == [f["name"] for f in snapshot.dataset.schema["features"]]
+    assert reproducibility["person_split"] is None and reproducibility["seed"] is None
+    assert "not recorded by the ledger" in reproducibility["encoding_rule"]
+    assert reproducibility["snapshot"] == {"id": snapshot.pk, "merkle_root": snapshot.merkle_root}
     # The ledger holds no weights of it: the artifact route says so instead of failing.
     assert dpo_client.get(f"/api/v1/models/{stored.pk}/artifact/").status_code == 409
 

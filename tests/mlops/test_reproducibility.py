@@ -164,6 +164,7 @@ def test_an_outsider_reencodes_the_records_exactly_from_the_published_record(aud
     version = _trained_version()
     run = version.training_run
     reproducibility = auditor_client.get(f"/api/v1/models/{version.pk}/").json()["reproducibility"]
+    assert reproducibility["executor"] == "internal"
     assert reproducibility["feature_order"] == ["age", "bmi", "smoker", "diagnosis", "visits"]
     assert reproducibility["features"][0] == {"name": "age", "type": "int", "min": 18.0, "max": 90.0}
     assert reproducibility["features"][3]["categories"] == ["none", "diabetes", "asthma"]

@@ -400,17 +400,28 @@ class LedgerClient:
     def model_status(self, version_id: int) -> ModelStatus:
         """Whether the version may be served now (false once tainted, stale, superseded or retired)."""
         data = self.request("GET", f"models/{int(version_id)}/status/")
-        return ModelStatus(
-            id=int(data["id"]), name=data.get("name", ""), version=int(data.get("version") or 0),
-            status=data.get("status", ""), servable=bool(data.get("servable")), reason=data.get("reason") or "",
-            status_changed_at=data.get("status_changed_at"), data=data,
-        )
+        return _model_status(data)
+
+    def retire_model(self, version_id: int, *, reason: str) -> ModelStatus:
+        """(The run's owner or a DPO) Take the version out of service for good, e.g. a model
+        trained outside the ledger that its owner will not retrain after an erasure: an erasure
+        waiting for it then resumes and certifies the retirement."""
+        data = self.request("POST", f"models/{int(version_id)}/retire/", json={"reason": reason}, expect=(200,))
+        return _model_status(data)
 
     def models_changed_since(self, moment: datetime, **filters: Any) -> list[dict]:
         """Model versions whose status changed at or after ``moment`` (a timezone-aware datetime)."""
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise ValueError("moment must be timezone-aware (e.g. datetime.now(timezone.utc)): a naive time is ambiguous")
         return list(self._pages("models/", {"changed_since": moment.isoformat(), **filters}))
+
+
+def _model_status(data: dict) -> ModelStatus:
+    return ModelStatus(
+        id=int(data["id"]), name=data.get("name", ""), version=int(data.get("version") or 0),
+        status=data.get("status", ""), servable=bool(data.get("servable")), reason=data.get("reason") or "",
+        status_changed_at=data.get("status_changed_at"), data=data,
+    )
 
 
 def sha256_file(path: str | os.PathLike) -> str:
