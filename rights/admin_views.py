@@ -211,7 +211,7 @@ def _step_label(name: str, details: dict) -> str:
 
 def _step_outcome(name: str, d: dict) -> str:
     """One sentence per step from its recorded details (never the details themselves)."""
-    from rights.certificate import OUTCOME_WORDS
+    from rights.certificate import outcome_words
 
     if name == "plan":
         t = d.get("totals", {})
@@ -226,7 +226,7 @@ def _step_outcome(name: str, d: dict) -> str:
     if name == "taint_models":
         return f"{len(d.get('newly_tainted', []))} model version(s) newly marked tainted"
     if name.startswith("remediate_lineage_"):
-        text = OUTCOME_WORDS.get(d.get("outcome", ""), str(d.get("outcome", "")).replace("_", " "))
+        text = outcome_words(d)
         if d.get("outcome") == "awaiting_owner":
             since = str(d.get("waiting_since") or "")[:16].replace("T", " ")
             text += (f"; v{d.get('version')} is tainted and not served meanwhile; owner: {d.get('owner') or '—'}; "

@@ -41,8 +41,22 @@ OUTCOME_WORDS = {
                       "the person, or to retire it",
     "retrained_by_owner": "trained outside the ledger; its owner reported a version retrained on the amended "
                           "snapshot",
-    "retired_while_waiting": "trained outside the ledger; retired instead of retrained; artifact deleted",
+    "retired_while_waiting": "trained outside the ledger; retired instead of retrained",
 }
+
+
+def outcome_words(done: dict) -> str:
+    """What was done to a lineage, in words; for a version trained outside the ledger and
+    retired, whether the ledger deleted a copy of its file or never held one (any copy its
+    owner keeps is beyond the ledger's reach, and the certificate must not claim otherwise)."""
+    outcome = done.get("outcome", "")
+    words = OUTCOME_WORDS.get(outcome, str(outcome).replace("_", " "))
+    if outcome == "retired_while_waiting":
+        waited = (done.get("waited_for_owner") or {}).get("model_version")
+        deleted = any(item.get("model_version") == waited for item in done.get("files_removed") or [])
+        words += ("; the ledger's copy of its file deleted" if deleted
+                  else "; the ledger held no copy of its weights (any copy is its owner's)")
+    return words
 
 
 def _waited_text(name: str, outcome: str, waited: dict, done: dict) -> str:
@@ -52,7 +66,8 @@ def _waited_text(name: str, outcome: str, waited: dict, done: dict) -> str:
     if outcome == "retrained_by_owner":
         end = f"until {owner} reported v{done.get('version')}, trained on the snapshot without the person"
     else:
-        end = "until it was retired"
+        end = ("until it was retired. The ledger can delete only copies it holds; a copy of the weights kept by "
+               "the owner is theirs to delete")
     return (
         f"{name} v{waited.get('version')} was trained outside the ledger, so the ledger could not retrain it. It "
         f"was marked tainted, which its owner ({owner}) is told by the model's status (GET /api/v1/models/"
@@ -175,10 +190,9 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
     exemptions = []
     model_rows = []
     for name, done in sorted(latest.items()):
-        outcome = done.get("outcome", "")
         standing = f"#{done['model_version']} (v{done['version']})" if done.get("model_version") else "—"
         model_rows.append([
-            name, OUTCOME_WORDS.get(outcome, outcome), standing,
+            name, outcome_words(done), standing,
             _epsilon_text(done.get("epsilon")) if done.get("model_version") else "—",
         ])
     flows.append(t.data_table(

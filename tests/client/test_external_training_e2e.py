@@ -144,6 +144,8 @@ def test_an_erasure_of_a_person_in_that_snapshot_reaches_the_owners_webhook_sign
         assert certificate.status_code == 200 and certificate.content.startswith(b"%PDF")
         text = " ".join(pdf_text(certificate.content).split())
         assert "trained outside the ledger" in text and "retired" in text
+        # The trainer kept its weights and sent only their hash: nothing the ledger deleted.
+        assert "the ledger held no copy of its weights" in text
     finally:
         receiver.stop()
     assert ErasureRequest.objects.get(pk=request_id).certificate_path

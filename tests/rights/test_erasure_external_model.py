@@ -35,15 +35,21 @@ def _world():
     return carol, ds, h.snapshot_of(ds)
 
 
-def _trained_outside(*, snapshot, name: str, owner, remediates=None) -> ModelVersion:
-    """An external run reserved and reported with the plan's own history (what Opacus records)."""
+def _trained_outside(*, snapshot, name: str, owner, remediates=None, weights: bytes | None = None) -> ModelVersion:
+    """An external run reserved and reported with the plan's own history (what Opacus records);
+    with ``weights``, the report also hands the ledger the file."""
+    import hashlib
+    import io
+
     run, token = external.external_run_start(
         snapshot=snapshot, name=name, epochs=1, batch_size=8, noise_multiplier=1.0, remediates=remediates,
         requested_by=owner,
     )
     return external.external_run_report(
         run_id=run.pk, run_token=token, accountant="rdp",
-        history=[[run.noise_multiplier, run.sample_rate, run.steps]], artifact_sha256="ab" * 32, actor=owner,
+        history=[[run.noise_multiplier, run.sample_rate, run.steps]],
+        artifact_sha256=hashlib.sha256(weights).hexdigest() if weights else "ab" * 32,
+        artifact=io.BytesIO(weights) if weights else None, actor=owner,
     )
 
 
@@ -130,6 +136,31 @@ def test_the_owner_retiring_the_version_ends_the_wait(celery_worker):
              what="the erasure to resume and complete", timeout=120)
     step = ErasureStep.objects.get(request=request, name="remediate_lineage_outside-retired")
     assert step.details["outcome"] == "retired_while_waiting"
+    # The ledger never held its weights: the certificate must not say it deleted them.
+    request.refresh_from_db()
+    text = " ".join(pdf_text((Path(settings.REPORT_ROOT) / request.certificate_path).read_bytes()).split())
+    assert "the ledger held no copy of its weights" in text
+    assert "artifact deleted" not in text and "copy of its file deleted" not in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retired_external_version_whose_file_the_ledger_held_is_certified_deleted(celery_worker):
+    carol, ds, snap = _world()
+    owner = _owner()
+    outside = _trained_outside(snapshot=snap, name="outside-held", owner=owner, weights=b"state dict bytes")
+    held = Path(settings.ARTIFACT_ROOT) / outside.artifact_path
+    assert outside.artifact_path and held.exists()
+    request = _erasure_started()
+    execution.erasure_request_execute(request_id=request.pk)
+    client = make_role_client("ml_engineer", username=owner.username)
+    assert client.post(f"/api/v1/models/{outside.pk}/retire/", {"reason": "not retrained"},
+                       format="json").status_code == 200
+    wait_for(lambda: ErasureRequest.objects.get(pk=request.pk).status == ErasureStatus.COMPLETED,
+             what="the erasure to resume and complete", timeout=120)
+    assert not held.exists()
+    request.refresh_from_db()
+    text = " ".join(pdf_text((Path(settings.REPORT_ROOT) / request.certificate_path).read_bytes()).split())
+    assert "the ledger's copy of its file deleted" in text and "held no copy" not in text
 
 
 @pytest.mark.django_db(transaction=True)
