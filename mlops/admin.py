@@ -726,8 +726,13 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
 
     @admin.display(description="privacy guarantee")
     def guarantee(self, obj: ModelVersion) -> str:
-        return guarantee_text(epsilon=obj.epsilon, delta=obj.delta, non_private=obj.non_private,
+        text = guarantee_text(epsilon=obj.epsilon, delta=obj.delta, non_private=obj.non_private,
                               accountant=obj.training_run.get_accountant_display())
+        if obj.external and not obj.non_private and obj.epsilon is not None:
+            # The ledger checked the arithmetic of the owner's account, not the training itself.
+            text += (" — recomputed by the ledger from the accountant history its owner reported; the ledger did "
+                     "not observe the training")
+        return text
 
     @admin.display(description="trained by")
     def training_run_link(self, obj: ModelVersion) -> str:

@@ -91,6 +91,26 @@ def model_lineage_report_data(*, model_version_id: int) -> dict[str, Any]:
     }
 
 
+def _external_rows(data: dict) -> list[tuple[str, str]]:
+    """For a version trained outside the ledger: on what its ε rests. The ledger recomputed ε
+    from the accountant history the owner reported and never saw the training, so the
+    report says the guarantee is the owner's account, checked for arithmetic only."""
+    mv, run = data["model_version"], data["run"]
+    if not mv.external:
+        return []
+    owner = run.requested_by.get_username() if run.requested_by_id else "its owner"
+    segments = "; ".join(
+        f"σ = {float(s):.4g}, q = {float(q):.4g}, {int(n):,} steps" for s, q, n in (run.accountant_history or [])
+    ) or "none reported"
+    return [
+        ("Trained", f"outside the ledger by {owner}, reported {tk.text(run.reported_at)}"),
+        ("Basis of ε", "recomputed by the ledger from the accountant history the owner reported (any ε the owner "
+                       "sent is ignored); the ledger did not run or observe the training, so the guarantee holds "
+                       "if the training followed that history"),
+        ("Reported history", segments),
+    ]
+
+
 def _erasure_remediations(mv) -> list[dict[str, Any]]:
     """The erasure remediation decisions that concern version ``mv``: each erasure request's
     remediation of its lineage that replaced it (retrained, unlearned, retired) or kept it
@@ -194,6 +214,7 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
                 ("Training subjects", m["n_train"]),
                 ("SISA ensemble", m["is_sisa"]),
                 ("Ledger entry", f"{ledger.get('state', 'none')}, ε {tk.text(ledger.get('epsilon'))}"),
+                *_external_rows(data),
             ]
         )
     )

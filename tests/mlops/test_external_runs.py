@@ -158,6 +158,27 @@ def test_reported_epsilon_is_opacus_own_and_the_ledger_is_settled_with_it(db, dp
     assert dpo_client.get(f"/api/v1/models/{stored.pk}/artifact/").status_code == 409
 
 
+def test_the_lineage_report_and_the_admin_say_the_epsilon_rests_on_the_owners_reported_history(
+        db, ml_client, admin_client, tmp_path):
+    from assessments.reports.model_lineage import model_lineage_report_render
+    from tests.governance.reports_helpers import pdf_text
+
+    snapshot = make_snapshot(n=200, d=4, seed=6)
+    run = _start(ml_client, snapshot).json()
+    sigma, q, steps = run["noise_multiplier"], run["sample_rate"], run["steps"]
+    history = [[sigma, q, steps - 2], [sigma * 2, q, 2]]
+    version = _report(ml_client, run["id"], run_token=run["run_token"], accountant="rdp", history=history,
+                      artifact_sha256=SHA).json()["model_version"]
+    path = tmp_path / "lineage.pdf"
+    model_lineage_report_render(object_id=version["id"], path=path)
+    text = " ".join(pdf_text(path.read_bytes()).split())
+    assert "outside the ledger by" in text and "did not run or observe the training" in text
+    assert f"{steps - 2:,} steps" in text and "2 steps" in text  # both reported segments
+    page = admin_client.get(f"/admin/mlops/modelversion/{version['id']}/change/")
+    assert page.status_code == 200
+    assert "recomputed by the ledger from the accountant history its owner reported" in page.content.decode()
+
+
 def test_a_forged_lower_epsilon_is_ignored_and_the_audit_says_so(db, ml_client):
     snapshot = make_snapshot(n=300, d=3, seed=5)
     run = _start(ml_client, snapshot).json()
