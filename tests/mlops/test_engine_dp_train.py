@@ -10,9 +10,11 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
+from mlops.engine import dp_train
 from mlops.engine.dp_train import (
     Trainer,
     clipped_grad_sum_linear,
+    poisson_indices,
     predict_proba,
     supports_linear_clipping,
     train,
@@ -323,3 +325,75 @@ def test_an_empty_poisson_batch_is_a_noise_only_step_in_both_paths():
         weights[clipping] = model[0].weight.detach().clone()
         assert not torch.equal(weights[clipping], before)
     torch.testing.assert_close(weights["linear"], weights["opacus"])
+
+
+def test_poisson_indices_are_a_bernoulli_sample_of_every_row():
+    """Each row is taken independently with probability q: per-row rates at q, sizes with
+    Binomial(n, q)'s mean and variance, sorted distinct indices in range, seeded draws."""
+    n, q, draws = 400, 0.05, 20_000
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros(n)
+    sizes = []
+    for _ in range(draws):
+        idx = poisson_indices(n=n, sample_rate=q, generator=generator)
+        assert idx.dtype == torch.int64
+        assert bool((idx[1:] > idx[:-1]).all()) and (len(idx) == 0 or (int(idx[0]) >= 0 and int(idx[-1]) < n))
+        counts[idx] += 1
+        sizes.append(len(idx))
+    rates = counts / draws
+    sd = math.sqrt(q * (1 - q) / draws)
+    assert abs(float(rates.mean()) - q) < 4 * sd / math.sqrt(n)
+    assert float((rates - q).abs().max()) < 5 * sd  # no row favoured: not the first, not the last
+    assert abs(float(rates[0]) - q) < 4 * sd and abs(float(rates[-1]) - q) < 4 * sd
+    sizes_t = torch.tensor(sizes, dtype=torch.float64)
+    assert abs(float(sizes_t.mean()) - n * q) < 4 * math.sqrt(n * q * (1 - q) / draws)
+    assert abs(float(sizes_t.var()) / (n * q * (1 - q)) - 1) < 0.05
+    # Pairs of rows are independent: rows 0 and 1 together about q² of the time.
+    again = torch.Generator().manual_seed(1)
+    both = sum(
+        1 for _ in range(draws) if {0, 1} <= set(poisson_indices(n=n, sample_rate=q, generator=again)[:2].tolist())
+    )
+    assert abs(both / draws - q * q) < 4 * math.sqrt(q * q / draws)
+    first = poisson_indices(n=n, sample_rate=q, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(first, poisson_indices(n=n, sample_rate=q, generator=torch.Generator().manual_seed(9)))
+    assert torch.equal(poisson_indices(n=7, sample_rate=1.0, generator=generator), torch.arange(7))
+
+
+def test_poisson_indices_drawing_a_second_round_take_the_same_rows(monkeypatch):
+    """When the first round of uniforms ends before the last row, the next round goes on
+    from where it stopped: the same rows as one long round from the same generator state."""
+    n, q = 5000, 0.02
+    expected = [poisson_indices(n=n, sample_rate=q, generator=torch.Generator().manual_seed(s)) for s in range(20)]
+    monkeypatch.setattr(dp_train, "_POISSON_MARGIN_SD", -4.0)  # every first round falls short
+    short = [poisson_indices(n=n, sample_rate=q, generator=torch.Generator().manual_seed(s)) for s in range(20)]
+    for a, b in zip(expected, short, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_epoch_training_figures_are_those_of_the_sampled_batches():
+    """loss and train_accuracy are the mean loss and the accuracy over the rows each step
+    sampled, as the model stood at that step: with a step size too small to move any weight,
+    exactly the initial model's figures on the rows the sampler drew."""
+    X, y = linear_task(n=600)
+    config = TrainConfig(hidden_sizes=[8], epochs=1, batch_size=50, learning_rate=1e-30, private=False, seed=3)
+    result = train(X_train=X, y_train=y, X_val=None, y_val=None, n_classes=2, config=config)
+
+    torch.manual_seed(3)
+    initial = build_model(n_features=10, n_classes=2, config=config)
+    for key, value in initial.state_dict().items():
+        assert torch.equal(value, result.state_dict[key])  # the steps really moved nothing
+    generator = torch.Generator().manual_seed(3)  # train() seeds its sampler with config.seed
+    rows = torch.cat([poisson_indices(n=600, sample_rate=50 / 600, generator=generator) for _ in range(12)])
+    with torch.no_grad():
+        logits = initial(X[rows])
+    report = result.epochs[0]
+    assert report.train_accuracy == float((logits.argmax(1) == y[rows]).double().mean())
+    assert report.loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y[rows])), rel=1e-6)
+
+
+def test_only_models_with_something_to_fix_are_copied_by_the_validator():
+    built = build_model(n_features=4, n_classes=2, config=TrainConfig(hidden_sizes=[8], dropout=0.1))
+    assert dp_train._dp_compatible(built) is built
+    with_norm = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    fixed = dp_train._dp_compatible(with_norm)
+    assert fixed is not with_norm and not any(isinstance(m, torch.nn.BatchNorm1d) for m in fixed.modules())
