@@ -147,6 +147,15 @@ def _consent_event_clean(event: Any, purpose_ids: dict[str, int], now: datetime)
     )
 
 
+def _evidence_json(evidence: dict[str, str], cache: dict[tuple, str]) -> str:
+    # Cleaned evidence holds only strings, so its items make a key.
+    key = tuple(evidence.items())
+    text = cache.get(key)
+    if text is None:
+        text = cache[key] = json.dumps(evidence, sort_keys=True)
+    return text
+
+
 def consent_event_derive_id(
     *, pseudonym: str, purpose: str, action: str, occurred_at: datetime, notice_version: str, notice_sha256: str,
     method: str, expires_at: datetime | None,
@@ -159,51 +168,101 @@ def consent_event_derive_id(
     return "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
+_CONSENT_COPY_COLUMNS = (
+    "event_id, subject_id, purpose_id, action, occurred_at, recorded_at, notice_version, notice_sha256, method, "
+    "evidence, expires_at"
+)
+
+
+def _copy_text(value: str) -> str:
+    # COPY's text format gives these four characters a meaning; anything else goes through as
+    # is. Four scans of a short string cost less than one regular-expression search.
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _subject_ids_postgresql(cur: Any, pseudonyms: list[str]) -> dict[str, int]:
+    """The subject id of each pseudonym, creating the missing subjects: one INSERT … ON
+    CONFLICT DO NOTHING RETURNING for the new ones, one indexed SELECT for the others."""
+    cur.execute(
+        """INSERT INTO governance_datasubject (pseudonym, reference, created_at, normalisation_version)
+           SELECT p, gen_random_uuid(), now(), %s FROM unnest(%s::varchar[]) AS p
+           ORDER BY p
+           ON CONFLICT (pseudonym) DO NOTHING
+           RETURNING pseudonym, id""",
+        [NORMALISATION_VERSION, pseudonyms],
+    )
+    ids = dict(cur.fetchall())
+    known = [p for p in pseudonyms if p not in ids]
+    if known:
+        # A separate statement: it sees subjects another batch committed while this INSERT
+        # waited on them, which a SELECT inside the INSERT's own snapshot would miss.
+        cur.execute("SELECT pseudonym, id FROM governance_datasubject WHERE pseudonym = ANY(%s::varchar[])", [known])
+        ids.update(cur.fetchall())
+    return ids
+
+
 def _consent_rows_insert_postgresql(rows: list[tuple], recorded_at: datetime) -> tuple[int, list[str]]:
-    """COPY the batch into a temporary table, then one INSERT … SELECT creates missing subjects
-    and one more inserts events whose id is new. Returns the number of events created and the
-    ids of the withdrawals among them."""
-    import csv
+    """Create the missing subjects, then COPY the events straight into the ledger; if one of
+    them is already there (a redelivered batch, or another batch racing this one), roll the
+    COPY back to its savepoint and insert through a temporary table with ON CONFLICT DO
+    NOTHING instead. Returns the number of events created and the ids of the withdrawals
+    among them."""
     import io
 
-    from django.db import connection
+    import psycopg2
+    from django.db import IntegrityError, connection
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    for row in rows:
-        writer.writerow(row)
-    buffer.seek(0)
+    with connection.cursor() as cur:
+        subject_ids = _subject_ids_postgresql(cur, sorted({row[1] for row in rows}))
+    recorded = recorded_at.isoformat()
+    # Sorted by event_id: concurrent batches sharing ids then meet on the unique index in the
+    # same order and queue instead of deadlocking.
+    rows = sorted(rows, key=lambda row: row[0])
+    # A batch repeats a few notice versions, methods and evidence objects: escape each once.
+    escaped: dict[str, str] = {}
+
+    def once(value: str) -> str:
+        text = escaped.get(value)
+        if text is None:
+            text = escaped[value] = _copy_text(value)
+        return text
+
+    null = "\\N"
+    text = "".join([
+        f"{_copy_text(event_id)}\t{subject_ids[pseudonym]}\t{purpose_id}\t{action}\t{occurred_at.isoformat()}\t"
+        f"{recorded}\t{once(version)}\t{sha}\t{once(method)}\t{once(evidence)}\t"
+        f"{null if expires_at is None else expires_at.isoformat()}\n"
+        for event_id, pseudonym, purpose_id, action, occurred_at, version, sha, method, evidence, expires_at in rows
+    ])
+    try:
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.copy_expert(f"COPY governance_consentevent ({_CONSENT_COPY_COLUMNS}) FROM STDIN", io.StringIO(text))
+        return len(rows), [row[0] for row in rows if row[3] == "withdrawn"]
+    except (IntegrityError, psycopg2.IntegrityError) as exc:
+        cause = exc if isinstance(exc, psycopg2.Error) else exc.__cause__
+        if getattr(cause, "pgcode", None) != "23505":  # only a unique violation means "already present"
+            raise
     with connection.cursor() as cur:
         cur.execute(
-            """CREATE TEMP TABLE IF NOT EXISTS pl_consent_ingest (
-                   event_id varchar(100), pseudonym varchar(64), purpose_id bigint, action varchar(10),
-                   occurred_at timestamptz, notice_version varchar(100), notice_sha256 varchar(64),
-                   method varchar(100), evidence jsonb, expires_at timestamptz
+            """CREATE TEMP TABLE IF NOT EXISTS pl_consent_ingest_rows (
+                   event_id varchar(100), subject_id bigint, purpose_id bigint, action varchar(10),
+                   occurred_at timestamptz, recorded_at timestamptz, notice_version varchar(100),
+                   notice_sha256 varchar(64), method varchar(100), evidence jsonb, expires_at timestamptz
                ) ON COMMIT DELETE ROWS"""
         )
-        cur.execute("TRUNCATE pl_consent_ingest")
-        cur.copy_expert("COPY pl_consent_ingest FROM STDIN WITH (FORMAT csv)", buffer)
+        cur.execute("TRUNCATE pl_consent_ingest_rows")
+        cur.copy_expert(f"COPY pl_consent_ingest_rows ({_CONSENT_COPY_COLUMNS}) FROM STDIN", io.StringIO(text))
         cur.execute(
-            """INSERT INTO governance_datasubject (pseudonym, reference, created_at, normalisation_version)
-               SELECT pseudonym, gen_random_uuid(), now(), %s
-               FROM (SELECT DISTINCT pseudonym FROM pl_consent_ingest) new_subjects
-               ORDER BY pseudonym
-               ON CONFLICT (pseudonym) DO NOTHING""",
-            [NORMALISATION_VERSION],
-        )
-        cur.execute(
-            """WITH inserted AS (
-                   INSERT INTO governance_consentevent (event_id, subject_id, purpose_id, action, occurred_at,
-                       recorded_at, notice_version, notice_sha256, method, evidence, expires_at)
-                   SELECT t.event_id, s.id, t.purpose_id, t.action, t.occurred_at, %s, t.notice_version,
-                          t.notice_sha256, t.method, t.evidence, t.expires_at
-                   FROM pl_consent_ingest t JOIN governance_datasubject s ON s.pseudonym = t.pseudonym
-                   ORDER BY t.event_id
+            f"""WITH inserted AS (
+                   INSERT INTO governance_consentevent ({_CONSENT_COPY_COLUMNS})
+                   SELECT {_CONSENT_COPY_COLUMNS} FROM pl_consent_ingest_rows
+                   ORDER BY event_id
                    ON CONFLICT (event_id) DO NOTHING
                    RETURNING event_id, action
                )
-               SELECT count(*), array_agg(event_id) FILTER (WHERE action = 'withdrawn') FROM inserted""",
-            [recorded_at],
+               SELECT count(*), array_agg(event_id) FILTER (WHERE action = 'withdrawn') FROM inserted"""
         )
         created, withdrawal_ids = cur.fetchone()
         return created, withdrawal_ids or []
@@ -279,7 +338,12 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
         extra = {k: v for k, v in errors.items() if k != first_key}
         raise ServiceError(errors[first_key][0], field=first_key, **extra)
 
-    pseudonyms = pseudonymise_many([c[1] for c in cleaned])
+    # Each person once: a batch often carries several events of the same person.
+    identifiers = list(dict.fromkeys(c[1] for c in cleaned))
+    pseudonym_of = dict(zip(identifiers, pseudonymise_many(identifiers), strict=True))
+    pseudonyms = [pseudonym_of[c[1]] for c in cleaned]
+    # The same evidence (form, user agent, source system) recurs across a batch: encode it once.
+    evidence_json: dict[tuple, str] = {}
     rows: dict[str, tuple] = {}
     given = withdrawn = 0
     urls_trimmed = sum(1 for c in cleaned if c[11])
@@ -295,7 +359,7 @@ def consent_events_ingest(*, events: Any, actor: Any = None) -> dict[str, int]:
             continue  # the same event twice in one batch: written once, the repeat is "already present"
         rows[event_id] = (
             event_id, pseudonym, purpose_id, action, occurred_at, version, sha, method,
-            json.dumps(evidence, sort_keys=True), expires_at,
+            _evidence_json(evidence, evidence_json), expires_at,
         )
         if action == "given":
             given += 1

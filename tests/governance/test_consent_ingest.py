@@ -297,3 +297,64 @@ def test_concurrent_withdrawals_under_an_erasing_activity_all_store_and_open_one
     open_requests = ErasureRequest.objects.filter(status="received")
     assert open_requests.count() == 200
     assert open_requests.values("subject_id").distinct().count() == 200
+
+
+def _stored(event_id: str) -> dict:
+    return ConsentEvent.objects.filter(event_id=event_id).values(
+        "subject__pseudonym", "purpose__code", "action", "occurred_at", "recorded_at", "notice_version",
+        "notice_sha256", "method", "evidence", "expires_at",
+    ).get()
+
+
+@pytest.mark.django_db
+def test_characters_with_a_meaning_in_copy_are_stored_as_sent_on_both_write_paths():
+    """A fresh batch goes straight into the ledger (COPY on PostgreSQL); a batch holding an
+    event already present goes through the conflict-tolerant path. Both store tabs, line
+    breaks and backslashes in every free-text column exactly as sent, and the same values."""
+    from governance import services
+
+    notice = "Notice with a tab\there, a backslash \\ and\na line break."
+    odd = {
+        "notice_version": "v\t2 \\N",
+        "method": "paper\\form\nscanned",
+        "notice_text": notice,
+        "evidence": {"note": "called back\tat 10:00 \\ see\r\nfile", "user_agent": "Agent \\x00 /1.0"},
+        "expires_at": at(400).isoformat(),
+    }
+    fresh = services.consent_events_ingest(
+        events=[event("tab@x.org", CLINICAL, "given", at(1), event_id="id\\with\ttab", **odd)], actor="test"
+    )
+    mixed = services.consent_events_ingest(
+        events=[
+            event("tab@x.org", CLINICAL, "given", at(1), event_id="id\\with\ttab", **odd),  # already present
+            event("tab2@x.org", CLINICAL, "given", at(1), event_id="second\\id", **odd),
+        ],
+        actor="test",
+    )
+    assert fresh == {"created": 1, "already_present": 0}
+    assert mixed == {"created": 1, "already_present": 1}
+    first, second = _stored("id\\with\ttab"), _stored("second\\id")
+    expected = {
+        "purpose__code": CLINICAL, "action": "given", "occurred_at": at(1), "notice_version": "v\t2 \\N",
+        "notice_sha256": hashlib.sha256(notice.encode()).hexdigest(), "method": "paper\\form\nscanned",
+        "evidence": {"note": "called back\tat 10:00 \\ see\r\nfile", "user_agent": "Agent \\x00 /1.0"},
+        "expires_at": at(400),
+    }
+    for stored, person in ((first, "tab@x.org"), (second, "tab2@x.org")):
+        assert stored.pop("subject__pseudonym") == pseudonymise(person)
+        assert stored.pop("recorded_at") is not None
+        assert stored == expected
+
+
+@pytest.mark.django_db
+def test_a_batch_naming_a_person_many_times_creates_the_person_once():
+    from governance import services
+
+    answer = services.consent_events_ingest(
+        events=[event(" Many@X.org", CLINICAL, "given" if i % 2 == 0 else "withdrawn", at(i)) for i in range(6)]
+        + [event("many@x.org\u200b", CLINICAL, "given", at(10)), event("other@x.org", CLINICAL, "given", at(0))],
+        actor="test",
+    )
+    assert answer == {"created": 8, "already_present": 0}
+    assert DataSubject.objects.count() == 2
+    assert ConsentEvent.objects.filter(subject__pseudonym=pseudonymise("many@x.org")).count() == 7
