@@ -33,6 +33,7 @@ from mlops.engine import sisa
 from mlops.models import ModelVersion, SisaAssignment
 from provenance import services as prov
 from provenance.models import AmendmentReason, DataRecord, Dataset, SnapshotMembership
+from provenance.schema import content_hash
 from rights import execution, services
 from rights.models import ErasureRequest, ErasureStep
 
@@ -73,10 +74,12 @@ def _dataset(activity, subject_ids: list[int], seed: int, name: str) -> Dataset:
     X = rng.normal(size=(len(subject_ids), D))
     y = (X @ _weights(0) + 0.5 * rng.normal(size=len(subject_ids)) > 0).astype(int)
     now = timezone.now() - timedelta(hours=1)
+    rows = [({f"x{j}": float(X[i, j]) for j in range(D)}, int(y[i])) for i in range(len(subject_ids))]
+    # Genuine content hashes: training verifies a snapshot against its records' contents.
     DataRecord.objects.bulk_create([
-        DataRecord(dataset=ds, subject_id=s, features={f"x{j}": float(X[i, j]) for j in range(D)}, label=int(y[i]),
-                   content_hash=uuid.uuid4().hex * 2, ingested_at=now)
-        for i, s in enumerate(subject_ids)
+        DataRecord(dataset=ds, subject_id=s, features=features, label=label,
+                   content_hash=content_hash(features, label), ingested_at=now)
+        for s, (features, label) in zip(subject_ids, rows, strict=True)
     ], batch_size=5000)
     return ds
 
