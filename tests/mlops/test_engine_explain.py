@@ -189,19 +189,25 @@ class _Opaque(nn.Module):
         return self.inner(x)
 
 
+def _steep_shards(seed: int) -> tuple[list[nn.Module], np.ndarray]:
+    """Two steep MLP shards and 25 rows, each shard's margin centred on the rows so about
+    half of them sit on each side of its boundary: where counterfactual searches differ."""
+    shards = [_model(seed), _model(seed + 10)]
+    rows = _rows(25, seed=seed)
+    with torch.no_grad():
+        for shard in shards:
+            for p in shard.parameters():
+                p.mul_(5.0)
+            logits = shard(torch.from_numpy(rows))
+            shard[-1].bias[1] -= float((logits[:, 1] - logits[:, 0]).median())
+    return shards, rows
+
+
 def test_the_counterfactual_search_finds_the_same_hints_through_the_first_layer_shortcut():
     # Speed is measured in `make bench`; here, that the shortcut (W·x plus the changed
     # columns) finds what a plain forward of every candidate finds, for MLPs and ensembles.
     for seed in range(4):
-        shards = [_model(seed), _model(seed + 10)]
-        rows = _rows(25, seed=seed)
-        with torch.no_grad():
-            for shard in shards:
-                for p in shard.parameters():
-                    p.mul_(5.0)
-                # Centre each shard's margin on these rows, so about half sit on each side.
-                logits = shard(torch.from_numpy(rows))
-                shard[-1].bias[1] -= float((logits[:, 1] - logits[:, 0]).median())
+        shards, rows = _steep_shards(seed)
         fast = explain.Ensemble(shards)
         plain = explain.Ensemble([_Opaque(shard) for shard in shards])
         assert explain._first_linear_layers(fast) is not None and explain._first_linear_layers(plain) is None
@@ -226,14 +232,7 @@ def test_the_served_grid_finds_the_hints_a_four_times_finer_grid_finds(monkeypat
     # 101-point grid finds, the same feature and the same value to within the bisection.
     compared = found = 0
     for seed in range(4):
-        shards = [_model(seed), _model(seed + 10)]
-        rows = _rows(25, seed=seed)
-        with torch.no_grad():
-            for shard in shards:
-                for p in shard.parameters():
-                    p.mul_(5.0)
-                logits = shard(torch.from_numpy(rows))
-                shard[-1].bias[1] -= float((logits[:, 1] - logits[:, 0]).median())
+        shards, rows = _steep_shards(seed)
         ensemble = explain.Ensemble(shards)
         served = [explain.counterfactual_hint(ensemble, x, encoding=ENCODING) for x in rows]
         monkeypatch.setattr(explain, "_CF_GRID", 101)
