@@ -108,6 +108,23 @@ def test_training_metrics_are_released_by_default_and_the_weights_do_not_depend_
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert a.metrics["train_accuracy"] is not None and b.metrics["train_accuracy"] is None
 
+    # The model's training accuracy is its final weights' on the training rows, read back as
+    # an outsider would from the snapshot and the recorded split (not the epochs' running figure).
+    from mlops import data
+    from mlops.engine.dp_train import predict_proba
+    from mlops.services.config import _schema_for
+
+    run = a.training_run
+    tensors = data.snapshot_tensors(snapshot_id=run.snapshot_id, schema=_schema_for(run, snapshot.dataset.schema),
+                                    classes=run.encoding["classes"])
+    split = data.subject_split(subject_ids=tensors.subject_ids, seed=run.seed, validation_split=run.validation_split,
+                               holdout_fraction=run.holdout_fraction)
+    train_rows = (tensors.y >= 0) & (split == data.SPLIT_TRAIN)
+    model = services.model_version_load(model_version=a)
+    model = model[0] if isinstance(model, list) else model
+    proba = predict_proba(model=model, X=torch.from_numpy(tensors.X[train_rows]))
+    assert a.metrics["train_accuracy"] == float((proba.argmax(dim=1).numpy() == tensors.y[train_rows]).mean())
+
 
 @pytest.mark.django_db
 def test_release_training_metrics_must_be_a_boolean(ml_client):
