@@ -730,8 +730,7 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
                               accountant=obj.training_run.get_accountant_display())
         if obj.external and not obj.non_private and obj.epsilon is not None:
             # The ledger checked the arithmetic of the owner's account, not the training itself.
-            text += (" — recomputed by the ledger from the accountant history its owner reported; the ledger did "
-                     "not observe the training")
+            text += f" — {selectors.EXTERNAL_EPSILON_BASIS}"
         return text
 
     @admin.display(description="trained by")

@@ -24,6 +24,13 @@ from mlops.models import (
 from provenance.models import Dataset
 
 DEFAULT_LEDGER_DELTA = 1e-5
+# On what the ε of a version trained outside the ledger rests (issue 20): the one wording the
+# admin and the model-lineage report show, so neither can claim more than the other.
+EXTERNAL_EPSILON_BASIS = (
+    "recomputed by the ledger from the accountant history its owner reported (any ε the owner sent is "
+    "ignored); the ledger did not run or observe the training, so the guarantee holds if the training "
+    "followed that history"
+)
 
 # What ML engineers read instead of a status reason that names an erasure or a withdrawal
 # (issue 14): that the model changed and why in neutral terms, never which request.

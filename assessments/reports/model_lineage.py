@@ -95,6 +95,8 @@ def _external_rows(data: dict) -> list[tuple[str, str]]:
     """For a version trained outside the ledger: on what its ε rests. The ledger recomputed ε
     from the accountant history the owner reported and never saw the training, so the
     report says the guarantee is the owner's account, checked for arithmetic only."""
+    from mlops.selectors import EXTERNAL_EPSILON_BASIS
+
     mv, run = data["model_version"], data["run"]
     if not mv.external:
         return []
@@ -104,9 +106,7 @@ def _external_rows(data: dict) -> list[tuple[str, str]]:
     ) or "none reported"
     return [
         ("Trained", f"outside the ledger by {owner}, reported {tk.text(run.reported_at)}"),
-        ("Basis of ε", "recomputed by the ledger from the accountant history the owner reported (any ε the owner "
-                       "sent is ignored); the ledger did not run or observe the training, so the guarantee holds "
-                       "if the training followed that history"),
+        ("Basis of ε", EXTERNAL_EPSILON_BASIS),
         ("Reported history", segments),
     ]
 
