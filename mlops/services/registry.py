@@ -290,6 +290,11 @@ def lineage_files_remove(*, name: str) -> list[dict[str, Any]]:
     ):
         if not run_trained_on_erased_people(run=version.training_run):
             continue
+        if not version.artifact_path:
+            # The ledger never held this version's weights (trained elsewhere, only their hash
+            # reported): nothing of it to delete, so nothing to claim deleted, whatever a folder
+            # of the run's number holds.
+            continue
         files = artifacts.remove_run_files(version.training_run_id)
         if files:
             removed.append({"model_version": version.pk, "artifact_sha256": version.artifact_sha256, "files": files})

@@ -120,6 +120,11 @@ def test_the_owner_retiring_the_version_ends_the_wait(celery_worker):
     carol, ds, snap = _world()
     owner = _owner()
     outside = _trained_outside(snapshot=snap, name="outside-retired", owner=owner)
+    # A folder of the run's number that the ledger did not write for this version (left by an
+    # earlier run of the same id where ids are reused, or by hand): not this version's file.
+    stray = Path(settings.ARTIFACT_ROOT) / f"mlops/runs/{outside.training_run_id}"
+    stray.mkdir(parents=True, exist_ok=True)
+    (stray / "weights.safetensors").write_bytes(b"someone else's")
     request = _erasure_started()
     execution.erasure_request_execute(request_id=request.pk)
 
@@ -141,6 +146,7 @@ def test_the_owner_retiring_the_version_ends_the_wait(celery_worker):
     text = " ".join(pdf_text((Path(settings.REPORT_ROOT) / request.certificate_path).read_bytes()).split())
     assert "the ledger held no copy of its weights" in text
     assert "artifact deleted" not in text and "copy of its file deleted" not in text
+    assert (stray / "weights.safetensors").exists()  # nothing of it was the ledger's to delete
 
 
 @pytest.mark.django_db(transaction=True)
