@@ -107,6 +107,15 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], *, empty: str =
     return format_html('<table class="pl-table"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', head, body)
 
 
+def action_words(action: str) -> str:
+    """An audit action in words: ``model_version.registered`` → ``Model version registered``.
+    The code stays in the audit log (admin, API), which auditors search by it."""
+    if not action:
+        return DASH
+    words = action.replace(".", " ").replace("_", " ").strip()
+    return f"{words[:1].upper()}{words[1:]}"
+
+
 def link(url: str, text: Any) -> SafeString:
     return format_html('<a href="{}">{}</a>', url, text)
 

@@ -33,6 +33,7 @@ from governance.models import ReportJob, ReportKind
 from governance.reports import jobs as report_jobs
 from governance.roles import DPO, has_role, sees_erasure_detail
 from governance.services import ServiceError
+from mlops import display as mlops_display
 from mlops import selectors, services
 from mlops.models import (
     AttributeInferenceAudit,
@@ -83,32 +84,8 @@ def _link(name: str, pk, text) -> str:
 
 # --- Figures in words -------------------------------------------------------------------
 
-METRIC_LABELS = {
-    "loss": "Training loss (last epoch)",
-    "train_accuracy": "Training accuracy",
-    "val_accuracy": "Validation accuracy",
-    "n_train": "People trained on",
-    "n_validation": "People in validation",
-    "n_holdout": "People held out (non-members for the audits)",
-    "shards": "SISA shards",
-    "slices": "SISA slices per shard",
-    "shard_epsilons": "ε per shard",
-}
-
-
-def _metric_value(key: str, value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {_metric_value(key, v)}" for k, v in value.items()) or display.DASH
-    if isinstance(value, list | tuple):
-        return ", ".join(_metric_value(key, v) for v in value) or display.DASH
-    if key.endswith("accuracy") and isinstance(value, int | float) and not isinstance(value, bool):
-        return display.percent(value)
-    return display.number(value)
-
-
 def metrics_table(metrics: dict) -> str:
-    rows = [(METRIC_LABELS.get(k, k.replace("_", " ").capitalize()), _metric_value(k, v)) for k, v in (metrics or {}).items()]
-    return display.table(["Figure", "Value"], rows, empty="No metrics were recorded.")
+    return display.table(["Figure", "Value"], mlops_display.metric_rows(metrics), empty="No metrics were recorded.")
 
 
 def guarantee_text(*, epsilon: float | None, delta: float | None, non_private: bool, accountant: str) -> str:
@@ -286,8 +263,12 @@ class TrainingRunAdmin(PanelsAdminMixin, ReadOnlyAdmin):
     @admin.display(description="privacy guarantee")
     def guarantee(self, obj: TrainingRun) -> str:
         planned = "" if obj.planned_epsilon is None else f" Planned: ε = {display.epsilon(obj.planned_epsilon)}."
-        return guarantee_text(epsilon=obj.epsilon, delta=obj.delta or obj.target_delta, non_private=obj.allow_non_private,
+        text = guarantee_text(epsilon=obj.epsilon, delta=obj.delta or obj.target_delta, non_private=obj.allow_non_private,
                               accountant=obj.get_accountant_display()) + planned
+        if obj.allow_non_private or obj.epsilon is None:
+            return text
+        return text + " For a person: " + mlops_display.person_guarantee_words(
+            epsilon=obj.epsilon, delta=obj.delta or obj.target_delta, max_records_per_person=obj.max_records_per_person)
 
     @admin.display(description="noise and sampling")
     def noise(self, obj: TrainingRun) -> str:
@@ -297,10 +278,9 @@ class TrainingRunAdmin(PanelsAdminMixin, ReadOnlyAdmin):
                 f"{display.number(obj.sample_rate)}, {display.number(obj.steps)} steps, gradients clipped to "
                 f"{display.number(obj.max_grad_norm)}")
 
-    @admin.display(description="people")
+    @admin.display(description="records")
     def split(self, obj: TrainingRun) -> str:
-        return (f"{obj.n_train:,} trained on, {obj.n_validation:,} in validation, {obj.n_holdout:,} held out "
-                "for the privacy audits")
+        return mlops_display.split_words(n_train=obj.n_train, n_validation=obj.n_validation, n_holdout=obj.n_holdout)
 
     @admin.display(description="training set-up")
     def configuration(self, obj: TrainingRun) -> str:
@@ -731,7 +711,10 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
         if obj.external and not obj.non_private and obj.epsilon is not None:
             # The ledger checked the arithmetic of the owner's account, not the training itself.
             text += f" — {selectors.EXTERNAL_EPSILON_BASIS}"
-        return text
+        if obj.non_private or obj.epsilon is None:
+            return text
+        return text + " For a person: " + mlops_display.person_guarantee_words(
+            epsilon=obj.epsilon, delta=obj.delta, max_records_per_person=obj.training_run.max_records_per_person)
 
     @admin.display(description="trained by")
     def training_run_link(self, obj: ModelVersion) -> str:

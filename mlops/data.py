@@ -85,6 +85,15 @@ def person_split_rule(*, validation_split: float, holdout_fraction: float) -> di
     }
 
 
+def max_records_per_person(*, subject_ids) -> int | None:
+    """The most records any one person has among ``subject_ids`` (one entry per record):
+    the group size k of the person-level guarantee (mlops.engine.accounting.group_privacy)."""
+    ids = np.asarray(subject_ids, dtype=np.int64)
+    if ids.size == 0:
+        return None
+    return int(np.unique(ids, return_counts=True)[1].max())
+
+
 def person_draws(*, subject_ids, seed: int) -> np.ndarray:
     """Each person's uniform draw in [0, 1): a keyed hash of the seed and the person.
 

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from governance.demo_context import DemoContext
 from governance.services import ServiceConflict
+from mlops import display as mlops_display
 from mlops import selectors, services
 from mlops.models import FINISHED_STATUSES, CanaryAudit, MembershipInferenceAudit, ModelVersion, TrainingRun
 from mlops.signals import training_run_progress
@@ -157,6 +158,8 @@ def run(ctx: DemoContext) -> None:
     version = dp_run.model_versions.get()
     ctx.fact("DP model", f"{version} (run #{dp_run.pk}): ε = {_eps(version.epsilon)} at δ = {version.delta:.1e}, "
              f"σ = {dp_run.noise_multiplier:.3f}, val. accuracy {version.metrics.get('val_accuracy') or 0:.3f}")
+    ctx.fact("DP model, for a person", mlops_display.person_guarantee_words(
+        epsilon=version.epsilon, delta=version.delta, max_records_per_person=dp_run.max_records_per_person))
     audit = _mia(version)
     if audit:
         figures = dict(audit.figures_text())
@@ -178,6 +181,8 @@ def run(ctx: DemoContext) -> None:
     ctx.fact("SISA ensemble (S=3, R=2)", f"{sisa_version}: ε = {_eps(sisa_version.epsilon)} (max over shards "
              f"{', '.join(f'{e:.3f}' for e in sisa_version.metrics.get('shard_epsilons', []))}), "
              f"{sisa_run.sisa_assignments.count()} subjects assigned, {sisa_run.sisa_checkpoints.count()} checkpoints")
+    ctx.fact("SISA ensemble, for a person", mlops_display.person_guarantee_words(
+        epsilon=sisa_version.epsilon, delta=sisa_version.delta, max_records_per_person=sisa_run.max_records_per_person))
     sisa_audit = _mia(sisa_version)
     if sisa_audit:
         ctx.fact("SISA ensemble MIA", f"{sisa_audit.auc_text()}, advantage {dict(sisa_audit.figures_text())['Advantage (max TPR − FPR)']}")

@@ -137,6 +137,12 @@ class TrainingRun(models.Model):
     n_train = models.PositiveIntegerField(default=0)
     n_validation = models.PositiveIntegerField(default=0)
     n_holdout = models.PositiveIntegerField(default=0)
+    # The most records any one person has among those the run trains on (an external run:
+    # among the snapshot's members when it was exported). ε is a record-level guarantee
+    # (DP-SGD samples and clips records); by group privacy a person with k records is
+    # protected at (kε, δ(e^{kε}-1)/(e^ε-1)) only, so k is part of the evidence. Taken when the
+    # run is queued: the snapshot can only lose members afterwards, so k never understates.
+    max_records_per_person = models.PositiveIntegerField(null=True, blank=True)
     n_classes = models.PositiveIntegerField(default=0)
 
     # The privacy accounting.

@@ -26,6 +26,7 @@ from governance.admin_panels import Panel, PanelsAdminMixin, chain, facts, parag
 from governance.models import LawfulBasis
 from governance.roles import AUDITOR, DPO, has_role
 from provenance import selectors
+from provenance.display import EXCLUSION_LABELS
 from provenance.downstream import trained_on_snapshots
 from provenance.models import Dataset, Snapshot, SnapshotAmendment
 
@@ -38,14 +39,6 @@ class SubjectLookupForm(forms.Form):
     )
 
 
-EXCLUSION_LABELS = {
-    "no_consent": "No consent recorded for the purpose",
-    "withdrawn": "Consent withdrawn",
-    "expired": "Consent expired",
-    "retention_passed": "Retention period passed (Art. 5(1)(e))",
-    "restricted": "Processing restricted (Art. 18)",
-    "objected": "Objected to the purpose (Art. 21)",
-}
 FEATURE_TYPE_LABELS = {"float": "number (decimal)", "int": "number (whole)", "bool": "yes / no", "category": "category"}
 
 

@@ -8,7 +8,7 @@ answer with empty lists) before that app's models exist.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from django.db import connection
@@ -86,6 +86,14 @@ def snapshot_members_superseded(*, snapshot: Snapshot) -> int:
     """How many records still in ``snapshot`` were replaced since by a rectified version
     (Art. 16): the snapshot holds values known to be wrong. One indexed count."""
     return SnapshotMembership.objects.filter(snapshot=snapshot, record__superseded_at__isnull=False).count()
+
+
+def subject_records_in_snapshots(*, subject_id: int, snapshot_ids: Iterable[int]) -> dict[int, int]:
+    """How many of one person's records each snapshot holds (absent: none), in one query on
+    the (subject, snapshot) index: the group size of that person's privacy guarantee."""
+    rows = (SnapshotMembership.objects.filter(subject_id=subject_id, snapshot_id__in=list(snapshot_ids))
+            .values("snapshot_id").annotate(n=Count("id")).values_list("snapshot_id", "n"))
+    return dict(rows)
 
 
 def snapshot_current_root(*, snapshot: Snapshot) -> str:

@@ -234,12 +234,29 @@ def _sources(datasets: dict[int, Any], consent_events: list[Any]) -> list[dict[s
     return items
 
 
-def _model_versions(model_version_ids: list[int]) -> list[dict[str, Any]]:
+def _for_you(*, epsilon: float | None, delta: float | None, records: int) -> dict[str, Any]:
+    """What a version's record-level (ε, δ) means for this person, who has ``records`` records
+    in its training snapshot: the group-privacy bound (mlops.engine.accounting.group_privacy)."""
+    from mlops import display as mlops_display
+
+    if epsilon is None or delta is None or records < 1:
+        return {"your_records_in_its_training_data": records, "epsilon": None, "delta": None}
+    person_epsilon, person_delta = mlops_display.person_guarantee(
+        epsilon=epsilon, delta=delta, max_records_per_person=records)
+    holds = person_delta < 1
+    return {"your_records_in_its_training_data": records, "epsilon": person_epsilon,
+            "delta": person_delta if holds else "1 or more: no guarantee"}
+
+
+def _model_versions(model_version_ids: list[int], *, subject: DataSubject) -> list[dict[str, Any]]:
     from mlops.selectors import model_logic_summary, model_versions_visible
+    from provenance.selectors import subject_records_in_snapshots
 
     versions = []
-    visible = model_versions_visible().filter(pk__in=model_version_ids).select_related("explanation_summary")
-    for mv in visible.order_by("pk"):
+    visible = list(model_versions_visible().filter(pk__in=model_version_ids).select_related("explanation_summary")
+                   .order_by("pk"))
+    yours = subject_records_in_snapshots(subject_id=subject.pk, snapshot_ids={mv.training_run.snapshot_id for mv in visible})
+    for mv in visible:
         run = mv.training_run
         snapshot = run.snapshot
         dataset = snapshot.dataset
@@ -257,8 +274,11 @@ def _model_versions(model_version_ids: list[int]) -> list[dict[str, Any]]:
             "predicts": next((c["name"] for c in _schema_columns(dataset.schema) if c["role"] == "label"), None),
             "differential_privacy": {
                 "epsilon": _epsilon(mv.epsilon), "delta": mv.delta, "non_private": mv.non_private,
-                "meaning": "ε bounds how much the model can reveal about any one person's record at δ; "
-                           "smaller is more private.",
+                "meaning": "ε bounds how much the model can reveal about any one record, at δ; smaller is more "
+                           "private. Someone with several records is protected less: for_you gives the bound for "
+                           "your records in its training data (group privacy).",
+                "for_you": _for_you(epsilon=None if mv.non_private else mv.epsilon, delta=mv.delta,
+                                    records=yours.get(snapshot.pk, 0)),
             },
             "sisa_ensemble": bool(run.sisa) or mv.is_sisa_ensemble,
             "logic_involved": _logic(model_logic_summary(model_version=mv)),
@@ -311,7 +331,7 @@ def access_answer(*, subject: DataSubject, generated_at: datetime | None = None)
     activities = _activities_for(
         dataset_activity_ids={d.processing_activity_id for d in datasets.values()}, consent_purpose_codes=consent_codes,
     )
-    model_versions = _model_versions([m["id"] for m in lineage["model_versions"]])
+    model_versions = _model_versions([m["id"] for m in lineage["model_versions"]], subject=subject)
     in_training = [
         {"model": m["model"], "version": m["version"], "status": m["status"],
          "epsilon": m["differential_privacy"]["epsilon"], "delta": m["differential_privacy"]["delta"],

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
+from governance import display
 from governance.reports.toolkit import file_sha256
 
 
@@ -68,6 +69,16 @@ def _when(value: Any) -> Any:
         return datetime.fromisoformat(value)
     except ValueError:
         return value
+
+
+def _for_you_text(for_you: dict | None) -> str:
+    if not for_you or for_you.get("epsilon") is None:
+        return "—"
+    n = for_you["your_records_in_its_training_data"]
+    delta = for_you["delta"]
+    delta_text = delta if isinstance(delta, str) else display.number(delta)
+    return (f"you have {n} record{'' if n == 1 else 's'} in its training data: ε = {display.number(for_you['epsilon'])}, "
+            f"δ = {delta_text} for you (group privacy)")
 
 
 def _logic_flows(t: Any, logic: dict[str, Any] | None) -> list:
@@ -163,7 +174,8 @@ def access_answer_pdf_write(*, answer: dict[str, Any], path: Path) -> str:
             ("Features used", _value_text(m["features_used"])), ("Predicts", m["predicts"] or "—"),
             ("Trained on", m["trained_on_dataset"]), ("Trained at", _when(m["trained_at"])),
             ("Privacy guarantee", f"ε = {_value_text(m['differential_privacy']['epsilon'])}, "
-                                  f"δ = {_value_text(m['differential_privacy']['delta'])}"),
+                                  f"δ = {_value_text(m['differential_privacy']['delta'])} per record"),
+            ("For you", _for_you_text(m["differential_privacy"].get("for_you"))),
             ("Status", m["status_label"]),
         ]))
         flows += _logic_flows(t, m.get("logic_involved"))

@@ -236,6 +236,14 @@ def _measures(data: dict[str, Any]) -> list:
             empty="This DPIA covers no model version yet.",
         )
     )
+    if any(not m["non_private"] for m in models):
+        flows.append(tk.note(
+            "ε and δ are per record: DP-SGD samples and clips records, so they bound what any one record changes. "
+            "What they mean for a person with several records (group privacy):"
+        ))
+        for m in models:
+            if not m["non_private"]:
+                flows.append(tk.note(f"{m['label']}: {m['person_guarantee_text']}"))
     for m in models:
         if m["mia"] is not None:
             # What the table's rounded cells cannot hold: sizes and why a figure is not reported.

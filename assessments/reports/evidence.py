@@ -13,6 +13,7 @@ from django.db.models import Count, Prefetch, Q
 from assessments.models import Dpia, DpiaRisk, DpiaScreeningAnswer
 from governance.reports.selectors import ropa_entries
 from governance.reports.toolkit import hash_cell, rich
+from mlops import display as mlops_display
 
 
 def _model_epochs(run) -> list[tuple[float, float]]:
@@ -62,6 +63,11 @@ def model_versions_evidence(model_versions) -> list[dict[str, Any]]:
                 "steps": run.steps,
                 "epochs": run.epochs,
                 "n_train": run.n_train,
+                "max_records_per_person": run.max_records_per_person,
+                # What the record-level ε means for a person (group privacy over their records).
+                "person_guarantee_text": mlops_display.person_guarantee_words(
+                    epsilon=mv.epsilon, delta=mv.delta, max_records_per_person=run.max_records_per_person,
+                    non_private=mv.non_private),
                 "is_sisa": mv.is_sisa_ensemble,
                 "metrics": mv.metrics or {},
                 "epsilon_per_epoch": _model_epochs(run),

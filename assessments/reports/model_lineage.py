@@ -20,7 +20,10 @@ from assessments.reports.evidence import (
     privacy_budgets,
     roc_curves_with_band,
 )
+from governance import display
 from governance.reports import toolkit as tk
+from mlops import display as mlops_display
+from provenance import display as provenance_display
 
 
 def _ancestor_depths(dataset_id: int) -> dict[int, int]:
@@ -186,7 +189,7 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
                 ("Art. 6(4) compatibility", f"#{snap.compatibility_id}" if snap.compatibility_id else "not needed (own purpose)"),
                 ("Consent and retention state as of", snap.taken_for),
                 ("Included", f"{snap.included_count} records of {snap.included_subjects} data subjects"),
-                ("Excluded", ", ".join(f"{k}: {v}" for k, v in sorted((snap.excluded_counts or {}).items())) or "none"),
+                ("Excluded", provenance_display.exclusions_words(snap.excluded_counts)),
                 ("Merkle root at creation", tk.hash_cell(snap.merkle_root, label=f"Merkle root of snapshot #{snap.pk} at creation")),
             ]
         )
@@ -211,7 +214,9 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
                 ("Noise multiplier σ", m["noise_multiplier"]),
                 ("Sampling rate", m["sample_rate"]),
                 ("Steps / epochs", f"{tk.text(m['steps'])} / {m['epochs']}"),
-                ("Training subjects", m["n_train"]),
+                ("Unit of privacy", "one record (DP-SGD samples and clips records)"),
+                ("Records trained on", m["n_train"]),
+                ("Guarantee for a person", m["person_guarantee_text"]),
                 ("SISA ensemble", m["is_sisa"]),
                 ("Ledger entry", f"{ledger.get('state', 'none')}, ε {tk.text(ledger.get('epsilon'))}"),
                 *_external_rows(data),
@@ -261,10 +266,10 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
         )
     )
     flows.extend(explanation_flowables(m))
-    metrics = {k: v for k, v in sorted(m["metrics"].items()) if isinstance(v, int | float | str)}
+    metrics = {k: v for k, v in m["metrics"].items() if isinstance(v, int | float | str | list) and v is not None}
     if metrics:
         flows.append(tk.heading("Utility metrics", level=2))
-        flows.append(tk.key_value_table(list(metrics.items())))
+        flows.append(tk.key_value_table(mlops_display.metric_rows(metrics)))
     flows.append(tk.heading("5. Remediation history"))
     flows.append(
         tk.data_table(
@@ -293,7 +298,7 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
     flows.append(
         tk.data_table(
             ["#", "When", "Actor", "Action"],
-            [[e["position"], e["occurred_at"], e["actor"], e["action"]] for e in data["events"]],
+            [[e["position"], e["occurred_at"], e["actor"], display.action_words(e["action"])] for e in data["events"]],
         )
     )
     flows.append(tk.heading("DPIAs covering this model", level=2))

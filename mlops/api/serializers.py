@@ -11,6 +11,7 @@ from rest_framework import serializers
 from governance.api.fields import PositiveFloatField
 from governance.models import ProcessingActivity
 from governance.roles import sees_audit_records, sees_erasure_detail
+from mlops import display as mlops_display
 from mlops.engine.accounting import MAX_SIGMA, MAX_TARGET_DELTA, MAX_TARGET_EPSILON
 from mlops.engine.spec import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
 from mlops.models import (
@@ -193,7 +194,8 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "requested_noise_multiplier", "target_delta", "max_grad_norm", "accountant", "non_private",
             "release_training_metrics", "sisa",
             "status", "progress", "epoch_metrics", "error", "celery_task_id", "attempts", "requested_by",
-            "created_at", "started_at", "finished_at", "n_train", "n_validation", "n_holdout", "n_classes",
+            "created_at", "started_at", "finished_at", "n_train", "n_validation", "n_holdout", "max_records_per_person",
+            "n_classes",
             "planned_epsilon", "noise_multiplier", "sample_rate", "steps", "accountant_history", "epsilon",
             "delta", "model_versions", "executor", "description", "reservation_expires_at", "reported_at",
             "mlflow_run_id", "overspend_epsilon_limit",
@@ -470,8 +472,24 @@ class LogicSummarySerializer(serializers.Serializer):
     computed_at = serializers.DateTimeField()
 
 
+class PersonGuaranteeSerializer(serializers.Serializer):
+    unit = serializers.CharField(help_text="What `epsilon` and `delta` of the version bound: `record` (DP-SGD samples "
+                                 "and clips records).")
+    max_records_per_person = serializers.IntegerField(
+        allow_null=True, help_text="The most records one person has in the training set; null for runs before it "
+        "was recorded.")
+    epsilon = serializers.FloatField(allow_null=True, help_text="ε for a person by group privacy: k·ε.")
+    delta = serializers.FloatField(
+        allow_null=True, help_text="δ for a person by group privacy: δ·(e^{kε} − 1)/(e^ε − 1); null when not finite.")
+    holds = serializers.BooleanField(help_text="False when the person's δ reaches 1: no guarantee for a person.")
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     epsilon = FiniteFloatField(read_only=True)
+    person_guarantee = serializers.SerializerMethodField(
+        help_text="What the record-level ε means for one person with several records (group privacy); null for a "
+        "non-private version."
+    )
     membership_inference_audits = MembershipInferenceAuditSerializer(many=True, read_only=True)
     audit_jobs = PrivacyAuditJobSerializer(many=True, read_only=True)
     canary_audit = serializers.SerializerMethodField()
@@ -498,9 +516,20 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "epsilon", "delta", "non_private", "accountant", "is_sisa_ensemble", "metrics", "artifact_sha256",
             "supersedes", "created_at", "membership_inference_audits", "lineage", "audit_jobs", "canary_audit",
             "attribute_inference_audits", "unlearning_checks", "privacy_bug", "status_changed_at", "external",
-            "description",
+            "description", "person_guarantee",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(PersonGuaranteeSerializer(allow_null=True))
+    def get_person_guarantee(self, obj: ModelVersion) -> dict | None:
+        if obj.non_private or obj.epsilon is None or obj.delta is None:
+            return None
+        k = obj.training_run.max_records_per_person
+        pair = mlops_display.person_guarantee(epsilon=obj.epsilon, delta=obj.delta, max_records_per_person=k)
+        epsilon, delta = pair if pair else (None, None)
+        return {"unit": "record", "max_records_per_person": k, "epsilon": epsilon,
+                "delta": delta if delta is not None and math.isfinite(delta) else None,
+                "holds": delta is not None and delta < 1}
 
     @extend_schema_field(CanaryAuditSerializer(allow_null=True))
     def get_canary_audit(self, obj: ModelVersion) -> dict | None:

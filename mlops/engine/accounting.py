@@ -325,6 +325,31 @@ def epsilon_of_history(*, history: Sequence[Sequence[float]], delta: float, acco
         return float(acct.get_epsilon(delta=delta))
 
 
+def group_privacy(*, epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """The (ε, δ) guarantee for a group of ``k`` records of an (ε, δ)-DP mechanism.
+
+    DP-SGD's ε bounds what one *record* changes. A person with k records differs from a
+    neighbour by k records, and chaining the (ε, δ) inequality k times (Dwork and Roth,
+    The Algorithmic Foundations of Differential Privacy, §2.3) gives
+    P[M(x₀) ∈ S] ≤ e^{kε}·P[M(x_k) ∈ S] + δ·(1 + e^ε + … + e^{(k−1)ε}), i.e.
+    (kε, δ·(e^{kε} − 1)/(e^ε − 1)). δ may exceed 1, which means no guarantee at all.
+    """
+    if not _is_positive_int(k):
+        raise ValueError("k: a whole number of records, at least 1")
+    if k == 1:
+        return float(epsilon), float(delta)
+    if epsilon == 0:
+        return 0.0, float(delta) * k
+    if k * epsilon > 700:  # e^{kε} beyond a float: δ is astronomically above 1
+        return float(k * epsilon), math.inf
+    # Σ e^{iε} for i < k, computed as expm1 ratios so small ε keeps its digits.
+    return float(k * epsilon), float(delta) * math.expm1(k * epsilon) / math.expm1(epsilon)
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _prv_half_width(*, history: Sequence[Sequence[float]], eps_error: float, delta_error: float) -> float:
     """Opacus's compute_safe_domain_size (Gopi et al., remark 5.6) with the RDP bounds
     computed by this module's RDP, which is Opacus's to the last bit and many times faster

@@ -165,6 +165,8 @@ def external_run_start(
         reservation_expires_at=now + timedelta(hours=settings.EXTERNAL_RUN_REPORT_HOURS),
         description=description,
         n_train=n_records,
+        # The export holds every current member, so no person can have trained on more.
+        max_records_per_person=data.max_records_per_person(subject_ids=labels.subject_ids),
         planned_epsilon=plan.epsilon, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
         steps=plan.steps, delta=target_delta if not allow_non_private else None,
         progress={"epoch": 0, "epochs": epochs, "step": 0, "epsilon": 0.0},

@@ -202,6 +202,7 @@ def training_run_queue(
     n_holdout = int((labelled & (split == data.SPLIT_HOLDOUT)).sum())
     if n_train == 0:
         raise ServiceError("No records are left for training after the validation and hold-out split.", field="snapshot")
+    max_records_per_person = data.max_records_per_person(subject_ids=labels.subject_ids[train_mask])
 
     shard_slice_sizes: list[list[int]] = []
     if sisa is not None:
@@ -277,6 +278,7 @@ def training_run_queue(
         n_train=n_train,
         n_validation=n_validation,
         n_holdout=n_holdout,
+        max_records_per_person=max_records_per_person,
         n_classes=len(classes),
         planned_epsilon=plan.epsilon,
         noise_multiplier=plan.noise_multiplier,

@@ -29,9 +29,11 @@ def make_snapshot(
     single_class: bool = False,
     name: str | None = None,
     health_condition: bool = False,
+    records_per_subject: int = 1,
 ) -> Snapshot:
     """``health_condition``: add a category feature "condition" ("none"/"diabetes"), marked as
-    Art. 9 special-category data, independent of the other features, that moves the label."""
+    Art. 9 special-category data, independent of the other features, that moves the label.
+    ``records_per_subject``: record i belongs to person i // records_per_subject."""
     tag = uuid.uuid4().hex[:10]
     purpose, _ = Purpose.objects.get_or_create(code="ml.training.test", defaults={"name": "ML training (test)"})
     activity = ProcessingActivity.objects.create(
@@ -59,7 +61,8 @@ def make_snapshot(
     y[flip] = rng.integers(0, classes, size=int(flip.sum()))
     if single_class:
         y[:] = 1
-    subjects = DataSubject.objects.bulk_create([DataSubject(pseudonym=f"{tag}-{i:06d}") for i in range(n)])
+    n_subjects = -(-n // records_per_subject)
+    subjects = DataSubject.objects.bulk_create([DataSubject(pseudonym=f"{tag}-{i:06d}") for i in range(n_subjects)])
     if subjects[0].pk is None:  # backends that do not return ids from bulk_create
         subjects = list(DataSubject.objects.filter(pseudonym__startswith=f"{tag}-").order_by("pseudonym"))
     now = timezone.now()
@@ -75,7 +78,7 @@ def make_snapshot(
         [
             DataRecord(
                 dataset=dataset,
-                subject=subjects[i],
+                subject=subjects[i // records_per_subject],
                 features=features,
                 label=label,
                 # Genuine hashes and root: training verifies the snapshot against its records.
@@ -92,7 +95,7 @@ def make_snapshot(
         taken_for=now,
         lawful_basis="consent",
         included_count=n,
-        included_subjects=n,
+        included_subjects=n_subjects,
         excluded_counts={},
         merkle_root=merkle_root((r, h) for r, _, h in records),
     )
@@ -100,7 +103,7 @@ def make_snapshot(
         [SnapshotMembership(snapshot=snapshot, record_id=r, subject_id=s) for r, s, _ in records]
     )
     # A consent snapshot of people who consented: training re-checks its members' consent.
-    consent_given(subject_ids=[s for _, s, _ in records], purpose=purpose, at=now - timedelta(hours=1))
+    consent_given(subject_ids=sorted({s for _, s, _ in records}), purpose=purpose, at=now - timedelta(hours=1))
     return snapshot
 
 

@@ -83,6 +83,9 @@ def test_the_answer_lists_exactly_the_models_trained_on_the_person_and_names_no_
     assert logic["features_used"] == ["x0", "x1", "x2", "x3"] and logic["predicts"] == "y"
     assert logic["differential_privacy"]["epsilon"] == pytest.approx(model_a.epsilon)
     assert logic["differential_privacy"]["delta"] == model_a.delta
+    # Alice has one record in its training data: her bound is the record-level one.
+    assert logic["differential_privacy"]["for_you"] == {
+        "your_records_in_its_training_data": 1, "epsilon": pytest.approx(model_a.epsilon), "delta": model_a.delta}
     assert logic["status"] == model_a.status and logic["model_spec"] == model_a.training_run.model_spec
     assert logic["model_spec"]["hidden_sizes"] == [8]
     assert logic["purpose"]["code"] == world["first"].purposes.get().code
