@@ -251,7 +251,8 @@ def certificate_write(*, request: ErasureRequest, plan: dict) -> tuple[str, str,
         flows.append(t.data_table(
             ["Claim", "Holds"], [[c["claim"], "yes" if c["ok"] else "NO"] for c in verified],
         ))
-    flows.append(t.note("ε is at the run's δ; ∞ (None) for non-private training."))
+    flows.append(t.note("ε is at the run's δ and per record (a person with several records is protected at the "
+                        "group-privacy bound, given in the model lineage report); ∞ (None) for non-private training."))
     flows.append(t.heading("Exemptions and decisions against the policy"))
     if exemptions:
         flows.append(t.key_value_table(exemptions))
