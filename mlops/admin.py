@@ -88,6 +88,16 @@ def metrics_table(metrics: dict) -> str:
     return display.table(["Figure", "Value"], mlops_display.metric_rows(metrics), empty="No metrics were recorded.")
 
 
+def _sentences(*parts: str) -> str:
+    """Parts joined as sentences: each ends with a full stop before the next begins."""
+    kept = [p.strip() for p in parts if p and p.strip()]
+    return " ".join(p if p.endswith((".", "!", "?")) or i == len(kept) - 1 else f"{p}." for i, p in enumerate(kept))
+
+
+def _for_a_person(words: str) -> str:
+    return f"For a person: {words[:1].lower()}{words[1:]}"
+
+
 def guarantee_text(*, epsilon: float | None, delta: float | None, non_private: bool, accountant: str) -> str:
     """``ε = 2.72 at δ = 1e-5 (Rényi DP (RDP) accountant)``, or why there is no guarantee."""
     if non_private:
@@ -262,13 +272,14 @@ class TrainingRunAdmin(PanelsAdminMixin, ReadOnlyAdmin):
 
     @admin.display(description="privacy guarantee")
     def guarantee(self, obj: TrainingRun) -> str:
-        planned = "" if obj.planned_epsilon is None else f" Planned: ε = {display.epsilon(obj.planned_epsilon)}."
-        text = guarantee_text(epsilon=obj.epsilon, delta=obj.delta or obj.target_delta, non_private=obj.allow_non_private,
-                              accountant=obj.get_accountant_display()) + planned
+        planned = "" if obj.planned_epsilon is None else f"Planned: ε = {display.epsilon(obj.planned_epsilon)}."
+        text = _sentences(guarantee_text(epsilon=obj.epsilon, delta=obj.delta or obj.target_delta,
+                                         non_private=obj.allow_non_private, accountant=obj.get_accountant_display()),
+                          planned)
         if obj.allow_non_private or obj.epsilon is None:
             return text
-        return text + " For a person: " + mlops_display.person_guarantee_words(
-            epsilon=obj.epsilon, delta=obj.delta or obj.target_delta, max_records_per_person=obj.max_records_per_person)
+        return _sentences(text, _for_a_person(mlops_display.person_guarantee_words(
+            epsilon=obj.epsilon, delta=obj.delta or obj.target_delta, max_records_per_person=obj.max_records_per_person)))
 
     @admin.display(description="noise and sampling")
     def noise(self, obj: TrainingRun) -> str:
@@ -713,8 +724,8 @@ class ModelVersionAdmin(PanelsAdminMixin, ReadOnlyAdmin):
             text += f" — {selectors.EXTERNAL_EPSILON_BASIS}"
         if obj.non_private or obj.epsilon is None:
             return text
-        return text + " For a person: " + mlops_display.person_guarantee_words(
-            epsilon=obj.epsilon, delta=obj.delta, max_records_per_person=obj.training_run.max_records_per_person)
+        return _sentences(text, _for_a_person(mlops_display.person_guarantee_words(
+            epsilon=obj.epsilon, delta=obj.delta, max_records_per_person=obj.training_run.max_records_per_person)))
 
     @admin.display(description="trained by")
     def training_run_link(self, obj: ModelVersion) -> str:
