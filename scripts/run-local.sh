@@ -20,7 +20,8 @@ $BIN/python manage.py ensure_local_admin --url "http://$ADDR:$PORT/" --worker-lo
 # One task at a time on SQLite: it has a single writer, and the remediation lock of a model
 # lineage is per process there. With DATABASE_URL on PostgreSQL, WORKER_CONCURRENCY=2 or more.
 # --beat runs the periodic work (redispatch of lost work, daily verifications) in the worker.
-$BIN/celery -A config worker --beat --concurrency "${WORKER_CONCURRENCY:-1}" --loglevel INFO \
+# --quiet: no start-up banner on the console, where it would bury the addresses printed above.
+$BIN/celery -A config --quiet worker --beat --concurrency "${WORKER_CONCURRENCY:-1}" --loglevel INFO \
   --logfile "$STORAGE/log/worker.log" --schedule "$STORAGE/celerybeat-schedule" &
 WORKER=$!
 trap 'kill "$WORKER" 2>/dev/null; wait "$WORKER" 2>/dev/null' EXIT

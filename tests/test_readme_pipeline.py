@@ -182,7 +182,7 @@ def test_a_killed_local_worker_s_training_is_taken_over_by_the_next_worker(local
         pytest.fail(f"the run never started: {state}")
     # Every process of make run's worker (the main process, its pool child and beat) dies at once.
     worker_log = f"{storage}/log/worker.log"
-    killed = subprocess.run(["pkill", "-KILL", "-f", f"celery -A config worker .*{worker_log}"], check=False)
+    killed = subprocess.run(["pkill", "-KILL", "-f", f"celery -A config .*worker .*{worker_log}"], check=False)
     assert killed.returncode == 0, "make run's worker was not found"
     assert _api(port, key, f"training-runs/{run['id']}/")["status"] == "running"
 
