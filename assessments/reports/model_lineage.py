@@ -214,7 +214,8 @@ def model_lineage_flowables(data: dict[str, Any]) -> list:
                 ("Noise multiplier σ", m["noise_multiplier"]),
                 ("Sampling rate", m["sample_rate"]),
                 ("Steps / epochs", f"{tk.text(m['steps'])} / {m['epochs']}"),
-                ("Unit of privacy", "one record (DP-SGD samples and clips records)"),
+                ("Unit of privacy", "none: no differential privacy" if m["epsilon"] is None
+                 else "one record (DP-SGD samples and clips records)"),
                 ("Records trained on", m["n_train"]),
                 ("Guarantee for a person", m["person_guarantee_text"]),
                 ("SISA ensemble", m["is_sisa"]),

@@ -137,3 +137,25 @@ def test_the_access_answer_gives_a_person_the_bound_for_their_own_records():
         "your_records_in_its_training_data": 3, "epsilon": pytest.approx(epsilon), "delta": pytest.approx(delta)}
     assert _for_you(epsilon=6.0, delta=1e-5, records=3)["delta"] == "1 or more: no guarantee"
     assert _for_you(epsilon=None, delta=None, records=2)["epsilon"] is None  # not private: no bound to give
+
+
+@pytest.mark.django_db
+def test_a_non_private_version_claims_no_unit_and_no_guarantee_for_anyone(ml_client, admin_client, tmp_path):
+    from assessments.reports.model_lineage import model_lineage_report_render
+    from tests.governance.reports_helpers import pdf_text
+
+    snapshot = make_snapshot(n=240, d=4, seed=8, records_per_subject=2)
+    body = {"snapshot": snapshot.pk, "epochs": 1, "batch_size": 32, "seed": 3, "model_spec": {"hidden_sizes": [8]},
+            "allow_non_private": True}
+    response = ml_client.post("/api/v1/training-runs/", body, format="json")
+    assert response.status_code == 202, response.content
+    run = services.training_run_execute(run_id=response.json()["id"])
+    version = run.model_versions.get()
+    assert version.non_private and ml_client.get(f"/api/v1/models/{version.pk}/").json()["person_guarantee"] is None
+    path = tmp_path / "lineage.pdf"
+    model_lineage_report_render(object_id=version.pk, path=path)
+    text = " ".join(pdf_text(path.read_bytes()).split())
+    assert "Unit of privacy none: no differential privacy" in text
+    assert "Guarantee for a person None: trained without differential privacy." in text
+    page = admin_client.get(f"/admin/mlops/modelversion/{version.pk}/change/").content.decode()
+    assert "For a person" not in page
